@@ -1,0 +1,275 @@
+"""FinetuneConfig: one fine-tuning run, in four sections (model, data, method, training).
+
+Loaded from YAML or a dict, with ``section.key=value`` overrides. Every key is checked:
+unknown keys, wrong types and impossible values raise ConfigError naming the key.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from finetune.config_checks import check_section, parse_override_value
+from finetune.errors import ConfigError
+
+Task = Literal["classification", "causal_lm"]
+MethodName = Literal["full", "lora", "dora", "ia3", "prompt_tuning", "prefix_tuning"]
+TARGET_MODULE_PRESETS = ("auto", "all-linear", "peft-default")
+SftFormat = Literal["auto", "text", "prompt_completion", "messages", "instruction"]
+
+
+@dataclass
+class ModelConfig:
+    # Hub id, local folder, or a packaged offline model (see finetune.models.PACKAGED_MODELS).
+    name: str = ""
+    task: Task = "classification"
+    gguf_file: str | None = None
+    revision: str | None = None
+    trust_remote_code: bool = False
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
+
+    def validate(self) -> None:
+        if not self.name:
+            raise ConfigError("model.name is required: a Hub id, a local folder or a packaged model name")
+
+
+@dataclass
+class DataConfig:
+    # Local files (jsonl, json, csv, tsv, parquet); relative paths resolve against the YAML's folder.
+    train_file: str | None = None
+    validation_file: str | None = None
+    test_file: str | None = None
+    # Or a Hub dataset (needs a network).
+    dataset: str | None = None
+    dataset_config: str | None = None
+    # Classification columns.
+    text_column: str = "text"
+    text_pair_column: str | None = None
+    label_column: str = "label"
+    # Ordered label values as they appear in the data (compared as strings); default: sorted from train.
+    label_names: list[str] | None = None
+    # Causal-LM SFT format and its columns: canonical name -> column in the file.
+    format: SftFormat = "auto"
+    columns: dict[str, str] = field(default_factory=dict)
+    completion_only_loss: bool = True
+    # Seeded splits when a file for a split is not given (fraction of train, or a row count >= 1).
+    validation_size: float = 0.1
+    test_size: float = 0.0
+    split_seed: int = 0
+    max_length: int = 128
+    max_train_samples: int | None = None
+    max_eval_samples: int | None = None
+
+    def validate(self) -> None:
+        if not self.train_file and not self.dataset:
+            raise ConfigError("data.train_file or data.dataset is required")
+        if self.max_length <= 0:
+            raise ConfigError(f"data.max_length must be > 0, got {self.max_length}")
+        for key in ("validation_size", "test_size"):
+            value = getattr(self, key)
+            if value < 0:
+                raise ConfigError(f"data.{key} must be >= 0 (a fraction < 1 or a row count), got {value}")
+        for key in ("max_train_samples", "max_eval_samples"):
+            value = getattr(self, key)
+            if value is not None and value <= 0:
+                raise ConfigError(f"data.{key} must be > 0 or null, got {value}")
+        allowed = {"text", "prompt", "completion", "messages", "instruction", "input", "output"}
+        unknown = set(self.columns) - allowed
+        if unknown:
+            raise ConfigError(f"data.columns has unknown key(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
+
+
+@dataclass
+class MethodConfig:
+    name: MethodName = "lora"
+    # target_modules: "auto" (LoRA/DoRA: all linear layers; IA3: peft's per-architecture list),
+    # "all-linear", "peft-default" (peft's per-architecture list) or a list of module names.
+    lora_r: int = 8
+    lora_alpha: int = 8
+    lora_dropout: float = 0.0
+    use_rslora: bool = False
+    target_modules: str | list[str] = "auto"
+    # Prompt / prefix tuning.
+    num_virtual_tokens: int = 20
+    # Save base + adapter merged into one model folder too (LoRA/DoRA/IA3).
+    save_merged: bool = False
+
+    def validate(self) -> None:
+        if self.lora_r <= 0:
+            raise ConfigError(f"method.lora_r must be > 0, got {self.lora_r}")
+        if self.lora_alpha <= 0:
+            raise ConfigError(f"method.lora_alpha must be > 0, got {self.lora_alpha}")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise ConfigError(f"method.lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        if self.num_virtual_tokens <= 0:
+            raise ConfigError(f"method.num_virtual_tokens must be > 0, got {self.num_virtual_tokens}")
+        if isinstance(self.target_modules, str) and self.target_modules not in TARGET_MODULE_PRESETS:
+            raise ConfigError(
+                f"method.target_modules must be a list of module names or one of {TARGET_MODULE_PRESETS}, "
+                f"got {self.target_modules!r}"
+            )
+        if self.save_merged and self.name not in ("lora", "dora", "ia3"):
+            raise ConfigError(f"method.save_merged needs method.name in lora, dora, ia3; got {self.name!r}")
+
+
+@dataclass
+class TrainingConfig:
+    output_dir: str = "runs/finetune"
+    # Defaults are transformers' TrainingArguments defaults: the "untuned" run a user would launch.
+    learning_rate: float = 5e-5
+    lr_scheduler_type: Literal[
+        "linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial"
+    ] = "linear"
+    warmup_ratio: float = 0.0
+    weight_decay: float = 0.0
+    per_device_train_batch_size: int = 8
+    gradient_accumulation_steps: int = 1
+    per_device_eval_batch_size: int = 32
+    num_train_epochs: float = 3.0
+    max_steps: int = -1
+    max_grad_norm: float = 1.0
+    seed: int = 42
+    # Evaluate every eval_steps optimizer steps (null: at the end of every epoch).
+    eval_steps: int | None = None
+    logging_steps: int = 50
+    # Metric that picks the kept checkpoint (default: accuracy for classification, loss for causal LM).
+    metric_for_best_model: str | None = None
+    group_by_length: bool = False
+    pad_to_max_length: bool = False
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    gradient_checkpointing: bool = False
+    dataloader_num_workers: int = 0
+    disable_progress_bar: bool = True
+
+    def validate(self) -> None:
+        if self.learning_rate <= 0:
+            raise ConfigError(f"training.learning_rate must be > 0, got {self.learning_rate}")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise ConfigError(f"training.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"training.weight_decay must be >= 0, got {self.weight_decay}")
+        for key in ("per_device_train_batch_size", "gradient_accumulation_steps", "per_device_eval_batch_size"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"training.{key} must be > 0, got {getattr(self, key)}")
+        if self.num_train_epochs <= 0 and self.max_steps <= 0:
+            raise ConfigError("training.num_train_epochs must be > 0 (or set training.max_steps > 0)")
+        if self.eval_steps is not None and self.eval_steps <= 0:
+            raise ConfigError(f"training.eval_steps must be > 0 or null, got {self.eval_steps}")
+        if self.logging_steps <= 0:
+            raise ConfigError(f"training.logging_steps must be > 0, got {self.logging_steps}")
+
+    @property
+    def effective_batch_size(self) -> int:
+        return self.per_device_train_batch_size * self.gradient_accumulation_steps
+
+
+SECTIONS: dict[str, type] = {
+    "model": ModelConfig,
+    "data": DataConfig,
+    "method": MethodConfig,
+    "training": TrainingConfig,
+}
+
+
+@dataclass
+class FinetuneConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], *, base_dir: str | Path | None = None) -> FinetuneConfig:
+        """Build and validate a config. ``base_dir`` resolves relative data paths (the YAML's folder)."""
+        if not isinstance(raw, dict):
+            raise ConfigError(f"a config must be a mapping of sections {sorted(SECTIONS)}, got {type(raw).__name__}")
+        unknown = set(raw) - set(SECTIONS)
+        if unknown:
+            raise ConfigError(f"unknown config section(s) {sorted(unknown)}; allowed: {sorted(SECTIONS)}")
+        sections = {}
+        for name, section_cls in SECTIONS.items():
+            values = raw.get(name) or {}
+            if not isinstance(values, dict):
+                raise ConfigError(f"config section {name!r} must be a mapping, got {type(values).__name__}")
+            sections[name] = section_cls(**check_section(name, section_cls, values))
+        config = cls(**sections)
+        if base_dir is not None:
+            config.data = _resolve_paths(config.data, Path(base_dir))
+        config.validate()
+        return config
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, overrides: list[str] | None = None) -> FinetuneConfig:
+        raw = load_yaml(path)
+        raw = apply_overrides(raw, overrides or [])
+        return cls.from_dict(raw, base_dir=Path(path).parent)
+
+    def validate(self) -> None:
+        for name in SECTIONS:
+            getattr(self, name).validate()
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def with_overrides(self, overrides: dict[str, Any]) -> FinetuneConfig:
+        """A new validated config with dotted keys replaced, e.g. {"training.learning_rate": 1e-4}."""
+        raw = copy.deepcopy(self.to_dict())
+        for dotted, value in overrides.items():
+            _set_dotted(raw, dotted, value)
+        return FinetuneConfig.from_dict(raw)
+
+    def to_yaml(self, path: str | Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"malformed YAML in {path}: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
+    return raw
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``section.key=value`` strings; values are parsed as YAML scalars (typed later)."""
+    raw = copy.deepcopy(raw)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like section.key=value")
+        dotted, text = item.split("=", 1)
+        _set_dotted(raw, dotted.strip(), parse_override_value(text))
+    return raw
+
+
+def _set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    if len(parts) != 2:
+        raise ConfigError(f"key {dotted!r} must be section.key with section in {sorted(SECTIONS)}")
+    section, key = parts
+    if section not in SECTIONS:
+        raise ConfigError(f"unknown config section {section!r} in {dotted!r}; allowed: {sorted(SECTIONS)}")
+    allowed = {f.name for f in dataclasses.fields(SECTIONS[section])}
+    if key not in allowed:
+        raise ConfigError(f"unknown key {dotted!r}; allowed keys in {section!r}: {sorted(allowed)}")
+    raw.setdefault(section, {})
+    if raw[section] is None:
+        raw[section] = {}
+    raw[section][key] = value
+
+
+def _resolve_paths(data: DataConfig, base_dir: Path) -> DataConfig:
+    for key in ("train_file", "validation_file", "test_file"):
+        value = getattr(data, key)
+        if value and not Path(value).is_absolute():
+            setattr(data, key, str((base_dir / value).resolve()))
+    return data

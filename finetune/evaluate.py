@@ -1,0 +1,68 @@
+"""Reload a saved run and evaluate it on a split."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from peft import PeftModel
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainingArguments
+
+from finetune.config import FinetuneConfig
+from finetune.errors import ConfigError, DataError
+from finetune.inputs import prepare_inputs
+from finetune.metrics import add_perplexity, classification_metrics
+from finetune.models import ModelSource, load_model, resolve_source
+from finetune.train import CONFIG_FILE, MODEL_DIR, clean_metrics
+
+
+def load_run_config(run_dir: str | Path) -> FinetuneConfig:
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.is_file():
+        raise ConfigError(f"{run_dir} is not a finished tunelab run: {CONFIG_FILE} is missing")
+    return FinetuneConfig.from_yaml(path)
+
+
+def load_trained(run_dir: str | Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, FinetuneConfig]:
+    """The saved model (base + adapter, or the full fine-tuned model), its tokenizer and config."""
+    from transformers import AutoTokenizer
+
+    config = load_run_config(run_dir)
+    model_dir = Path(run_dir) / MODEL_DIR
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    if (model_dir / "adapter_config.json").is_file():
+        base = load_model(config.model, resolve_source(config.model), tokenizer, config.data.label_names)
+        model = PeftModel.from_pretrained(base, model_dir)
+    else:
+        # A fully fine-tuned model is saved whole: load it from the run, not from the base source.
+        model = load_model(config.model, ModelSource(str(model_dir)), tokenizer, config.data.label_names)
+    model.eval()
+    return model, tokenizer, config
+
+
+def evaluate(run_dir: str | Path, split: str = "validation", batch_size: int | None = None) -> dict[str, float]:
+    """Metrics of a saved run on ``split`` ('validation' or 'test'), keys prefixed with the split name."""
+    if split not in ("train", "validation", "test"):
+        raise ConfigError(f"split must be one of train, validation, test; got {split!r}")
+    model, tokenizer, config = load_trained(run_dir)
+    inputs = prepare_inputs(config, tokenizer)
+    dataset = getattr(inputs, split)
+    if dataset is None:
+        raise DataError(f"{run_dir}: the config has no {split} split (set data.{split}_file or data.{split}_size)")
+    with tempfile.TemporaryDirectory() as scratch:
+        args = TrainingArguments(
+            output_dir=scratch,
+            per_device_eval_batch_size=batch_size or config.training.per_device_eval_batch_size,
+            prediction_loss_only=config.model.task == "causal_lm",
+            remove_unused_columns=False,
+            report_to="none",
+            disable_tqdm=True,
+        )
+        trainer = Trainer(
+            model=model,
+            args=args,
+            data_collator=inputs.collator,
+            compute_metrics=classification_metrics if config.model.task == "classification" else None,
+        )
+        metrics = trainer.evaluate(dataset, metric_key_prefix=split)
+    return add_perplexity(clean_metrics(metrics), prefix=split)

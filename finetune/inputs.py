@@ -1,0 +1,59 @@
+"""Tokenized splits and the batch collator for one config (shared by train and evaluate)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from datasets import Dataset
+from transformers import DataCollatorForSeq2Seq, DataCollatorWithPadding, PreTrainedTokenizerBase
+
+from finetune.config import FinetuneConfig
+from finetune.data import load_splits
+from finetune.preprocess import label_names_from, tokenize_classification, tokenize_sft
+
+
+@dataclass
+class ModelInputs:
+    train: Dataset
+    validation: Dataset
+    test: Dataset | None
+    label_names: list[str] | None  # classification only
+    collator: object
+
+
+def prepare_inputs(config: FinetuneConfig, tokenizer: PreTrainedTokenizerBase) -> ModelInputs:
+    data = config.data
+    raw = load_splits(data)
+    pad = config.training.pad_to_max_length
+    tokenized = {}
+    label_names = None
+    if config.model.task == "classification":
+        if data.label_column not in raw.train.column_names:
+            label_names = []  # tokenize_classification reports the missing column with its file
+        else:
+            label_names = label_names_from(raw.train, data)
+        for name in ("train", "validation", "test"):
+            split = getattr(raw, name)
+            if split is not None:
+                tokenized[name] = tokenize_classification(
+                    split, name, raw.origins[name], data, tokenizer, label_names, pad
+                )
+        collator = (
+            DataCollatorWithPadding(tokenizer, padding="max_length", max_length=data.max_length)
+            if pad
+            else DataCollatorWithPadding(tokenizer)
+        )
+    else:
+        for name in ("train", "validation", "test"):
+            split = getattr(raw, name)
+            if split is not None:
+                tokenized[name] = tokenize_sft(split, name, raw.origins[name], data, tokenizer, pad)
+        # Pads input_ids with the pad token and labels with -100.
+        collator = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
+    return ModelInputs(
+        train=tokenized["train"],
+        validation=tokenized["validation"],
+        test=tokenized.get("test"),
+        label_names=label_names,
+        collator=collator,
+    )

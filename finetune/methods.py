@@ -1,0 +1,67 @@
+"""Build the peft config of a method (full fine-tuning has none) and wrap the model."""
+
+from __future__ import annotations
+
+from peft import (
+    IA3Config,
+    LoraConfig,
+    PeftConfig,
+    PrefixTuningConfig,
+    PromptTuningConfig,
+    TaskType,
+    get_peft_model,
+)
+from peft.utils import TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING
+from transformers import PreTrainedModel
+
+from finetune.config import MethodConfig
+from finetune.errors import ConfigError
+
+TASK_TYPES = {"classification": TaskType.SEQ_CLS, "causal_lm": TaskType.CAUSAL_LM}
+
+
+def build_peft_config(method: MethodConfig, task: str, model_type: str) -> PeftConfig | None:
+    """The peft config for ``method`` (None for full fine-tuning).
+
+    For classification, peft's SEQ_CLS task type puts the new head (``classifier``/``score``) in
+    modules_to_save: it is trained and saved with the adapter, so a reloaded adapter predicts the same.
+    """
+    task_type = TASK_TYPES[task]
+    targets = method.target_modules
+    if method.name == "full":
+        return None
+    if method.name in ("lora", "dora"):
+        return LoraConfig(
+            task_type=task_type,
+            r=method.lora_r,
+            lora_alpha=method.lora_alpha,
+            lora_dropout=method.lora_dropout,
+            use_rslora=method.use_rslora,
+            use_dora=method.name == "dora",
+            target_modules=None if targets == "peft-default" else "all-linear" if targets == "auto" else targets,
+        )
+    if method.name == "ia3":
+        feedforward = TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING.get(model_type)
+        if targets in ("auto", "peft-default"):
+            if feedforward is None:
+                raise ConfigError(
+                    f"method.target_modules: peft has no default IA3 modules for model type {model_type!r}; "
+                    "list the module names"
+                )
+            return IA3Config(task_type=task_type)
+        if targets == "all-linear":
+            raise ConfigError("method.target_modules='all-linear' is not supported for ia3; list module names")
+        ff = [name for name in targets if any(name.endswith(f) for f in feedforward or [])]
+        return IA3Config(task_type=task_type, target_modules=targets, feedforward_modules=ff)
+    if method.name == "prompt_tuning":
+        return PromptTuningConfig(task_type=task_type, num_virtual_tokens=method.num_virtual_tokens)
+    if method.name == "prefix_tuning":
+        return PrefixTuningConfig(task_type=task_type, num_virtual_tokens=method.num_virtual_tokens)
+    raise ConfigError(f"method.name: unknown method {method.name!r}")
+
+
+def apply_method(model: PreTrainedModel, method: MethodConfig, task: str) -> PreTrainedModel:
+    peft_config = build_peft_config(method, task, model.config.model_type)
+    if peft_config is None:
+        return model
+    return get_peft_model(model, peft_config)

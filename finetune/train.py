@@ -1,0 +1,206 @@
+"""finetune.train(config) -> RunResult: one fine-tuning run with transformers.Trainer."""
+
+from __future__ import annotations
+
+import json
+import math
+import resource
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
+
+from finetune.config import FinetuneConfig
+from finetune.errors import TrainingError
+from finetune.inputs import prepare_inputs
+from finetune.methods import apply_method
+from finetune.metrics import add_perplexity, classification_metrics, default_metric
+from finetune.models import count_parameters, load_model, load_tokenizer, resolve_source
+
+CONFIG_FILE = "tunelab_config.yaml"
+RESULT_FILE = "run_result.json"
+MODEL_DIR = "model"
+
+
+@dataclass
+class RunResult:
+    output_dir: str
+    # One dict per evaluation: {"step": int, "epoch": float, "eval_loss": ..., "eval_accuracy": ...}.
+    evaluations: list[dict[str, float]]
+    # Metrics of the kept (best) model on the validation split.
+    final_metrics: dict[str, float]
+    best_metrics: dict[str, float]
+    best_checkpoint: str | None
+    optimizer_steps: int
+    planned_steps: int
+    tokens_seen: int
+    wall_seconds: float
+    peak_memory_bytes: int
+    trainable_params: int
+    total_params: int
+    stopped_early: bool = False
+    train_losses: list[dict[str, float]] = field(default_factory=list)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> RunResult:
+        return cls(**json.loads(text))
+
+
+class NanLossGuard(TrainerCallback):
+    """Stop at the first NaN/inf training loss with a clear error instead of training on garbage."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(loss):
+            raise TrainingError(
+                f"training loss is {loss} at step {state.global_step} "
+                f"(learning_rate={args.learning_rate}); lower training.learning_rate or check the data"
+            )
+
+
+def training_arguments(config: FinetuneConfig, checkpoint_dir: Path) -> TrainingArguments:
+    t = config.training
+    metric, greater = default_metric(config.model.task)
+    metric = t.metric_for_best_model or metric
+    greater = greater if t.metric_for_best_model is None else "loss" not in metric
+    strategy = "steps" if t.eval_steps else "epoch"
+    return TrainingArguments(
+        output_dir=str(checkpoint_dir),
+        learning_rate=t.learning_rate,
+        lr_scheduler_type=t.lr_scheduler_type,
+        warmup_steps=t.warmup_ratio,  # a float in [0, 1) is a ratio of the planned steps
+        weight_decay=t.weight_decay,
+        per_device_train_batch_size=t.per_device_train_batch_size,
+        per_device_eval_batch_size=t.per_device_eval_batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        num_train_epochs=t.num_train_epochs,
+        max_steps=t.max_steps,
+        max_grad_norm=t.max_grad_norm,
+        seed=t.seed,
+        data_seed=t.seed,
+        eval_strategy=strategy,
+        eval_steps=t.eval_steps,
+        save_strategy=strategy,
+        save_steps=t.eval_steps,
+        save_only_model=True,
+        save_total_limit=1,
+        load_best_model_at_end=True,
+        metric_for_best_model=metric,
+        greater_is_better=greater,
+        logging_steps=t.logging_steps,
+        train_sampling_strategy="group_by_length" if t.group_by_length else "random",
+        include_num_input_tokens_seen="non_padding",
+        bf16=t.mixed_precision == "bf16",
+        fp16=t.mixed_precision == "fp16",
+        gradient_checkpointing=t.gradient_checkpointing,
+        dataloader_num_workers=t.dataloader_num_workers,
+        disable_tqdm=t.disable_progress_bar,
+        remove_unused_columns=False,  # inputs hold only model columns already
+        prediction_loss_only=config.model.task == "causal_lm",
+        report_to="none",
+    )
+
+
+def train(config: FinetuneConfig, callbacks: list[TrainerCallback] | None = None) -> RunResult:
+    """Fine-tune as ``config`` says; save the best model, its config and the result in training.output_dir.
+
+    Everything that can fail on bad input (model source, data, columns, labels) is checked before
+    anything is written.
+    """
+    started = time.perf_counter()
+    set_seed(config.training.seed)  # new heads, dropout and peft init follow the seed
+    source = resolve_source(config.model)
+    tokenizer = load_tokenizer(config.model, source)
+    inputs = prepare_inputs(config, tokenizer)
+    model = load_model(config.model, source, tokenizer, inputs.label_names)
+    model = apply_method(model, config.method, config.model.task)
+    trainable, total = count_parameters(model)
+
+    output_dir = Path(config.training.output_dir)
+    checkpoint_dir = output_dir / "checkpoints"
+    trainer = Trainer(
+        model=model,
+        args=training_arguments(config, checkpoint_dir),
+        train_dataset=inputs.train,
+        eval_dataset=inputs.validation,
+        processing_class=tokenizer,
+        data_collator=inputs.collator,
+        compute_metrics=classification_metrics if config.model.task == "classification" else None,
+        callbacks=[NanLossGuard(), *(callbacks or [])],
+    )
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    trainer.train()
+    # The best model is loaded at the end; its validation metrics are the run's final metrics.
+    final = add_perplexity(clean_metrics(trainer.evaluate()))
+    state = trainer.state
+    evaluations = [add_perplexity(_eval_entry(log)) for log in state.log_history if "eval_loss" in log]
+    metric_key = "eval_" + trainer.args.metric_for_best_model.removeprefix("eval_")
+    best = _best(evaluations, metric_key, trainer.args.greater_is_better) or final
+    result = RunResult(
+        output_dir=str(output_dir),
+        evaluations=evaluations,
+        final_metrics=final,
+        best_metrics=best,
+        best_checkpoint=str(output_dir / MODEL_DIR),
+        optimizer_steps=state.global_step,
+        planned_steps=state.max_steps,
+        tokens_seen=int(state.num_input_tokens_seen),
+        wall_seconds=time.perf_counter() - started,
+        peak_memory_bytes=_peak_memory(),
+        trainable_params=trainable,
+        total_params=total,
+        stopped_early=state.global_step < state.max_steps,
+        train_losses=[{"step": log["step"], "loss": log["loss"]} for log in state.log_history if "loss" in log],
+    )
+    if trainer.is_world_process_zero():
+        _save_run(trainer, config, inputs.label_names, result, output_dir)
+    trainer.accelerator.wait_for_everyone()
+    return result
+
+
+def _save_run(trainer: Trainer, config: FinetuneConfig, label_names: list[str] | None, result: RunResult,
+              output_dir: Path) -> None:
+    trainer.save_model(str(output_dir / MODEL_DIR))  # adapter (+ trained head) or the full model
+    saved = config.with_overrides({"data.label_names": label_names}) if label_names else config
+    saved.to_yaml(output_dir / CONFIG_FILE)
+    if config.method.save_merged:
+        merged = trainer.model.merge_and_unload()
+        merged.save_pretrained(output_dir / "merged")
+        trainer.processing_class.save_pretrained(output_dir / "merged")
+    # Only the kept model stays on disk: intermediate checkpoints would grow with every trial.
+    shutil.rmtree(output_dir / "checkpoints", ignore_errors=True)
+    (output_dir / RESULT_FILE).write_text(result.to_json())
+
+
+def clean_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    """Keep the model's metrics; drop timing fields (runtime, samples per second) and bookkeeping."""
+    timing = ("_runtime", "_per_second", "_preparation_time")
+    return {k: v for k, v in metrics.items() if "_" in k and not k.endswith(timing) and k != "num_input_tokens_seen"}
+
+
+def _eval_entry(log: dict[str, Any]) -> dict[str, float]:
+    entry = {k: v for k, v in clean_metrics(log).items() if k.startswith("eval_")}
+    entry["step"] = log["step"]
+    entry["epoch"] = log.get("epoch", 0.0)
+    return entry
+
+
+def _best(evaluations: list[dict[str, float]], key: str, greater: bool) -> dict[str, float] | None:
+    scored = [e for e in evaluations if key in e]
+    if not scored:
+        return None
+    return (max if greater else min)(scored, key=lambda e: e[key])
+
+
+def _peak_memory() -> int:
+    if torch.cuda.is_available():
+        return int(torch.cuda.max_memory_allocated())
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
