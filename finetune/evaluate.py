@@ -6,7 +6,7 @@ import tempfile
 from pathlib import Path
 
 from peft import PeftModel
-from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainingArguments
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, PrinterCallback, Trainer, TrainingArguments
 
 from finetune.config import FinetuneConfig
 from finetune.errors import ConfigError, DataError
@@ -64,5 +64,7 @@ def evaluate(run_dir: str | Path, split: str = "validation", batch_size: int | N
             data_collator=inputs.collator,
             compute_metrics=classification_metrics if config.model.task == "classification" else None,
         )
+        trainer.remove_callback(PrinterCallback)  # keep stdout for the metrics the caller prints
         metrics = trainer.evaluate(dataset, metric_key_prefix=split)
-    return add_perplexity(clean_metrics(metrics), prefix=split)
+    metrics = clean_metrics(metrics)
+    return add_perplexity(metrics, prefix=split) if config.model.task == "causal_lm" else metrics

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 from peft import (
     IA3Config,
     LoraConfig,
@@ -64,4 +66,19 @@ def apply_method(model: PreTrainedModel, method: MethodConfig, task: str) -> Pre
     peft_config = build_peft_config(method, task, model.config.model_type)
     if peft_config is None:
         return model
+    if method.name == "prefix_tuning" and task == "classification":
+        _check_prefix_tuning_support(model)
     return get_peft_model(model, peft_config)
+
+
+def _check_prefix_tuning_support(model: PreTrainedModel) -> None:
+    # peft's prefix tuning for classification passes the prefix as `past_key_values`, and raises at the
+    # first step when the backbone's forward lacks that argument (transformers 5 renamed it `cache`).
+    # Same test as peft's, done before anything is trained or written.
+    backbone = getattr(model, model.base_model_prefix, model)
+    if "past_key_values" not in inspect.signature(backbone.forward).parameters:
+        raise ConfigError(
+            f"method.name='prefix_tuning' for classification needs a backbone whose forward accepts "
+            f"past_key_values; {type(backbone).__name__} ({model.config.model_type}) does not with the installed "
+            "transformers/peft. Use prompt_tuning or lora for classification; prefix_tuning works for causal_lm"
+        )

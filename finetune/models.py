@@ -151,7 +151,8 @@ def _dequantized_folder(source: ModelSource) -> Path:
     if gguf_path is not None:
         stat = gguf_path.stat()
         key_text += f":{stat.st_size}:{stat.st_mtime_ns}"
-    target = cache_dir() / "gguf" / (Path(source.gguf_file).stem + "-" + hashlib.sha1(key_text.encode()).hexdigest()[:10])
+    digest = hashlib.sha1(key_text.encode()).hexdigest()[:10]
+    target = cache_dir() / "gguf" / f"{Path(source.gguf_file).stem}-{digest}"
     if (target / "config.json").is_file():
         return target
     try:

@@ -148,7 +148,7 @@ def tokenize_sft(
         )
         labels = []
         for token_id, mask, (start, end) in zip(
-            encoded["input_ids"], encoded["attention_mask"], encoded.pop("offset_mapping")
+            encoded["input_ids"], encoded["attention_mask"], encoded.pop("offset_mapping"), strict=True
         ):
             in_span = end > start and any(s <= start < e for s, e in spans)
             keep = mask == 1 and (in_span or (not data.completion_only_loss and end > start))

@@ -6,13 +6,14 @@ import json
 import math
 import resource
 import shutil
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
+from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments, set_seed
 
 from finetune.config import FinetuneConfig
 from finetune.errors import TrainingError
@@ -57,12 +58,38 @@ class NanLossGuard(TrainerCallback):
     """Stop at the first NaN/inf training loss with a clear error instead of training on garbage."""
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        loss = (logs or {}).get("loss")
-        if loss is not None and not math.isfinite(loss):
-            raise TrainingError(
-                f"training loss is {loss} at step {state.global_step} "
-                f"(learning_rate={args.learning_rate}); lower training.learning_rate or check the data"
-            )
+        for key in ("loss", "eval_loss"):
+            loss = (logs or {}).get(key)
+            if loss is not None and not math.isfinite(loss):
+                kind = "training" if key == "loss" else "validation"
+                raise TrainingError(
+                    f"{kind} loss is {loss} at step {state.global_step} "
+                    f"(learning_rate={args.learning_rate}); lower training.learning_rate or check the data"
+                )
+
+
+class ProgressLog(TrainerCallback):
+    """One line per log/eval on stderr: step/total, loss or metrics, elapsed and ETA (stdout stays clean)."""
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.started = time.perf_counter()
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs or "train_runtime" in logs:
+            return
+        elapsed = time.perf_counter() - self.started
+        eta = elapsed / max(state.global_step, 1) * (state.max_steps - state.global_step)
+        shown = {
+            k: v
+            for k, v in logs.items()
+            if k in ("loss", "learning_rate") or k.startswith("eval_") and not k.endswith(("_runtime", "_per_second"))
+        }
+        values = " ".join(f"{k}={v:.4g}" for k, v in shown.items() if isinstance(v, (int, float)))
+        print(
+            f"[finetune] step {state.global_step}/{state.max_steps} {values} elapsed {elapsed:.0f}s eta {eta:.0f}s",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def training_arguments(config: FinetuneConfig, checkpoint_dir: Path) -> TrainingArguments:
@@ -95,16 +122,18 @@ def training_arguments(config: FinetuneConfig, checkpoint_dir: Path) -> Training
         metric_for_best_model=metric,
         greater_is_better=greater,
         logging_steps=t.logging_steps,
+        logging_nan_inf_filter=False,  # the default hides NaN losses from the log; NanLossGuard needs them
         train_sampling_strategy="group_by_length" if t.group_by_length else "random",
         include_num_input_tokens_seen="non_padding",
         bf16=t.mixed_precision == "bf16",
         fp16=t.mixed_precision == "fp16",
-        gradient_checkpointing=t.gradient_checkpointing,
         dataloader_num_workers=t.dataloader_num_workers,
         disable_tqdm=t.disable_progress_bar,
         remove_unused_columns=False,  # inputs hold only model columns already
         prediction_loss_only=config.model.task == "causal_lm",
         report_to="none",
+        # Passed only when asked: the argument is deprecated in transformers 5 and warns otherwise.
+        **({"gradient_checkpointing": True} if t.gradient_checkpointing else {}),
     )
 
 
@@ -133,15 +162,16 @@ def train(config: FinetuneConfig, callbacks: list[TrainerCallback] | None = None
         processing_class=tokenizer,
         data_collator=inputs.collator,
         compute_metrics=classification_metrics if config.model.task == "classification" else None,
-        callbacks=[NanLossGuard(), *(callbacks or [])],
+        callbacks=[NanLossGuard(), ProgressLog(), *(callbacks or [])],
     )
+    trainer.remove_callback(PrinterCallback)  # replaced by ProgressLog on stderr
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     trainer.train()
-    # The best model is loaded at the end; its validation metrics are the run's final metrics.
-    final = add_perplexity(clean_metrics(trainer.evaluate()))
     state = trainer.state
-    evaluations = [add_perplexity(_eval_entry(log)) for log in state.log_history if "eval_loss" in log]
+    evaluations = [_with_perplexity(config, _eval_entry(log)) for log in state.log_history if "eval_loss" in log]
+    # The best model is loaded at the end; its validation metrics are the run's final metrics.
+    final = _with_perplexity(config, clean_metrics(trainer.evaluate()))
     metric_key = "eval_" + trainer.args.metric_for_best_model.removeprefix("eval_")
     best = _best(evaluations, metric_key, trainer.args.greater_is_better) or final
     result = RunResult(
@@ -166,8 +196,9 @@ def train(config: FinetuneConfig, callbacks: list[TrainerCallback] | None = None
     return result
 
 
-def _save_run(trainer: Trainer, config: FinetuneConfig, label_names: list[str] | None, result: RunResult,
-              output_dir: Path) -> None:
+def _save_run(
+    trainer: Trainer, config: FinetuneConfig, label_names: list[str] | None, result: RunResult, output_dir: Path
+) -> None:
     trainer.save_model(str(output_dir / MODEL_DIR))  # adapter (+ trained head) or the full model
     saved = config.with_overrides({"data.label_names": label_names}) if label_names else config
     saved.to_yaml(output_dir / CONFIG_FILE)
@@ -191,6 +222,10 @@ def _eval_entry(log: dict[str, Any]) -> dict[str, float]:
     entry["step"] = log["step"]
     entry["epoch"] = log.get("epoch", 0.0)
     return entry
+
+
+def _with_perplexity(config: FinetuneConfig, metrics: dict[str, float], prefix: str = "eval") -> dict[str, float]:
+    return add_perplexity(metrics, prefix) if config.model.task == "causal_lm" else metrics
 
 
 def _best(evaluations: list[dict[str, float]], key: str, greater: bool) -> dict[str, float] | None:

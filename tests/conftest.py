@@ -15,7 +15,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 WORDS = (
     "the a movie film was is great good bad awful fun boring plot actor story love hate best worst "
     "what why how who where when answer question camel water desert hump store fat energy city river "
-    "capital france paris blue sky ocean red green one two three yes no"
+    "capital france paris blue sky ocean red green one two three yes no or many humps and of in so"
 ).split()
 CHATML = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
@@ -44,12 +44,22 @@ def tiny_bert(tmp_path_factory) -> str:
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
     )
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=raw, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]",
+        tokenizer_object=raw,
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
         mask_token="[MASK]",
+        model_input_names=["input_ids", "token_type_ids", "attention_mask"],
     )
     config = BertConfig(
-        vocab_size=raw.get_vocab_size(), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=64, max_position_embeddings=128, pad_token_id=0,
+        vocab_size=raw.get_vocab_size(),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        pad_token_id=0,
     )
     BertForSequenceClassification(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
@@ -64,13 +74,23 @@ def tiny_llama(tmp_path_factory) -> str:
     folder = tmp_path_factory.mktemp("tiny-llama")
     raw = _word_tokenizer(["<unk>", "<s>", "</s>", "<|im_start|>", "<|im_end|>", "user", "assistant", "system"])
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=raw, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
+        tokenizer_object=raw,
+        unk_token="<unk>",
+        bos_token="<s>",
+        eos_token="</s>",
         additional_special_tokens=["<|im_start|>", "<|im_end|>"],
     )
     tokenizer.chat_template = CHATML
     config = LlamaConfig(
-        vocab_size=raw.get_vocab_size(), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256, bos_token_id=1, eos_token_id=2,
+        vocab_size=raw.get_vocab_size(),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        bos_token_id=1,
+        eos_token_id=2,
     )
     LlamaForCausalLM(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
@@ -89,8 +109,11 @@ def sentiment_files(tmp_path_factory) -> dict[str, str]:
 
     folder = tmp_path_factory.mktemp("sentiment")
     rng = random.Random(0)
-    positive, negative, filler = ["great", "good", "fun", "love", "best"], ["bad", "awful", "boring", "hate",
-                                                                          "worst"], ["the", "movie", "plot", "was"]
+    positive, negative, filler = (
+        ["great", "good", "fun", "love", "best"],
+        ["bad", "awful", "boring", "hate", "worst"],
+        ["the", "movie", "plot", "was"],
+    )
 
     def rows(n: int) -> list[dict]:
         out = []
@@ -111,15 +134,21 @@ def sentiment_files(tmp_path_factory) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def sft_files(tmp_path_factory) -> dict[str, str]:
     folder = tmp_path_factory.mktemp("sft")
-    qa = [("what is the capital of france?", "paris"), ("why is the sky blue?", "the ocean"),
-          ("how many humps?", "one or two"), ("where is water?", "in the river")] * 6
+    qa = [
+        ("what is the capital of france?", "paris"),
+        ("why is the sky blue?", "the ocean"),
+        ("how many humps?", "one or two"),
+        ("where is water?", "in the river"),
+    ] * 6
     return {
-        "instruction": write_jsonl(folder / "instr.jsonl", [{"instruction": q, "context": "", "response": a}
-                                                            for q, a in qa]),
+        "instruction": write_jsonl(
+            folder / "instr.jsonl", [{"instruction": q, "context": "", "response": a} for q, a in qa]
+        ),
         "prompt_completion": write_jsonl(folder / "pc.jsonl", [{"prompt": q + " ", "completion": a} for q, a in qa]),
-        "messages": write_jsonl(folder / "msg.jsonl", [{"messages": [{"role": "user", "content": q},
-                                                                     {"role": "assistant", "content": a}]}
-                                                       for q, a in qa]),
+        "messages": write_jsonl(
+            folder / "msg.jsonl",
+            [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]} for q, a in qa],
+        ),
         "text": write_jsonl(folder / "text.jsonl", [{"text": q + " " + a} for q, a in qa]),
     }
 
@@ -127,11 +156,22 @@ def sft_files(tmp_path_factory) -> dict[str, str]:
 def classification_config(tiny_bert: str, files: dict[str, str], out: Path, **sections) -> dict:
     config = {
         "model": {"name": tiny_bert, "task": "classification"},
-        "data": {"train_file": files["train"], "validation_file": files["validation"], "test_file": files["test"],
-                 "text_column": "sentence", "max_length": 16},
+        "data": {
+            "train_file": files["train"],
+            "validation_file": files["validation"],
+            "test_file": files["test"],
+            "text_column": "sentence",
+            "max_length": 16,
+        },
         "method": {"name": "lora"},
-        "training": {"output_dir": str(out), "max_steps": 6, "eval_steps": 3, "per_device_train_batch_size": 8,
-                     "learning_rate": 1e-3, "logging_steps": 2},
+        "training": {
+            "output_dir": str(out),
+            "max_steps": 6,
+            "eval_steps": 3,
+            "per_device_train_batch_size": 8,
+            "learning_rate": 1e-3,
+            "logging_steps": 2,
+        },
     }
     for section, values in sections.items():
         config[section].update(values)
@@ -143,8 +183,14 @@ def causal_config(tiny_llama: str, train_file: str, out: Path, **sections) -> di
         "model": {"name": tiny_llama, "task": "causal_lm"},
         "data": {"train_file": train_file, "validation_size": 4, "max_length": 32},
         "method": {"name": "lora"},
-        "training": {"output_dir": str(out), "max_steps": 4, "eval_steps": 2, "per_device_train_batch_size": 4,
-                     "learning_rate": 1e-3, "logging_steps": 2},
+        "training": {
+            "output_dir": str(out),
+            "max_steps": 4,
+            "eval_steps": 2,
+            "per_device_train_batch_size": 4,
+            "learning_rate": 1e-3,
+            "logging_steps": 2,
+        },
     }
     for section, values in sections.items():
         config[section].update(values)

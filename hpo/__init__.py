@@ -1,0 +1,1 @@
+"""hpo: search the hyperparameters of finetune runs (Optuna underneath)."""

@@ -1,0 +1,1 @@
+"""recipes: tune a fine-tune, retrain the winner and the untuned baseline, and report."""
