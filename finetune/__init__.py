@@ -2,7 +2,7 @@
 
 from finetune.config import DataConfig, FinetuneConfig, MethodConfig, ModelConfig, TrainingConfig
 from finetune.errors import ConfigError, DataError, ModelError, TrainingError, TunelabError
-from finetune.evaluate import evaluate, load_trained
+from finetune.evaluate import evaluate, evaluate_untrained, load_trained
 from finetune.train import RunResult, train
 
 __all__ = [
@@ -18,6 +18,7 @@ __all__ = [
     "TrainingError",
     "TunelabError",
     "evaluate",
+    "evaluate_untrained",
     "load_trained",
     "train",
 ]

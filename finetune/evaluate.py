@@ -6,13 +6,21 @@ import tempfile
 from pathlib import Path
 
 from peft import PeftModel
-from transformers import PreTrainedModel, PreTrainedTokenizerBase, PrinterCallback, Trainer, TrainingArguments
+from transformers import (
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    PrinterCallback,
+    Trainer,
+    TrainingArguments,
+    set_seed,
+)
 
 from finetune.config import FinetuneConfig
 from finetune.errors import ConfigError, DataError
 from finetune.inputs import prepare_inputs
 from finetune.metrics import add_perplexity, classification_metrics
-from finetune.models import ModelSource, load_model, resolve_source
+from finetune.models import ModelSource, load_model, load_tokenizer, resolve_source
 from finetune.train import CONFIG_FILE, MODEL_DIR, clean_metrics
 
 
@@ -25,8 +33,6 @@ def load_run_config(run_dir: str | Path) -> FinetuneConfig:
 
 def load_trained(run_dir: str | Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, FinetuneConfig]:
     """The saved model (base + adapter, or the full fine-tuned model), its tokenizer and config."""
-    from transformers import AutoTokenizer
-
     config = load_run_config(run_dir)
     model_dir = Path(run_dir) / MODEL_DIR
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -42,13 +48,34 @@ def load_trained(run_dir: str | Path) -> tuple[PreTrainedModel, PreTrainedTokeni
 
 def evaluate(run_dir: str | Path, split: str = "validation", batch_size: int | None = None) -> dict[str, float]:
     """Metrics of a saved run on ``split`` ('validation' or 'test'), keys prefixed with the split name."""
+    _check_split(split)
+    model, tokenizer, config = load_trained(run_dir)
+    return _evaluate_model(model, tokenizer, config, split, batch_size, where=str(run_dir))
+
+
+def evaluate_untrained(config: FinetuneConfig, split: str = "validation") -> dict[str, float]:
+    """Metrics of the model before fine-tuning (the pretrained base; for classification, a fresh head)."""
+    _check_split(split)
+    set_seed(config.training.seed)
+    source = resolve_source(config.model)
+    tokenizer = load_tokenizer(config.model, source)
+    label_names = prepare_inputs(config, tokenizer).label_names
+    model = load_model(config.model, source, tokenizer, label_names)
+    return _evaluate_model(model.eval(), tokenizer, config, split, None, where="the config")
+
+
+def _check_split(split: str) -> None:
     if split not in ("train", "validation", "test"):
         raise ConfigError(f"split must be one of train, validation, test; got {split!r}")
-    model, tokenizer, config = load_trained(run_dir)
+
+
+def _evaluate_model(
+    model, tokenizer, config: FinetuneConfig, split: str, batch_size: int | None, where: str
+) -> dict[str, float]:
     inputs = prepare_inputs(config, tokenizer)
     dataset = getattr(inputs, split)
     if dataset is None:
-        raise DataError(f"{run_dir}: the config has no {split} split (set data.{split}_file or data.{split}_size)")
+        raise DataError(f"{where}: there is no {split} split (set data.{split}_file or data.{split}_size)")
     with tempfile.TemporaryDirectory() as scratch:
         args = TrainingArguments(
             output_dir=scratch,

@@ -160,9 +160,17 @@ def _dequantized_folder(source: ModelSource) -> Path:
         model = AutoModelForCausalLM.from_pretrained(source.path, gguf_file=source.gguf_file, dtype=torch.float32)
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise ModelError(f"model.gguf_file: cannot load {source.gguf_file} from {source.path}: {exc}") from exc
+    # The tensors are already de-quantized to float32; only the loader's GGUF marker blocks saving them.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
     tmp = Path(tempfile.mkdtemp(dir=_ensure_dir(target.parent)))
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     _replace(tmp, target)
     return target
 

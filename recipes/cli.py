@@ -10,10 +10,14 @@ from finetune.errors import TunelabError
 
 
 def _train(args: argparse.Namespace) -> int:
+    from accelerate import PartialState
+
     import finetune
 
     config = finetune.FinetuneConfig.from_yaml(args.config, args.overrides)
     result = finetune.train(config)
+    if not PartialState().is_main_process:
+        return 0  # under accelerate launch, one process reports
     summary = {
         "output_dir": result.output_dir,
         "final_metrics": result.final_metrics,
@@ -30,7 +34,13 @@ def _train(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     import finetune
 
-    print(json.dumps(finetune.evaluate(args.run_dir, args.split), indent=2))
+    if args.untrained:
+        # RUN_DIR is then a config: how good is the model before any fine-tuning?
+        config = finetune.FinetuneConfig.from_yaml(args.run_dir, args.overrides)
+        metrics = finetune.evaluate_untrained(config, args.split)
+    else:
+        metrics = finetune.evaluate(args.run_dir, args.split)
+    print(json.dumps(metrics, indent=2))
     return 0
 
 
@@ -44,7 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(func=_train)
 
     evaluate = commands.add_parser("evaluate", help="evaluate a saved run on a split")
-    evaluate.add_argument("run_dir")
+    evaluate.add_argument("run_dir", help="a finished run folder (or, with --untrained, a config)")
+    evaluate.add_argument("overrides", nargs="*", help="with --untrained: section.key=value overrides")
+    evaluate.add_argument("--untrained", action="store_true", help="evaluate the model before fine-tuning")
     evaluate.add_argument("--split", default="test", choices=["train", "validation", "test"])
     evaluate.set_defaults(func=_evaluate)
     return parser

@@ -1,0 +1,47 @@
+"""A run under `accelerate launch` with two CPU processes (gloo DDP) splits the data and writes once."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+from conftest import classification_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_two_process_run_splits_data_and_writes_outputs_once(tiny_bert, sentiment_files, tmp_path):
+    raw = classification_config(tiny_bert, sentiment_files, tmp_path / "run", method={"name": "lora"})
+    raw["training"].update({"max_steps": -1, "num_train_epochs": 1, "eval_steps": None})
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "-m",
+        "recipes.cli",
+        "train",
+        str(path),
+    ]
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    # One summary on stdout: only the main process reports.
+    summary = json.loads(done.stdout)
+    # 96 training rows, batch 8 per process, 2 processes: 6 optimizer steps per epoch, not 12.
+    assert summary["optimizer_steps"] == 6
+    run = tmp_path / "run"
+    assert (run / "run_result.json").is_file() and (run / "model" / "adapter_config.json").is_file()
+    assert sorted(p.name for p in run.iterdir()) == ["model", "run_result.json", "tunelab_config.yaml"]
