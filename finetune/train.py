@@ -39,7 +39,8 @@ class RunResult:
     optimizer_steps: int
     planned_steps: int
     tokens_seen: int
-    wall_seconds: float
+    wall_seconds: float  # loading, tokenizing, training and the final evaluation
+    train_seconds: float  # the training loop alone (Trainer's train_runtime, evaluations included)
     peak_memory_bytes: int
     trainable_params: int
     total_params: int
@@ -167,7 +168,7 @@ def train(config: FinetuneConfig, callbacks: list[TrainerCallback] | None = None
     trainer.remove_callback(PrinterCallback)  # replaced by ProgressLog on stderr
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
-    trainer.train()
+    train_output = trainer.train()
     state = trainer.state
     evaluations = [_with_perplexity(config, _eval_entry(log)) for log in state.log_history if "eval_loss" in log]
     # The best model is loaded at the end; its validation metrics are the run's final metrics.
@@ -184,6 +185,7 @@ def train(config: FinetuneConfig, callbacks: list[TrainerCallback] | None = None
         planned_steps=state.max_steps,
         tokens_seen=int(state.num_input_tokens_seen),
         wall_seconds=time.perf_counter() - started,
+        train_seconds=float(train_output.metrics["train_runtime"]),
         peak_memory_bytes=_peak_memory(),
         trainable_params=trainable,
         total_params=total,

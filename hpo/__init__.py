@@ -1,1 +1,26 @@
 """hpo: search the hyperparameters of finetune runs (Optuna underneath)."""
+
+from hpo.budget import Budget
+from hpo.optimize import InfeasibleTrial, Reporter, SearchError, TrialPruned, optimize
+from hpo.results import SearchResult, TrialRecord
+from hpo.samplers import SAMPLERS, SCHEDULERS
+from hpo.space import Categorical, Fixed, Float, Int, SearchSpace, derive_batch
+
+__all__ = [
+    "SAMPLERS",
+    "SCHEDULERS",
+    "Budget",
+    "Categorical",
+    "Fixed",
+    "Float",
+    "InfeasibleTrial",
+    "Int",
+    "Reporter",
+    "SearchError",
+    "SearchResult",
+    "SearchSpace",
+    "TrialPruned",
+    "TrialRecord",
+    "derive_batch",
+    "optimize",
+]

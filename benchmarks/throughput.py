@@ -1,0 +1,166 @@
+"""Training throughput of finetune.train against a hand-written plain Trainer, and the effect of
+dynamic padding + length grouping against padding to max_length.
+
+    python benchmarks/throughput.py            # full: 5 runs per contender
+    python benchmarks/throughput.py --quick    # a smaller check that it still works
+
+Both contenders train the same model (offline all-MiniLM-L6-v2, LoRA) on the same SST-2 rows with the
+same settings, measured in the same process, alternating order. Tokens/s = non-padding training tokens
+seen / training-loop seconds (Trainer's train_runtime). Prints a table and writes benchmarks/throughput.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import finetune  # noqa: E402
+from finetune import FinetuneConfig  # noqa: E402
+
+CONFIG = ROOT / "recipes" / "configs" / "sst2_minilm_lora.yaml"
+
+
+def tunelab_run(overrides: list[str], out: Path) -> dict:
+    config = FinetuneConfig.from_yaml(CONFIG, [*overrides, f"training.output_dir={out}"])
+    result = finetune.train(config)
+    return {
+        "tokens_per_second": result.tokens_seen / result.train_seconds,
+        "train_seconds": result.train_seconds,
+        "accuracy": result.final_metrics["eval_accuracy"],
+    }
+
+
+def plain_trainer_run(overrides: list[str], out: Path) -> dict:
+    """What a user writes by hand with transformers + peft, same settings as the tunelab config."""
+    import numpy as np
+    from peft import LoraConfig, TaskType, get_peft_model
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        DataCollatorWithPadding,
+        Trainer,
+        TrainingArguments,
+        set_seed,
+    )
+
+    from finetune.data import read_table
+    from finetune.models import resolve_source
+
+    config = FinetuneConfig.from_yaml(CONFIG, overrides)
+    t, d, m = config.training, config.data, config.method
+    set_seed(t.seed)
+    path = resolve_source(config.model).path
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)
+    model = get_peft_model(
+        model,
+        LoraConfig(
+            task_type=TaskType.SEQ_CLS,
+            r=m.lora_r,
+            lora_alpha=m.lora_alpha,
+            lora_dropout=m.lora_dropout,
+            target_modules="all-linear",
+        ),
+    )
+
+    def encode(batch):
+        out = tokenizer([s.strip() for s in batch["sentence"]], truncation=True, max_length=d.max_length)
+        out["labels"] = [int(v) for v in batch["label"]]
+        return out
+
+    train = read_table(d.train_file)
+    train = train.select(range(min(len(train), d.max_train_samples or len(train))))
+    train = train.map(encode, batched=True, remove_columns=train.column_names)
+    validation = read_table(d.validation_file).map(encode, batched=True, remove_columns=["sentence", "label"])
+
+    def accuracy(prediction):
+        return {"accuracy": float((np.argmax(prediction.predictions, -1) == prediction.label_ids).mean())}
+
+    args = TrainingArguments(
+        output_dir=str(out),
+        learning_rate=t.learning_rate,
+        lr_scheduler_type=t.lr_scheduler_type,
+        warmup_steps=t.warmup_ratio,
+        per_device_train_batch_size=t.per_device_train_batch_size,
+        num_train_epochs=t.num_train_epochs,
+        max_steps=t.max_steps,
+        seed=t.seed,
+        data_seed=t.seed,
+        eval_strategy="no",
+        save_strategy="no",
+        logging_steps=t.logging_steps,
+        disable_tqdm=True,
+        train_sampling_strategy="group_by_length" if t.group_by_length else "random",
+        include_num_input_tokens_seen="non_padding",
+        report_to="none",
+    )
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=train,
+        eval_dataset=validation,
+        data_collator=DataCollatorWithPadding(tokenizer),
+        compute_metrics=accuracy,
+    )
+    output = trainer.train()
+    seconds = output.metrics["train_runtime"]
+    return {
+        "tokens_per_second": trainer.state.num_input_tokens_seen / seconds,
+        "train_seconds": seconds,
+        "accuracy": trainer.evaluate()["eval_accuracy"],
+    }
+
+
+def median(runs: list[dict], key: str) -> float:
+    return statistics.median(r[key] for r in runs)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="fewer rows and runs")
+    parser.add_argument("--runs", type=int, default=None)
+    args = parser.parse_args()
+    runs = args.runs or (2 if args.quick else 5)
+    rows = 256 if args.quick else 2000
+    # One epoch, evaluation only at the end (eval_steps past the last step) so both loops do the same work.
+    common = [
+        f"data.max_train_samples={rows}",
+        "training.num_train_epochs=1",
+        "training.eval_steps=100000",
+        "training.logging_steps=1000",
+    ]
+    results: dict[str, list[dict]] = {"tunelab": [], "plain Trainer": [], "padded to max_length": []}
+    with tempfile.TemporaryDirectory() as scratch:
+        for i in range(runs):
+            # Alternate the order so warm caches and thermal drift favour neither contender.
+            order = ["tunelab", "plain Trainer"] if i % 2 == 0 else ["plain Trainer", "tunelab"]
+            for name in order:
+                out = Path(scratch) / f"{name.replace(' ', '_')}{i}"
+                run = tunelab_run(common, out) if name == "tunelab" else plain_trainer_run(common, out)
+                results[name].append(run)
+            padded = common + ["training.pad_to_max_length=true", "training.group_by_length=false"]
+            results["padded to max_length"].append(tunelab_run(padded, Path(scratch) / f"pad{i}"))
+
+    base = median(results["plain Trainer"], "tokens_per_second")
+    padded_seconds = median(results["padded to max_length"], "train_seconds")
+    print(f"\nSST-2 MiniLM LoRA, {rows} rows, 1 epoch, median of {runs} runs\n")
+    print("| contender | tokens/s | train s | accuracy | tokens/s vs plain Trainer | speed-up vs padded |")
+    print("|---|---|---|---|---|---|")
+    for name, items in results.items():
+        tps, seconds = median(items, "tokens_per_second"), median(items, "train_seconds")
+        print(
+            f"| {name} | {tps:.0f} | {seconds:.1f} | {median(items, 'accuracy'):.4f} | {tps / base:.3f} | "
+            f"{padded_seconds / seconds:.2f}x |"
+        )
+    (ROOT / "benchmarks" / "throughput.json").write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

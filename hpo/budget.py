@@ -1,0 +1,63 @@
+"""Search budgets: trials, optimizer steps (also as full-run equivalents) and wall time, spent as measured."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import optuna
+from optuna.trial import TrialState
+
+from finetune.errors import ConfigError
+
+STEPS_ATTR = "steps"  # optimizer steps a trial actually ran (updated at every report)
+SECONDS_ATTR = "seconds"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Budget:
+    trials: int | None = None
+    steps: int | None = None
+    wall_seconds: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.trials is None and self.steps is None and self.wall_seconds is None:
+            raise ConfigError("search.budget: give at least one of trials, steps, full_run_equivalents, wall_seconds")
+        for name in ("trials", "steps", "wall_seconds"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ConfigError(f"search.budget.{name} must be > 0, got {value}")
+
+    @classmethod
+    def from_full_runs(cls, full_runs: float, steps_per_full_run: int, **others) -> Budget:
+        """A step budget of ``full_runs`` times the untuned run's optimizer steps."""
+        if full_runs <= 0:
+            raise ConfigError(f"search.budget.full_run_equivalents must be > 0, got {full_runs}")
+        return cls(steps=int(round(full_runs * steps_per_full_run)), **others)
+
+
+@dataclass(frozen=True)
+class Spent:
+    trials: int
+    steps: int
+    wall_seconds: float
+
+
+def spent(study: optuna.Study) -> Spent:
+    """What the study has used so far, over every session and worker; only steps actually run count."""
+    trials = study.get_trials(
+        deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)
+    )
+    steps = sum(int(t.user_attrs.get(STEPS_ATTR, 0)) for t in trials)
+    seconds = sum(float(t.user_attrs.get(SECONDS_ATTR, 0.0)) for t in trials)
+    return Spent(trials=len(trials), steps=steps, wall_seconds=seconds)
+
+
+def exhausted(budget: Budget, used: Spent) -> str | None:
+    """Why the budget is spent, or None."""
+    if budget.trials is not None and used.trials >= budget.trials:
+        return f"trial budget spent ({used.trials}/{budget.trials} trials)"
+    if budget.steps is not None and used.steps >= budget.steps:
+        return f"step budget spent ({used.steps}/{budget.steps} optimizer steps)"
+    if budget.wall_seconds is not None and used.wall_seconds >= budget.wall_seconds:
+        return f"time budget spent ({used.wall_seconds:.0f}/{budget.wall_seconds:.0f} s of trial time)"
+    return None

@@ -1,0 +1,208 @@
+"""hpo.optimize: a search loop over any objective(params, reporter), with Optuna for state and sampling."""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from finetune.errors import ConfigError
+from hpo.budget import SECONDS_ATTR, STEPS_ATTR, Budget, exhausted, spent
+from hpo.progress import Progress
+from hpo.results import FAILURE_ATTR, STOP_REASON_ATTR, SearchResult, trial_records
+from hpo.samplers import CONSTRAINT_ATTR, build_pruner, build_sampler
+from hpo.space import SearchSpace
+from hpo.storage import open_storage
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+class TrialPruned(Exception):
+    """Raise from an objective to stop a trial early (the scheduler or the budget said so)."""
+
+
+class InfeasibleTrial(Exception):
+    """Raise when a configuration cannot run at all (e.g. out of memory even at half batch)."""
+
+
+class SearchError(RuntimeError):
+    """The search could not produce any result (e.g. every trial failed)."""
+
+
+class Reporter:
+    """Handed to the objective: report(step, value) after each evaluation, then ask should_stop()."""
+
+    def __init__(self, trial: optuna.Trial, study: optuna.Study, budget: Budget, started: float):
+        self.trial = trial
+        self._study = study
+        self._budget = budget
+        self._started = started
+        self.steps = 0
+        self.values: list[tuple[int, float]] = []
+        self.stop_reason: str | None = None
+
+    def report(self, step: int, value: float) -> None:
+        self.steps = max(self.steps, int(step))
+        if value is not None and math.isfinite(value):
+            self.values.append((int(step), float(value)))
+            self.trial.report(float(value), int(step))
+        self.trial.set_user_attr(STEPS_ATTR, self.steps)
+        self.trial.set_user_attr(SECONDS_ATTR, time.perf_counter() - self._started)
+
+    def add_steps(self, steps: int) -> None:
+        """Steps run since the last report (e.g. after the last evaluation) that the budget must count."""
+        self.steps = max(self.steps, int(steps))
+        self.trial.set_user_attr(STEPS_ATTR, self.steps)
+
+    def should_stop(self) -> bool:
+        if self.stop_reason is None:
+            if self.trial.should_prune():
+                self.stop_reason = "pruned by the scheduler"
+            else:
+                reason = exhausted(self._budget, spent(self._study))
+                # The trial counting itself does not make a trial budget "spent" mid-trial.
+                if reason and not reason.startswith("trial budget"):
+                    self.stop_reason = f"stopped: {reason}"
+        return self.stop_reason is not None
+
+
+Objective = Callable[[dict[str, Any], Reporter], float]
+
+
+def optimize(
+    objective: Objective,
+    space: SearchSpace,
+    *,
+    sampler: str = "tpe",
+    scheduler: str = "none",
+    budget: Budget,
+    direction: str = "maximize",
+    seed: int = 0,
+    storage: str | None = None,
+    study_name: str = "tunelab",
+    min_steps: int = 1,
+    max_steps: int | None = None,
+    reduction_factor: int = 3,
+    base: dict[str, Any] | None = None,
+    first_params: list[dict[str, Any]] | None = None,
+    max_initial_failures: int = 5,
+    progress: bool = True,
+) -> SearchResult:
+    """Run (or resume) a search until the budget is spent; every finished trial is kept in ``storage``.
+
+    ``first_params`` are evaluated before anything sampled (e.g. the untuned configuration).
+    """
+    if direction not in ("maximize", "minimize"):
+        raise ConfigError(f"search.objective.direction must be 'maximize' or 'minimize', got {direction!r}")
+    study = optuna.create_study(
+        storage=open_storage(storage),
+        sampler=build_sampler(sampler, seed=seed),
+        pruner=build_pruner(scheduler, min_steps=min_steps, max_steps=max_steps, reduction_factor=reduction_factor),
+        study_name=study_name,
+        direction=direction,
+        load_if_exists=True,
+    )
+    planned = _enqueue_planned(study, space, sampler, budget, base, first_params)
+    tracker = Progress(budget=budget, planned_trials=planned, direction=direction, enabled=progress)
+    stop_reason = None
+    while True:
+        stop_reason = exhausted(budget, spent(study))
+        if stop_reason:
+            break
+        if sampler == "grid" and not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            stop_reason = "grid complete"
+            break
+        _run_trial(study, objective, space, budget, base)
+        tracker.update(study)
+        if _all_failed(study, max_initial_failures):
+            break
+    study.set_user_attr(STOP_REASON_ATTR, stop_reason)
+    result = SearchResult.from_study(study, stop_reason or "every trial failed", storage)
+    if result.best_trial is None:
+        failures = [r for r in trial_records(study) if r.state == "FAIL"]
+        first = failures[0].failure if failures else "no trial finished"
+        raise SearchError(f"every trial failed ({len(failures)}); the first failure was: {first}")
+    tracker.finish(result)
+    return result
+
+
+def _run_trial(
+    study: optuna.Study, objective: Objective, space: SearchSpace, budget: Budget, base: dict[str, Any] | None
+) -> None:
+    trial = study.ask()
+    started = time.perf_counter()
+    reporter = Reporter(trial, study, budget, started)
+    state, value = TrialState.FAIL, None
+    try:
+        params = space.suggest(trial, base)
+        trial.set_user_attr("params", params)  # conditional and fixed values included
+        value = objective(params, reporter)
+        if reporter.stop_reason:
+            raise TrialPruned(reporter.stop_reason)
+        if value is None or not math.isfinite(value):
+            raise ValueError(f"objective returned {value!r}")
+        state = TrialState.COMPLETE
+    except TrialPruned as stop:
+        state = TrialState.PRUNED
+        trial.set_user_attr("stop_reason", str(stop) or "pruned")
+    except InfeasibleTrial as exc:
+        # Recorded as complete with a violated constraint so TPE/GP learn to avoid the region.
+        trial.set_user_attr(CONSTRAINT_ATTR, [1.0])
+        trial.set_user_attr(FAILURE_ATTR, f"infeasible: {exc}")
+        value = _worst_value(study)
+        state = TrialState.COMPLETE
+    except Exception as exc:  # a failing trial never kills the search
+        trial.set_user_attr(FAILURE_ATTR, f"{type(exc).__name__}: {exc}")
+        print(f"[hpo] trial {trial.number} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        traceback.print_exc(limit=3, file=sys.stderr)
+    trial.set_user_attr(STEPS_ATTR, reporter.steps)
+    trial.set_user_attr(SECONDS_ATTR, time.perf_counter() - started)
+    study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
+
+
+def _enqueue_planned(
+    study: optuna.Study,
+    space: SearchSpace,
+    sampler: str,
+    budget: Budget,
+    base: dict[str, Any] | None,
+    first_params: list[dict[str, Any]] | None,
+) -> int | None:
+    """Queue the first trials (and, for grid, every grid point) once; a resumed study keeps its queue."""
+    if study.user_attrs.get("queued"):
+        return study.user_attrs.get("planned_trials")
+    planned = budget.trials
+    points = list(first_params or [])
+    if sampler == "grid":
+        grid = space.grid_points(base)
+        if budget.trials is not None and len(grid) + len(points) > budget.trials:
+            raise ConfigError(
+                f"search: the grid has {len(grid)} points but the budget allows {budget.trials} "
+                "trials; shrink the grid or raise search.budget.trials"
+            )
+        points += grid
+        planned = len(points)
+    for params in points:
+        study.enqueue_trial(params, skip_if_exists=True)
+    study.set_user_attr("queued", True)
+    study.set_user_attr("planned_trials", planned)
+    return planned
+
+
+def _worst_value(study: optuna.Study) -> float:
+    values = [t.value for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None]
+    if not values:
+        return 0.0
+    return min(values) if study.direction == optuna.study.StudyDirection.MAXIMIZE else max(values)
+
+
+def _all_failed(study: optuna.Study, limit: int) -> bool:
+    """Stop early when the first ``limit`` trials all failed: the search is broken, not unlucky."""
+    finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL))
+    return len(finished) >= limit and all(t.state == TrialState.FAIL for t in finished)

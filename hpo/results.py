@@ -1,0 +1,139 @@
+"""Search results: one record per trial, the best trial, and the files people open."""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from hpo.budget import SECONDS_ATTR, STEPS_ATTR, spent
+from hpo.samplers import CONSTRAINT_ATTR
+
+FAILURE_ATTR = "failure"
+STOP_REASON_ATTR = "stop_reason"
+
+
+@dataclass
+class TrialRecord:
+    number: int
+    state: str  # COMPLETE, PRUNED, FAIL, RUNNING, WAITING
+    value: float | None
+    params: dict[str, Any]
+    steps: int
+    seconds: float
+    failure: str | None = None
+    stop_reason: str | None = None
+    feasible: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)  # e.g. checkpoint path, metrics
+
+
+def to_record(trial: FrozenTrial) -> TrialRecord:
+    attrs = trial.user_attrs
+    known = {"params", STEPS_ATTR, SECONDS_ATTR, FAILURE_ATTR, "stop_reason", CONSTRAINT_ATTR}
+    return TrialRecord(
+        number=trial.number,
+        state=trial.state.name,
+        value=trial.value if trial.state == TrialState.COMPLETE else _last_value(trial),
+        params=attrs.get("params", dict(trial.params)),
+        steps=int(attrs.get(STEPS_ATTR, 0)),
+        seconds=float(attrs.get(SECONDS_ATTR, 0.0)),
+        failure=attrs.get(FAILURE_ATTR),
+        stop_reason=attrs.get("stop_reason"),
+        feasible=not any(v > 0 for v in attrs.get(CONSTRAINT_ATTR, [0.0])),
+        extra={k: v for k, v in attrs.items() if k not in known},
+    )
+
+
+def trial_records(study: optuna.Study) -> list[TrialRecord]:
+    return [to_record(t) for t in study.get_trials(deepcopy=False) if t.state != TrialState.WAITING]
+
+
+@dataclass
+class SearchResult:
+    study_name: str
+    storage: str | None
+    direction: str
+    stop_reason: str
+    trials: list[TrialRecord]
+    steps_spent: int
+    wall_seconds_spent: float
+
+    @property
+    def best_trial(self) -> TrialRecord | None:
+        """The best complete, feasible trial (pruned and failed trials never win)."""
+        finished = [t for t in self.trials if t.state == "COMPLETE" and t.feasible and t.value is not None]
+        if not finished:
+            return None
+        pick = max if self.direction == "maximize" else min
+        return pick(finished, key=lambda t: t.value)
+
+    @property
+    def best_params(self) -> dict[str, Any]:
+        return self.best_trial.params if self.best_trial else {}
+
+    @property
+    def best_value(self) -> float | None:
+        return self.best_trial.value if self.best_trial else None
+
+    def count(self, state: str) -> int:
+        return sum(t.state == state for t in self.trials)
+
+    @classmethod
+    def from_study(cls, study: optuna.Study, stop_reason: str, storage: str | None) -> SearchResult:
+        used = spent(study)
+        return cls(
+            study_name=study.study_name,
+            storage=storage,
+            direction=study.direction.name.lower(),
+            stop_reason=stop_reason,
+            trials=trial_records(study),
+            steps_spent=used.steps,
+            wall_seconds_spent=used.wall_seconds,
+        )
+
+    def anytime_curve(self) -> list[tuple[int, float]]:
+        """(cumulative optimizer steps, best complete value so far), in trial order."""
+        points, total, best = [], 0, None
+        better = (lambda a, b: a > b) if self.direction == "maximize" else (lambda a, b: a < b)
+        for trial in sorted(self.trials, key=lambda t: t.number):
+            total += trial.steps
+            if trial.state == "COMPLETE" and trial.feasible and trial.value is not None:
+                if best is None or better(trial.value, best):
+                    best = trial.value
+            if best is not None:
+                points.append((total, best))
+        return points
+
+    def write_tables(self, folder: str | Path) -> None:
+        """trials.csv and trials.json (params, state, objective, steps, seconds, failure reason)."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        rows = [asdict(t) for t in self.trials]
+        (folder / "trials.json").write_text(json.dumps(rows, indent=2, default=str))
+        keys = sorted({k for t in self.trials for k in t.params})
+        with open(folder / "trials.csv", "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["number", "state", "value", "steps", "seconds", *keys, "failure"])
+            for t in self.trials:
+                writer.writerow(
+                    [
+                        t.number,
+                        t.state,
+                        t.value,
+                        t.steps,
+                        round(t.seconds, 2),
+                        *[t.params.get(k, "") for k in keys],
+                        t.failure or t.stop_reason or "",
+                    ]
+                )
+
+
+def _last_value(trial: FrozenTrial) -> float | None:
+    if not trial.intermediate_values:
+        return None
+    return trial.intermediate_values[max(trial.intermediate_values)]

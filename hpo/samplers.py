@@ -1,0 +1,73 @@
+"""Samplers and schedulers by name, on top of Optuna's."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import optuna
+from optuna.trial import FrozenTrial
+
+from finetune.errors import ConfigError
+
+SAMPLERS = ("grid", "random", "qmc", "tpe", "gp")
+SCHEDULERS = ("none", "median", "sha", "hyperband")
+CONSTRAINT_ATTR = "constraint"  # > 0: infeasible (e.g. out of memory even at half batch)
+
+
+def infeasibility(trial: FrozenTrial) -> Sequence[float]:
+    """Constraint values for TPE/GP: they learn to avoid regions where trials cannot run."""
+    return trial.user_attrs.get(CONSTRAINT_ATTR, [0.0])
+
+
+def build_sampler(name: str, *, seed: int | None, n_startup_trials: int = 5) -> optuna.samplers.BaseSampler:
+    """``grid`` is driven by enqueued points (see hpo.optimize); its sampler only fills nothing-left gaps."""
+    if name in ("random", "grid"):
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "qmc":
+        # Scrambled Sobol points; a seed fixes the scrambling, so runs are reproducible.
+        return optuna.samplers.QMCSampler(
+            qmc_type="sobol", scramble=True, seed=seed, warn_asynchronous_seeding=False, warn_independent_sampling=False
+        )
+    if name == "tpe":
+        return optuna.samplers.TPESampler(
+            seed=seed,
+            n_startup_trials=n_startup_trials,
+            multivariate=True,
+            group=True,
+            constraints_func=infeasibility,
+            warn_independent_sampling=False,
+        )
+    if name == "gp":
+        return optuna.samplers.GPSampler(
+            seed=seed,
+            n_startup_trials=n_startup_trials,
+            constraints_func=infeasibility,
+            warn_independent_sampling=False,
+        )
+    raise ConfigError(f"search.sampler: unknown sampler {name!r}; expected one of {', '.join(SAMPLERS)}")
+
+
+def build_pruner(
+    name: str, *, min_steps: int, max_steps: int | None = None, reduction_factor: int = 3
+) -> optuna.pruners.BasePruner:
+    """Early-stopping schedulers; resources are optimizer steps (the step given to report())."""
+    if name == "none":
+        return optuna.pruners.NopPruner()
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=min_steps)
+    if name == "sha":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=min_steps, reduction_factor=reduction_factor)
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(
+            min_resource=min_steps, max_resource=max_steps or "auto", reduction_factor=reduction_factor
+        )
+    raise ConfigError(f"search.scheduler: unknown scheduler {name!r}; expected one of {', '.join(SCHEDULERS)}")
+
+
+def rung_steps(min_steps: int, max_steps: int, reduction_factor: int = 3) -> list[int]:
+    """Optimizer steps at which SHA/Hyperband compare trials: min_steps * eta^k up to max_steps."""
+    rungs, step = [], min_steps
+    while step < max_steps:
+        rungs.append(step)
+        step *= reduction_factor
+    return [*rungs, max_steps]

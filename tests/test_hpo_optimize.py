@@ -1,0 +1,270 @@
+"""Conformance suite every sampler passes, scheduler behaviour on synthetic curves, budgets, failures, resume."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from synthetic import SPACE, curve_objective, quality
+
+from finetune import ConfigError
+from hpo import SAMPLERS, Budget, Categorical, Float, SearchError, SearchSpace, optimize
+from hpo.results import SearchResult
+
+HERE = Path(__file__).resolve().parent
+GRID_SPACE = SearchSpace(
+    {
+        "training.learning_rate": Float(low=1e-5, high=1e-1, log=True, grid=(1e-4, 1e-3, 1e-2)),
+        "training.num_train_epochs": Categorical(choices=(1, 3)),
+        "training.lr_scheduler_type": Categorical(choices=("linear", "cosine")),
+    }
+)
+
+
+def _run(sampler, seed=0, trials=12, objective=None, space=None, **kwargs) -> SearchResult:
+    return optimize(
+        objective or curve_objective(max_steps=3),
+        space or (GRID_SPACE if sampler == "grid" else SPACE),
+        sampler=sampler,
+        budget=Budget(trials=trials),
+        seed=seed,
+        progress=False,
+        **kwargs,
+    )
+
+
+# ---------------------------------------------------------------- conformance: every sampler
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_sampler_respects_types_and_bounds(sampler):
+    result = _run(sampler)
+    assert result.count("COMPLETE") == 12
+    for trial in result.trials:
+        p = trial.params
+        assert isinstance(p["training.learning_rate"], float) and 1e-5 <= p["training.learning_rate"] <= 1e-1
+        assert isinstance(p["training.num_train_epochs"], int) and 1 <= p["training.num_train_epochs"] <= 5
+        assert p["training.lr_scheduler_type"] in ("linear", "cosine", "constant")
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_sampler_is_reproducible_with_a_seed(sampler):
+    first, second = _run(sampler, seed=3), _run(sampler, seed=3)
+    assert [t.params for t in first.trials] == [t.params for t in second.trials]
+    if sampler != "grid":
+        assert [t.params for t in _run(sampler, seed=4).trials] != [t.params for t in first.trials]
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_sampler_survives_failed_trials(sampler):
+    calls = {"n": 0}
+    inner = curve_objective(max_steps=3)
+
+    def flaky(params, reporter):
+        calls["n"] += 1
+        if calls["n"] % 3 == 0:
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return inner(params, reporter)
+
+    result = _run(sampler, objective=flaky)
+    assert result.count("FAIL") == 4 and result.count("COMPLETE") == 8
+    assert all("simulated" in t.failure for t in result.trials if t.state == "FAIL")
+    assert result.best_trial is not None and result.best_trial.state == "COMPLETE"
+
+
+def test_grid_enumerates_every_point_exactly_once():
+    result = _run("grid", trials=20)
+    points = [tuple(sorted(t.params.items())) for t in result.trials]
+    assert len(points) == 12 and len(set(points)) == 12
+    assert result.stop_reason == "grid complete"
+
+
+def test_grid_too_large_for_the_budget():
+    with pytest.raises(ConfigError, match="the grid has 12 points but the budget allows 5 trials"):
+        _run("grid", trials=5)
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "gp"])
+def test_model_based_samplers_beat_random_on_a_smooth_objective(sampler):
+    def best(s, seed):
+        return _run(s, seed=seed, trials=30, objective=lambda params, reporter: quality(params)).best_value
+
+    model = sorted(best(sampler, seed) for seed in range(3))[1]
+    random = sorted(best("random", seed) for seed in range(3))[1]
+    assert model >= random - 0.01 and model > 0.9
+
+
+# ---------------------------------------------------------------- schedulers on synthetic curves
+
+
+@pytest.mark.parametrize("scheduler", ["median", "sha", "hyperband"])
+def test_scheduler_stops_bad_trials_early_and_keeps_the_best(scheduler):
+    good = {"training.learning_rate": 1e-3, "training.num_train_epochs": 3, "training.lr_scheduler_type": "cosine"}
+    # Two middling trials, then four clearly bad ones (quality <= 0.13 against 0.6 and 1.0).
+    others = [
+        {"training.learning_rate": lr, "training.num_train_epochs": 1, "training.lr_scheduler_type": "linear"}
+        for lr in (1e-2, 1e-4, 1e-5, 1e-1, 2e-5, 7e-2)
+    ]
+    result = optimize(
+        curve_objective(max_steps=81),
+        SPACE,
+        sampler="random",
+        scheduler=scheduler,
+        budget=Budget(trials=7),
+        first_params=[good, *others],
+        min_steps=3,
+        max_steps=81,
+        progress=False,
+        seed=0,
+    )
+    by_lr = {t.params["training.learning_rate"]: t for t in result.trials}
+    assert by_lr[1e-3].state == "COMPLETE" and by_lr[1e-3].steps == 81
+    assert result.best_params == good
+    stopped = [t for t in result.trials if t.state == "PRUNED"]
+    assert len(stopped) >= 2 and all(t.steps < 81 for t in stopped)
+    assert all(quality(t.params) < quality(good) for t in stopped)
+
+
+# ---------------------------------------------------------------- budget, objective, failures
+
+
+def test_step_budget_counts_only_steps_run_and_says_so():
+    result = optimize(
+        curve_objective(max_steps=30),
+        SPACE,
+        sampler="random",
+        scheduler="sha",
+        budget=Budget(steps=200),
+        min_steps=3,
+        max_steps=30,
+        progress=False,
+    )
+    assert result.stop_reason.startswith("step budget spent")
+    assert result.steps_spent == sum(t.steps for t in result.trials)
+    # Trials that would overrun are stopped when the budget is spent: the total lands on it.
+    assert 200 <= result.steps_spent <= 200 + 1
+    assert any(t.state == "PRUNED" and t.steps < 30 for t in result.trials)
+
+
+def test_wall_time_budget():
+    result = optimize(
+        curve_objective(max_steps=5, sleep=0.01),
+        SPACE,
+        sampler="random",
+        budget=Budget(wall_seconds=0.5),
+        progress=False,
+    )
+    assert result.stop_reason.startswith("time budget spent") and result.wall_seconds_spent >= 0.5
+
+
+def test_every_trial_failing_is_an_error_with_the_first_failure():
+    def broken(params, reporter):
+        raise ValueError(f"bad column in trial with lr={params['training.learning_rate']:.0e}")
+
+    with pytest.raises(SearchError, match=r"every trial failed \(5\); the first failure was: ValueError: bad column"):
+        optimize(broken, SPACE, sampler="random", budget=Budget(trials=50), progress=False)
+
+
+def test_nan_objective_is_a_failed_trial():
+    calls = {"n": 0}
+
+    def sometimes_nan(params, reporter):
+        calls["n"] += 1
+        return float("nan") if calls["n"] == 2 else quality(params)
+
+    result = optimize(sometimes_nan, SPACE, sampler="random", budget=Budget(trials=4), progress=False)
+    assert [t.state for t in result.trials].count("FAIL") == 1
+    assert "objective returned nan" in next(t.failure for t in result.trials if t.state == "FAIL")
+
+
+def test_minimize_direction():
+    result = optimize(
+        lambda p, r: -quality(p), SPACE, sampler="tpe", direction="minimize", budget=Budget(trials=15), progress=False
+    )
+    assert result.best_value == min(t.value for t in result.trials)
+
+
+def test_first_params_run_first():
+    untuned = {"training.learning_rate": 5e-5, "training.num_train_epochs": 3, "training.lr_scheduler_type": "linear"}
+    result = _run("tpe", trials=3, first_params=[untuned])
+    assert result.trials[0].params == untuned
+
+
+# ---------------------------------------------------------------- storage: resume and shared workers
+
+
+def _worker(storage, trials, sleep, seed=0):
+    return subprocess.Popen(
+        [
+            sys.executable,
+            str(HERE / "synthetic.py"),
+            "--storage",
+            storage,
+            "--trials",
+            str(trials),
+            "--sleep",
+            str(sleep),
+            "--seed",
+            str(seed),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_killed_search_resumes_without_losing_trials(tmp_path):
+    storage = str(tmp_path / "study.journal")
+    worker = _worker(storage, trials=12, sleep=0.05)
+    # Kill it hard once some trials are done.
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        time.sleep(0.5)
+        if _finished(storage) >= 4:
+            break
+    os.kill(worker.pid, signal.SIGKILL)
+    worker.wait()
+    done_before = _finished(storage)
+    assert 4 <= done_before < 12
+    resumed = _worker(storage, trials=12, sleep=0.0)
+    assert resumed.wait(timeout=120) == 0, resumed.stderr.read()
+    result = _study_result(storage)
+    finished = [t for t in result.trials if t.state in ("COMPLETE", "FAIL", "PRUNED")]
+    # The trial killed mid-run stays RUNNING in storage (counted by the budget); nothing completed is lost.
+    assert len(finished) + sum(t.state == "RUNNING" for t in result.trials) == 12
+    assert sum(t.state == "COMPLETE" for t in result.trials) >= done_before
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "journal"])
+def test_two_workers_share_one_search(tmp_path, backend):
+    storage = f"sqlite:///{tmp_path / 'study.db'}" if backend == "sqlite" else str(tmp_path / "study.journal")
+    workers = [_worker(storage, trials=16, sleep=0.01, seed=seed) for seed in (1, 2)]
+    for worker in workers:
+        assert worker.wait(timeout=180) == 0, worker.stderr.read()
+        assert "database is locked" not in worker.stderr.read()
+    result = _study_result(storage)
+    numbers = [t.number for t in result.trials]
+    assert len(numbers) == len(set(numbers))
+    # Each worker checks the shared budget before starting a trial; at most one extra per other worker.
+    assert 16 <= sum(t.state == "COMPLETE" for t in result.trials) <= 17
+
+
+def _study_result(storage):
+    import optuna
+
+    from hpo.storage import open_storage
+
+    study = optuna.load_study(study_name="shared", storage=open_storage(storage))
+    return SearchResult.from_study(study, "", storage)
+
+
+def _finished(storage) -> int:
+    if not Path(storage).exists():
+        return 0
+    try:
+        return sum(t.state == "COMPLETE" for t in _study_result(storage).trials)
+    except Exception:  # the study may not exist yet
+        return 0

@@ -1,0 +1,91 @@
+import optuna
+import pytest
+
+from finetune import ConfigError
+from hpo import Categorical, Fixed, Float, Int, SearchSpace, derive_batch
+
+
+def test_from_yaml_dict_with_condition():
+    space = SearchSpace.from_dict(
+        {
+            "method.name": {"type": "categorical", "choices": ["lora", "full"]},
+            "training.learning_rate": {"type": "float", "low": "1e-5", "high": 1e-3, "log": True},
+            "method.lora_r": {"type": "categorical", "choices": [8, 16], "when": {"method.name": "lora"}},
+            "training.num_train_epochs": {"type": "int", "low": 1, "high": 3},
+            "training.weight_decay": {"type": "fixed", "value": 0.01},
+        }
+    )
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = set()
+    for _ in range(30):
+        params = space.suggest(study.ask())
+        assert 1e-5 <= params["training.learning_rate"] <= 1e-3
+        assert params["training.weight_decay"] == 0.01
+        assert ("method.lora_r" in params) == (params["method.name"] == "lora")
+        seen.add(params["method.name"])
+    assert seen == {"lora", "full"}
+    assert SearchSpace.from_dict(space.to_dict()).parameters == space.parameters
+
+
+def test_condition_on_base_config():
+    space = SearchSpace({"method.lora_r": Categorical(choices=(8, 16), when={"method.name": ["lora", "dora"]})})
+    study = optuna.create_study()
+    assert "method.lora_r" in space.suggest(study.ask(), {"method.name": "dora"})
+    assert space.suggest(study.ask(), {"method.name": "full"}) == {}
+
+
+def test_grid_points_respect_conditions_and_dedupe():
+    space = SearchSpace(
+        {
+            "method.name": Categorical(choices=("lora", "full")),
+            "method.lora_r": Categorical(choices=(8, 16), when={"method.name": "lora"}),
+            "training.learning_rate": Float(low=1e-5, high=1e-3, log=True, grid=(1e-4, 1e-3)),
+        }
+    )
+    points = space.grid_points()
+    # lora: 2 ranks x 2 LRs; full: 2 LRs (lora_r inactive, not duplicated).
+    assert len(points) == 6
+    assert {"method.name": "full", "training.learning_rate": 1e-4} in points
+
+
+@pytest.mark.parametrize(
+    ("parameters", "message"),
+    [
+        ({"training.learning_rate": Float(low=1e-3, high=1e-3)}, "empty range"),
+        ({"training.learning_rate": Float(low=1e-3, high=1e-4)}, "empty range"),
+        ({"training.learning_rate": Float(low=0.0, high=1e-3, log=True)}, "log range needs low > 0"),
+        ({"training.lr": Float(low=1e-5, high=1e-3)}, "unknown key 'training.lr'"),
+        ({"trainer.lr": Float(low=1e-5, high=1e-3)}, "unknown key 'trainer.lr'"),
+        ({"training.seed": Int(low=1, high=40)}, "training.seed cannot be searched: seeds are replicates"),
+        ({"method.lora_r": Categorical(choices=())}, "empty list of choices"),
+        ({"method.lora_r": Categorical(choices=(8,), when={"method.kind": "lora"})}, "unknown key 'method.kind'"),
+        ({"training.effective_batch_size": Categorical(choices=(8, 0))}, "positive integers"),
+        ({"training.learning_rate": Float(low=1e-5, high=1e-3, grid=(1.0,))}, "grid: values must lie in"),
+    ],
+)
+def test_impossible_spaces_are_rejected(parameters, message):
+    with pytest.raises(ConfigError, match=message):
+        SearchSpace(parameters)
+
+
+def test_yaml_errors_name_the_field():
+    with pytest.raises(ConfigError, match="search.space.training.learning_rate.type: expected one of"):
+        SearchSpace.from_dict({"training.learning_rate": {"type": "loguniform", "low": 1, "high": 2}})
+    with pytest.raises(ConfigError, match=r"unknown field\(s\) \['lo'\]"):
+        SearchSpace.from_dict({"training.learning_rate": {"type": "float", "lo": 1, "high": 2}})
+    with pytest.raises(ConfigError, match="grid sampler needs 'grid"):
+        SearchSpace({"training.learning_rate": Float(low=1e-5, high=1e-3)}).grid_points()
+
+
+@pytest.mark.parametrize(
+    ("effective", "max_per_device", "world", "expected"),
+    [(32, 32, 1, (32, 1)), (64, 16, 1, (16, 4)), (24, 16, 1, (12, 2)), (32, 8, 2, (8, 2)), (8, 64, 1, (8, 1))],
+)
+def test_derive_batch(effective, max_per_device, world, expected):
+    per_device, accumulation = derive_batch(effective, max_per_device, world)
+    assert (per_device, accumulation) == expected
+    assert per_device * accumulation * world == effective
+
+
+def test_fixed_parameter():
+    assert SearchSpace({"training.weight_decay": Fixed(value=0.1)}).grid_points() == [{"training.weight_decay": 0.1}]
