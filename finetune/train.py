@@ -241,3 +241,13 @@ def _peak_memory() -> int:
     if torch.cuda.is_available():
         return int(torch.cuda.max_memory_allocated())
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def planned_steps(config: FinetuneConfig, train_rows: int, world_size: int = 1) -> int:
+    """Optimizer steps Trainer will plan for ``config`` on ``train_rows`` rows (same arithmetic as Trainer)."""
+    t = config.training
+    if t.max_steps > 0:
+        return t.max_steps
+    batches = math.ceil(train_rows / (t.per_device_train_batch_size * world_size))
+    per_epoch = max(math.ceil(batches / t.gradient_accumulation_steps), 1)
+    return math.ceil(t.num_train_epochs * per_epoch)

@@ -7,6 +7,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import optuna
@@ -72,11 +73,19 @@ class Reporter:
         return self.stop_reason is not None
 
 
-Objective = Callable[[dict[str, Any], Reporter], float]
+ObjectiveFn = Callable[[dict[str, Any], Reporter], float]
+
+
+@dataclass(frozen=True)
+class PlannedTrial:
+    """A trial to run before anything sampled; ``role`` is kept in the trial's attributes (e.g. "untuned")."""
+
+    params: dict[str, Any]
+    role: str | None = None
 
 
 def optimize(
-    objective: Objective,
+    objective: ObjectiveFn,
     space: SearchSpace,
     *,
     sampler: str = "tpe",
@@ -90,13 +99,15 @@ def optimize(
     max_steps: int | None = None,
     reduction_factor: int = 3,
     base: dict[str, Any] | None = None,
-    first_params: list[dict[str, Any]] | None = None,
+    first_params: list[dict[str, Any] | PlannedTrial] | None = None,
     max_initial_failures: int = 5,
     progress: bool = True,
+    on_trial_end: Callable[[SearchResult], None] | None = None,
 ) -> SearchResult:
     """Run (or resume) a search until the budget is spent; every finished trial is kept in ``storage``.
 
     ``first_params`` are evaluated before anything sampled (e.g. the untuned configuration).
+    ``on_trial_end`` sees the results after every trial (e.g. to delete all but the best checkpoint).
     """
     if direction not in ("maximize", "minimize"):
         raise ConfigError(f"search.objective.direction must be 'maximize' or 'minimize', got {direction!r}")
@@ -120,6 +131,8 @@ def optimize(
             break
         _run_trial(study, objective, space, budget, base)
         tracker.update(study)
+        if on_trial_end is not None:
+            on_trial_end(SearchResult.from_study(study, "", storage))
         if _all_failed(study, max_initial_failures):
             break
     study.set_user_attr(STOP_REASON_ATTR, stop_reason)
@@ -133,7 +146,7 @@ def optimize(
 
 
 def _run_trial(
-    study: optuna.Study, objective: Objective, space: SearchSpace, budget: Budget, base: dict[str, Any] | None
+    study: optuna.Study, objective: ObjectiveFn, space: SearchSpace, budget: Budget, base: dict[str, Any] | None
 ) -> None:
     trial = study.ask()
     started = time.perf_counter()
@@ -178,7 +191,7 @@ def _enqueue_planned(
     if study.user_attrs.get("queued"):
         return study.user_attrs.get("planned_trials")
     planned = budget.trials
-    points = list(first_params or [])
+    points = [p if isinstance(p, PlannedTrial) else PlannedTrial(p) for p in first_params or []]
     if sampler == "grid":
         grid = space.grid_points(base)
         if budget.trials is not None and len(grid) + len(points) > budget.trials:
@@ -186,10 +199,11 @@ def _enqueue_planned(
                 f"search: the grid has {len(grid)} points but the budget allows {budget.trials} "
                 "trials; shrink the grid or raise search.budget.trials"
             )
-        points += grid
+        points += [PlannedTrial(point) for point in grid]
         planned = len(points)
-    for params in points:
-        study.enqueue_trial(params, skip_if_exists=True)
+    for point in points:
+        attrs = {"role": point.role} if point.role else None
+        study.enqueue_trial(point.params, user_attrs=attrs, skip_if_exists=point.role is None)
     study.set_user_attr("queued", True)
     study.set_user_attr("planned_trials", planned)
     return planned

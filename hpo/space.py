@@ -15,6 +15,9 @@ from finetune.errors import ConfigError
 
 # Searched in place of per-device batch and accumulation, which are derived from it (see derive_batch).
 EFFECTIVE_BATCH_SIZE = "training.effective_batch_size"
+# Searched in place of lora_alpha: alpha = multiplier x lora_r keeps the "alpha = r or 2r" prior.
+LORA_ALPHA_MULTIPLIER = "method.lora_alpha_multiplier"
+DERIVED_KEYS = (EFFECTIVE_BATCH_SIZE, LORA_ALPHA_MULTIPLIER)
 NEVER_SEARCHED = {
     "training.seed": "seeds are replicates, never a searched value (recipes run several seeds)",
     "training.output_dir": "each trial gets its own output folder",
@@ -167,6 +170,21 @@ def derive_batch(effective: int, max_per_device: int, world_size: int = 1) -> tu
     return per_device, per_process // per_device
 
 
+def to_overrides(
+    params: dict[str, Any], base: dict[str, Any], max_per_device: int, world_size: int = 1
+) -> dict[str, Any]:
+    """Config overrides for sampled params, with derived keys turned into real config keys."""
+    overrides = {k: v for k, v in params.items() if k not in DERIVED_KEYS}
+    if EFFECTIVE_BATCH_SIZE in params:
+        per_device, accumulation = derive_batch(params[EFFECTIVE_BATCH_SIZE], max_per_device, world_size)
+        overrides["training.per_device_train_batch_size"] = per_device
+        overrides["training.gradient_accumulation_steps"] = accumulation
+    if LORA_ALPHA_MULTIPLIER in params:
+        rank = overrides.get("method.lora_r", base.get("method.lora_r"))
+        overrides["method.lora_alpha"] = int(params[LORA_ALPHA_MULTIPLIER] * rank)
+    return overrides
+
+
 def _active(when: dict[str, Any] | None, params: dict[str, Any], base: dict[str, Any]) -> bool:
     if not when:
         return True
@@ -181,7 +199,7 @@ def _active(when: dict[str, Any] | None, params: dict[str, Any], base: dict[str,
 def _validate(key: str, parameter: Parameter) -> None:
     if key in NEVER_SEARCHED:
         raise ConfigError(f"search.space: {key} cannot be searched: {NEVER_SEARCHED[key]}")
-    if key != EFFECTIVE_BATCH_SIZE:
+    if key not in DERIVED_KEYS:
         _check_config_key(key, "search.space")
     for when_key in parameter.when or {}:
         _check_config_key(when_key, f"search.space.{key}.when")
@@ -224,5 +242,5 @@ def _check_config_key(key: str, where: str) -> None:
             f"{where}: unknown key {key!r}; keys look like section.key with section in {sorted(SECTIONS)}"
         )
     allowed = {f.name for f in dataclasses.fields(SECTIONS[section])}
-    if name not in allowed and key != EFFECTIVE_BATCH_SIZE:
+    if name not in allowed and key not in DERIVED_KEYS:
         raise ConfigError(f"{where}: unknown key {key!r}; allowed keys in {section!r}: {sorted(allowed)}")

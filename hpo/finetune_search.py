@@ -1,0 +1,246 @@
+"""Search the hyperparameters of a fine-tune: each trial is one finetune.train run, reported to hpo.optimize."""
+
+from __future__ import annotations
+
+import gc
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from transformers import TrainerCallback
+
+import finetune
+from finetune import FinetuneConfig
+from finetune.data import load_splits
+from finetune.errors import ConfigError
+from finetune.train import planned_steps
+from hpo.budget import Budget
+from hpo.default_spaces import default_space
+from hpo.optimize import InfeasibleTrial, PlannedTrial, Reporter, optimize
+from hpo.results import SearchResult
+from hpo.space import DERIVED_KEYS, EFFECTIVE_BATCH_SIZE, LORA_ALPHA_MULTIPLIER, SearchSpace, to_overrides
+
+UNTUNED = "untuned"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Objective:
+    """What a trial is scored by: one metric, its direction, and the best or the last evaluation."""
+
+    metric: str = "auto"  # accuracy, macro_f1, loss, perplexity... ("auto": accuracy or loss by task)
+    direction: Literal["auto", "maximize", "minimize"] = "auto"
+    use: Literal["best", "last"] = "best"
+
+    def resolve(self, task: str) -> tuple[str, str]:
+        metric = self.metric if self.metric != "auto" else ("accuracy" if task == "classification" else "loss")
+        key = metric if metric.startswith("eval_") else f"eval_{metric}"
+        direction = self.direction
+        if direction == "auto":
+            direction = "minimize" if any(word in key for word in ("loss", "perplexity")) else "maximize"
+        if self.use not in ("best", "last"):
+            raise ConfigError(f"search.objective.use must be 'best' or 'last', got {self.use!r}")
+        return key, direction
+
+
+@dataclass
+class FinetuneSearch:
+    result: SearchResult
+    best_config: FinetuneConfig
+    best_checkpoint: str | None
+    full_run_steps: int  # optimizer steps of the untuned run: the unit of "full-run equivalents"
+    metric: str
+    run_dir: str
+
+
+class ReportToTrial(TrainerCallback):
+    """Reports each evaluation to the trial and stops the run cleanly when the trial must stop."""
+
+    def __init__(self, reporter: Reporter, metric: str):
+        self.reporter = reporter
+        self.metric = metric
+        self.reported_steps: set[int] = set()
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        if state.global_step in self.reported_steps or not metrics or self.metric not in metrics:
+            if metrics and self.metric not in metrics:
+                raise ConfigError(
+                    f"search.objective.metric: {self.metric!r} is not among the evaluation metrics "
+                    f"{sorted(k for k in metrics if k.startswith('eval_'))}"
+                )
+            return
+        self.reported_steps.add(state.global_step)
+        self.reporter.report(state.global_step, metrics[self.metric])
+        if self.reporter.should_stop():
+            control.should_training_stop = True
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.reporter.add_steps(state.global_step)
+
+
+def search_finetune(
+    base: FinetuneConfig,
+    *,
+    run_dir: str | Path,
+    space: SearchSpace | None = None,
+    sampler: str = "tpe",
+    scheduler: str = "hyperband",
+    budget: Budget | None = None,
+    full_run_equivalents: float | None = None,
+    objective: Objective = Objective(),
+    storage: str | None = None,
+    study_name: str = "search",
+    seed: int = 0,
+    max_per_device_batch: int = 32,
+    include_untuned: bool = True,
+    progress: bool = True,
+) -> FinetuneSearch:
+    """Tune ``base`` (the user's untuned config). The untuned config is the first trial unless told otherwise.
+
+    The budget is a Budget, or ``full_run_equivalents`` multiples of the untuned run's optimizer steps.
+    Only the best trial's model stays on disk; its folder is returned.
+    """
+    run_dir = Path(run_dir)
+    space = space or default_space(base.method.name, base.model.task)
+    metric, direction = objective.resolve(base.model.task)
+    base_values = flatten(base)
+    train_rows = len(load_splits(base.data).train)
+    full_run_steps = planned_steps(base, train_rows)
+    if full_run_equivalents is not None:
+        budget = Budget.from_full_runs(
+            full_run_equivalents,
+            full_run_steps,
+            trials=budget.trials if budget else None,
+            wall_seconds=budget.wall_seconds if budget else None,
+        )
+    if budget is None:
+        raise ConfigError("search.budget: give a budget (trials, steps, wall_seconds) or full_run_equivalents")
+    # Evaluations every rung unit: SHA/Hyperband rungs (min_steps x 3^k) then always fall on an evaluation.
+    min_steps = max(1, round(full_run_steps / 9))
+    if sampler == "grid" and budget.steps is not None:
+        grid = space.grid_size(base_values)
+        if grid * full_run_steps > budget.steps * 3:
+            raise ConfigError(
+                f"search: the grid has {grid} points, about {grid * full_run_steps} steps at the "
+                f"untuned run's length, far over the budget of {budget.steps} steps"
+            )
+
+    trials_dir = run_dir / "trials"
+
+    def run_trial(params: dict[str, Any], reporter: Reporter) -> float:
+        number = reporter.trial.number
+        untuned = reporter.trial.user_attrs.get("role") == UNTUNED
+        overrides = {} if untuned else to_overrides(params, base_values, max_per_device_batch)
+        overrides.update(
+            {"training.output_dir": str(trials_dir / f"trial_{number:04d}"), "training.eval_steps": min_steps}
+        )
+        config = base.with_overrides(overrides)
+        callback = ReportToTrial(reporter, metric)
+        try:
+            result = _train_with_oom_retry(config, callback)
+        finally:
+            gc.collect()  # the trial's model and optimizer go before the next trial starts
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        reporter.trial.set_user_attr("checkpoint", result.best_checkpoint)
+        reporter.trial.set_user_attr("optimizer_steps", result.optimizer_steps)
+        values = [value for _, value in reporter.values]
+        if not values:
+            raise ConfigError(f"trial {number}: no evaluation reported {metric}")
+        if objective.use == "last":
+            return values[-1]
+        return max(values) if direction == "maximize" else min(values)
+
+    first = [PlannedTrial(untuned_params(space, base_values), role=UNTUNED)] if include_untuned else None
+    result = optimize(
+        run_trial,
+        space,
+        sampler=sampler,
+        scheduler=scheduler,
+        budget=budget,
+        direction=direction,
+        seed=seed,
+        storage=storage,
+        study_name=study_name,
+        min_steps=min_steps,
+        base=base_values,
+        first_params=first,
+        progress=progress,
+        on_trial_end=keep_best_checkpoint,
+    )
+    best = result.best_trial
+    best_config = (
+        base
+        if best.extra.get("role") == UNTUNED
+        else base.with_overrides(to_overrides(best.params, base_values, max_per_device_batch))
+    )
+    return FinetuneSearch(
+        result=result,
+        best_config=best_config,
+        best_checkpoint=best.extra.get("checkpoint"),
+        full_run_steps=full_run_steps,
+        metric=metric,
+        run_dir=str(run_dir),
+    )
+
+
+def _train_with_oom_retry(config: FinetuneConfig, callback: TrainerCallback) -> finetune.RunResult:
+    """Out of memory: retry once with half the per-device batch and twice the accumulation (same effective
+    batch); a second OOM makes the configuration infeasible."""
+    try:
+        return finetune.train(config, callbacks=[callback])
+    except torch.OutOfMemoryError as first:
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        t = config.training
+        if t.per_device_train_batch_size == 1:
+            raise InfeasibleTrial(f"out of memory at per-device batch 1: {first}") from first
+        retry = config.with_overrides(
+            {
+                "training.per_device_train_batch_size": t.per_device_train_batch_size // 2,
+                "training.gradient_accumulation_steps": t.gradient_accumulation_steps * 2,
+            }
+        )
+        if t.per_device_train_batch_size % 2:
+            raise InfeasibleTrial(f"out of memory at odd per-device batch {t.per_device_train_batch_size}") from first
+        shutil.rmtree(t.output_dir, ignore_errors=True)
+        try:
+            return finetune.train(retry, callbacks=[callback])
+        except torch.OutOfMemoryError as second:
+            raise InfeasibleTrial(
+                f"out of memory even at per-device batch {retry.training.per_device_train_batch_size}: {second}"
+            ) from second
+
+
+def keep_best_checkpoint(result: SearchResult) -> None:
+    """Delete every trial's saved model except the best complete trial's: disk stays bounded."""
+    best = result.best_trial
+    keep = best.extra.get("checkpoint") if best else None
+    for trial in result.trials:
+        path = trial.extra.get("checkpoint")
+        if path and path != keep and trial.state != "RUNNING" and Path(path).exists():
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def flatten(config: FinetuneConfig) -> dict[str, Any]:
+    """{"training.learning_rate": 5e-5, ...}: the dotted values conditions and untuned params read."""
+    return {f"{section}.{key}": value for section, values in config.to_dict().items() for key, value in values.items()}
+
+
+def untuned_params(space: SearchSpace, base_values: dict[str, Any]) -> dict[str, Any]:
+    """The untuned config expressed in the space's keys (for the trials table and for enqueueing)."""
+    params = {}
+    for key in space.parameters:
+        if key == EFFECTIVE_BATCH_SIZE:
+            params[key] = (
+                base_values["training.per_device_train_batch_size"]
+                * base_values["training.gradient_accumulation_steps"]
+            )
+        elif key == LORA_ALPHA_MULTIPLIER:
+            ratio = base_values["method.lora_alpha"] / base_values["method.lora_r"]
+            params[key] = int(ratio) if ratio.is_integer() else ratio
+        elif key not in DERIVED_KEYS:
+            params[key] = base_values[key]
+    return params

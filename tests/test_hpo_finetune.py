@@ -1,0 +1,149 @@
+"""Searches around finetune.train on a tiny model."""
+
+import os
+from pathlib import Path
+
+import pytest
+from conftest import classification_config
+
+from finetune import FinetuneConfig
+from hpo import Budget, Categorical, Float, SearchSpace
+from hpo.finetune_search import Objective, search_finetune
+
+SMALL_SPACE = SearchSpace(
+    {
+        "training.learning_rate": Float(low=1e-4, high=1e-2, log=True),
+        "training.effective_batch_size": Categorical(choices=(8, 16)),
+        "method.lora_r": Categorical(choices=(4, 8)),
+    }
+)
+
+
+def _base(tiny_bert, sentiment_files, tmp_path, **training):
+    raw = classification_config(
+        tiny_bert,
+        sentiment_files,
+        tmp_path / "unused",
+        training={"max_steps": -1, "num_train_epochs": 1, "eval_steps": None, "learning_rate": 5e-5, **training},
+    )
+    return FinetuneConfig.from_dict(raw)
+
+
+def test_search_runs_untuned_first_keeps_only_the_best_checkpoint(tiny_bert, sentiment_files, tmp_path):
+    base = _base(tiny_bert, sentiment_files, tmp_path)
+    search = search_finetune(
+        base,
+        run_dir=tmp_path / "search",
+        space=SMALL_SPACE,
+        sampler="tpe",
+        scheduler="hyperband",
+        full_run_equivalents=4,
+        progress=False,
+    )
+    result = search.result
+    # 96 rows / batch 8, one epoch: the untuned run is 12 steps, so 4 full runs = 48 steps.
+    assert search.full_run_steps == 12
+    assert result.stop_reason.startswith("step budget spent") and 48 <= result.steps_spent <= 49
+    assert result.trials[0].extra.get("role") == "untuned"
+    assert result.trials[0].params["training.learning_rate"] == 5e-5
+    kept = [p for p in (tmp_path / "search" / "trials").glob("trial_*/model")]
+    assert [str(p) for p in kept] == [search.best_checkpoint]
+    assert search.best_config.training.output_dir != search.best_checkpoint
+    assert search.metric == "eval_accuracy" and result.direction == "maximize"
+
+
+def test_effective_batch_is_split_by_memory_limit(tiny_bert, sentiment_files, tmp_path):
+    base = _base(tiny_bert, sentiment_files, tmp_path)
+    space = SearchSpace({"training.effective_batch_size": Categorical(choices=(16,))})
+    search = search_finetune(
+        base,
+        run_dir=tmp_path / "s",
+        space=space,
+        sampler="random",
+        scheduler="none",
+        budget=Budget(trials=2),
+        include_untuned=False,
+        max_per_device_batch=4,
+        progress=False,
+    )
+    t = search.best_config.training
+    assert (t.per_device_train_batch_size, t.gradient_accumulation_steps) == (4, 4)
+
+
+def test_objective_last_and_minimize_loss(tiny_bert, sentiment_files, tmp_path):
+    base = _base(tiny_bert, sentiment_files, tmp_path)
+    search = search_finetune(
+        base,
+        run_dir=tmp_path / "s",
+        space=SMALL_SPACE,
+        sampler="random",
+        scheduler="none",
+        budget=Budget(trials=2),
+        objective=Objective(metric="loss", use="last"),
+        progress=False,
+    )
+    assert search.metric == "eval_loss" and search.result.direction == "minimize"
+
+
+def test_unknown_objective_metric_fails_trials_with_clear_message(tiny_bert, sentiment_files, tmp_path):
+    from hpo import SearchError
+
+    base = _base(tiny_bert, sentiment_files, tmp_path)
+    with pytest.raises(SearchError, match="'eval_bleu' is not among the evaluation metrics"):
+        search_finetune(
+            base,
+            run_dir=tmp_path / "s",
+            space=SMALL_SPACE,
+            sampler="random",
+            scheduler="none",
+            budget=Budget(trials=5),
+            objective=Objective(metric="bleu"),
+            progress=False,
+        )
+
+
+def test_memory_does_not_grow_over_20_trials(tiny_bert, sentiment_files, tmp_path):
+    import psutil
+
+    process = psutil.Process(os.getpid())
+    base = _base(tiny_bert, sentiment_files, tmp_path, max_steps=2, eval_steps=2)
+    rss = []
+
+    def record(result):
+        rss.append(process.memory_info().rss)
+
+    import finetune
+    from hpo import optimize
+    from hpo.finetune_search import ReportToTrial
+
+    def objective(params, reporter):
+        config = base.with_overrides({**params, "training.output_dir": str(tmp_path / f"t{reporter.trial.number}")})
+        finetune.train(config, callbacks=[ReportToTrial(reporter, "eval_accuracy")])
+        return reporter.values[-1][1]
+
+    optimize(
+        objective,
+        SearchSpace({"training.learning_rate": Float(low=1e-4, high=1e-2, log=True)}),
+        sampler="random",
+        budget=Budget(trials=20),
+        progress=False,
+        on_trial_end=record,
+    )
+    growth = (rss[-1] - rss[0]) / rss[0]
+    assert growth < 0.10, f"RSS grew {growth:.1%} from trial 1 to 20: {[r >> 20 for r in rss]} MiB"
+
+
+def test_trial_folders_are_separate(tiny_bert, sentiment_files, tmp_path):
+    base = _base(tiny_bert, sentiment_files, tmp_path)
+    search_finetune(
+        base,
+        run_dir=tmp_path / "s",
+        space=SMALL_SPACE,
+        sampler="random",
+        scheduler="none",
+        budget=Budget(trials=3),
+        progress=False,
+    )
+    folders = sorted(Path(tmp_path / "s" / "trials").iterdir())
+    assert [f.name for f in folders] == ["trial_0000", "trial_0001", "trial_0002"]
+    assert all((f / "run_result.json").is_file() for f in folders)
