@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gc
 import shutil
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,6 +19,7 @@ from finetune.train import planned_steps
 from hpo.budget import Budget
 from hpo.default_spaces import default_space
 from hpo.optimize import InfeasibleTrial, PlannedTrial, Reporter, optimize
+from hpo.outputs import write_search_outputs
 from hpo.results import SearchResult
 from hpo.space import DERIVED_KEYS, EFFECTIVE_BATCH_SIZE, LORA_ALPHA_MULTIPLIER, SearchSpace, to_overrides
 
@@ -102,6 +103,7 @@ def search_finetune(
     Only the best trial's model stays on disk; its folder is returned.
     """
     run_dir = Path(run_dir)
+    storage = storage or str(run_dir / "study.journal")  # in the run folder: re-running resumes
     space = space or default_space(base.method.name, base.model.task)
     metric, direction = objective.resolve(base.model.task)
     base_values = flatten(base)
@@ -175,7 +177,7 @@ def search_finetune(
         if best.extra.get("role") == UNTUNED
         else base.with_overrides(to_overrides(best.params, base_values, max_per_device_batch))
     )
-    return FinetuneSearch(
+    search = FinetuneSearch(
         result=result,
         best_config=best_config,
         best_checkpoint=best.extra.get("checkpoint"),
@@ -183,6 +185,19 @@ def search_finetune(
         metric=metric,
         run_dir=str(run_dir),
     )
+    summary = {
+        "metric": metric,
+        "use": objective.use,
+        "sampler": sampler,
+        "scheduler": scheduler,
+        "full_run_steps": full_run_steps,
+        "full_run_equivalents_spent": result.steps_spent / full_run_steps,
+        "best_checkpoint": search.best_checkpoint,
+        "space": space.to_dict(),
+        "budget": asdict(budget),
+    }
+    write_search_outputs(result, run_dir, best_config=best_config, extra=summary)
+    return search
 
 
 def _train_with_oom_retry(config: FinetuneConfig, callback: TrainerCallback) -> finetune.RunResult:

@@ -62,6 +62,7 @@ class SearchResult:
     trials: list[TrialRecord]
     steps_spent: int
     wall_seconds_spent: float
+    study: optuna.Study | None = field(default=None, repr=False, compare=False)  # for importances and plots
 
     @property
     def best_trial(self) -> TrialRecord | None:

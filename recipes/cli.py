@@ -44,6 +44,86 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _search(args: argparse.Namespace) -> int:
+    import yaml
+
+    import finetune
+    from hpo import Budget, SearchSpace
+    from hpo.finetune_search import Objective, search_finetune
+
+    config = finetune.FinetuneConfig.from_yaml(args.config, args.overrides)
+    space = SearchSpace.from_dict(yaml.safe_load(open(args.space))) if args.space else None
+    has_budget = any(v is not None for v in (args.budget_trials, args.budget_steps, args.budget_minutes))
+    budget = (
+        Budget(
+            trials=args.budget_trials,
+            steps=args.budget_steps,
+            wall_seconds=args.budget_minutes * 60 if args.budget_minutes else None,
+        )
+        if has_budget
+        else None
+    )
+    fre = args.budget_fre if args.budget_fre is not None or budget is not None else 8.0
+    run_dir = args.run_dir or f"{config.training.output_dir}_search"
+    search = search_finetune(
+        config,
+        run_dir=run_dir,
+        space=space,
+        sampler=args.sampler,
+        scheduler=args.scheduler,
+        budget=budget,
+        full_run_equivalents=fre,
+        objective=Objective(metric=args.metric, use=args.use),
+        storage=args.storage,
+        seed=args.seed,
+        max_per_device_batch=args.max_per_device_batch,
+        include_untuned=not args.no_untuned,
+    )
+    result = search.result
+    print(
+        json.dumps(
+            {
+                "run_dir": run_dir,
+                "stop_reason": result.stop_reason,
+                "best_value": result.best_value,
+                "metric": search.metric,
+                "best_params": result.best_params,
+                "best_checkpoint": search.best_checkpoint,
+                "best_config": f"{run_dir}/best_config.yaml",
+                "steps_spent": result.steps_spent,
+                "full_run_equivalents_spent": round(result.steps_spent / search.full_run_steps, 2),
+                "trials": {s: result.count(s) for s in ("COMPLETE", "PRUNED", "FAIL")},
+            },
+            indent=2,
+            default=str,
+        )
+    )
+    return 0
+
+
+def _trials(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    path = Path(args.run_dir) / "trials.json"
+    if not path.is_file():
+        print(f"tunelab: error: {args.run_dir} has no trials.json (is it a search run folder?)", file=sys.stderr)
+        return 2
+    trials = json.loads(path.read_text())
+    keys = sorted({k for t in trials for k in t["params"]})
+    short = [k.split(".")[-1] for k in keys]
+    print(" | ".join(["#", "state", "value", "steps", "sec", *short, "note"]))
+    for t in trials:
+        value = "" if t["value"] is None else f"{t['value']:.4f}"
+        params = [_fmt(t["params"].get(k, "")) for k in keys]
+        note = t.get("failure") or t.get("stop_reason") or t.get("extra", {}).get("role") or ""
+        print(" | ".join([str(t["number"]), t["state"], value, str(t["steps"]), f"{t['seconds']:.0f}", *params, note]))
+    return 0
+
+
+def _fmt(value) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tunelab", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -59,6 +139,31 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--untrained", action="store_true", help="evaluate the model before fine-tuning")
     evaluate.add_argument("--split", default="test", choices=["train", "validation", "test"])
     evaluate.set_defaults(func=_evaluate)
+
+    from hpo.samplers import SAMPLERS, SCHEDULERS
+
+    search = commands.add_parser("search", help="search hyperparameters around a fine-tuning config")
+    search.add_argument("config")
+    search.add_argument("overrides", nargs="*", help="section.key=value overrides of the base (untuned) config")
+    search.add_argument("--space", help="YAML search space (default: the method-aware default space)")
+    search.add_argument("--sampler", default="tpe", choices=SAMPLERS)
+    search.add_argument("--scheduler", default="hyperband", choices=SCHEDULERS)
+    search.add_argument("--budget-fre", type=float, help="budget in full-run equivalents (default 8)")
+    search.add_argument("--budget-trials", type=int)
+    search.add_argument("--budget-steps", type=int)
+    search.add_argument("--budget-minutes", type=float)
+    search.add_argument("--metric", default="auto", help="accuracy, macro_f1, loss... (default by task)")
+    search.add_argument("--use", default="best", choices=["best", "last"], help="which evaluation scores a trial")
+    search.add_argument("--storage", help="journal file path or SQLAlchemy URL (default: in the run folder)")
+    search.add_argument("--run-dir", help="default: <training.output_dir>_search")
+    search.add_argument("--seed", type=int, default=0, help="sampler seed")
+    search.add_argument("--max-per-device-batch", type=int, default=32)
+    search.add_argument("--no-untuned", action="store_true", help="do not evaluate the untuned config first")
+    search.set_defaults(func=_search)
+
+    trials = commands.add_parser("trials", help="print the trials table of a search run folder")
+    trials.add_argument("run_dir")
+    trials.set_defaults(func=_trials)
     return parser
 
 

@@ -147,3 +147,34 @@ def test_trial_folders_are_separate(tiny_bert, sentiment_files, tmp_path):
     folders = sorted(Path(tmp_path / "s" / "trials").iterdir())
     assert [f.name for f in folders] == ["trial_0000", "trial_0001", "trial_0002"]
     assert all((f / "run_result.json").is_file() for f in folders)
+
+
+def test_cli_search_writes_outputs_and_resumes(tiny_bert, sentiment_files, tmp_path, capsys):
+    import json
+
+    import yaml
+
+    from recipes.cli import main
+
+    raw = classification_config(tiny_bert, sentiment_files, tmp_path / "run",
+                                training={"max_steps": -1, "num_train_epochs": 1, "eval_steps": None})
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump(SMALL_SPACE.to_dict()))
+    args = ["search", str(path), "--space", str(space), "--sampler", "random", "--scheduler", "none",
+            "--budget-trials", "3", "--run-dir", str(tmp_path / "s")]
+    assert main(args) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["trials"]["COMPLETE"] == 3
+    for name in ("trials.csv", "trials.json", "summary.json", "best_config.yaml", "anytime.png", "study.journal"):
+        assert (tmp_path / "s" / name).is_file(), name
+    best = FinetuneConfig.from_yaml(tmp_path / "s" / "best_config.yaml")
+    assert best.training.learning_rate == summary["best_params"].get("training.learning_rate", 5e-5)
+    # Re-running with a larger budget resumes: the 3 finished trials are kept, 2 more run.
+    assert main([*args[:-4], "--budget-trials", "5", "--run-dir", str(tmp_path / "s")]) == 0
+    resumed = json.loads(capsys.readouterr().out)
+    assert resumed["trials"]["COMPLETE"] == 5
+    assert main(["trials", str(tmp_path / "s")]) == 0
+    table = capsys.readouterr().out
+    assert table.count("COMPLETE") == 5 and "untuned" in table

@@ -1,0 +1,99 @@
+"""Files a search leaves in its run folder: trials table, best config, anytime curve, importances."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from hpo.results import SearchResult
+
+
+def write_search_outputs(
+    result: SearchResult, folder: str | Path, *, best_config: Any | None = None, extra: dict[str, Any] | None = None
+) -> dict[str, str]:
+    """Write trials.csv/json, summary.json, best_config.yaml, anytime.png, importances.json/png; return paths."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    result.write_tables(folder)
+    paths = {"trials_csv": str(folder / "trials.csv"), "trials_json": str(folder / "trials.json")}
+    best = result.best_trial
+    summary = {
+        "stop_reason": result.stop_reason,
+        "direction": result.direction,
+        "best_value": result.best_value,
+        "best_trial": best.number if best else None,
+        "best_params": result.best_params,
+        "trials": {state: result.count(state) for state in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")},
+        "steps_spent": result.steps_spent,
+        "trial_seconds_spent": result.wall_seconds_spent,
+        **(extra or {}),
+    }
+    if best_config is not None:
+        best_config.to_yaml(folder / "best_config.yaml")
+        paths["best_config"] = str(folder / "best_config.yaml")
+    importances = parameter_importances(result.study) if result.study is not None else {}
+    summary["importances"] = importances
+    (folder / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    paths["summary"] = str(folder / "summary.json")
+    paths["anytime_png"] = plot_anytime({"search": result}, folder / "anytime.png")
+    if importances:
+        paths["importances_png"] = plot_importances(importances, folder / "importances.png")
+    return paths
+
+
+def parameter_importances(study: optuna.Study) -> dict[str, float]:
+    """fANOVA importances over complete trials (empty when too few trials or a single parameter varies)."""
+    complete = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
+    if len(complete) < 3:
+        return {}
+    try:
+        return dict(
+            optuna.importance.get_param_importances(
+                study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0)
+            )
+        )
+    except (RuntimeError, ValueError):  # e.g. the complete trials share one search space point
+        return {}
+
+
+def plot_anytime(results: dict[str, SearchResult], path: str | Path) -> str:
+    """Best objective so far against cumulative optimizer steps, one line per search."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, result in results.items():
+        curve = result.anytime_curve()
+        if curve:
+            steps, values = zip(*curve, strict=True)
+            ax.step(steps, values, where="post", label=name)
+    ax.set_xlabel("cumulative optimizer steps")
+    ax.set_ylabel("best objective so far")
+    ax.set_title("anytime performance")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return str(path)
+
+
+def plot_importances(importances: dict[str, float], path: str | Path) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(importances)[::-1]
+    fig, ax = plt.subplots(figsize=(6, 0.4 * len(names) + 1.2))
+    ax.barh(names, [importances[n] for n in names])
+    ax.set_xlabel("importance (fANOVA)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return str(path)
