@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+import datetime
 from dataclasses import dataclass
 
 import optuna
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from finetune.errors import ConfigError
 
 STEPS_ATTR = "steps"  # optimizer steps a trial actually ran (updated at every report)
-SECONDS_ATTR = "seconds"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -48,7 +48,7 @@ def spent(study: optuna.Study) -> Spent:
         deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)
     )
     steps = sum(int(t.user_attrs.get(STEPS_ATTR, 0)) for t in trials)
-    seconds = sum(float(t.user_attrs.get(SECONDS_ATTR, 0.0)) for t in trials)
+    seconds = sum(trial_seconds(t) for t in trials)
     return Spent(trials=len(trials), steps=steps, wall_seconds=seconds)
 
 
@@ -61,3 +61,11 @@ def exhausted(budget: Budget, used: Spent) -> str | None:
     if budget.wall_seconds is not None and used.wall_seconds >= budget.wall_seconds:
         return f"time budget spent ({used.wall_seconds:.0f}/{budget.wall_seconds:.0f} s of trial time)"
     return None
+
+
+def trial_seconds(trial: FrozenTrial) -> float:
+    """Wall seconds of a trial: start to finish, or start to now while it runs."""
+    if trial.datetime_start is None:
+        return 0.0
+    end = trial.datetime_complete or datetime.datetime.now()
+    return (end - trial.datetime_start).total_seconds()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import sys
-import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,10 +13,10 @@ import optuna
 from optuna.trial import TrialState
 
 from finetune.errors import ConfigError
-from hpo.budget import SECONDS_ATTR, STEPS_ATTR, Budget, exhausted, spent
+from hpo.budget import STEPS_ATTR, Budget, exhausted, spent
 from hpo.progress import Progress
 from hpo.results import FAILURE_ATTR, STOP_REASON_ATTR, SearchResult, trial_records
-from hpo.samplers import CONSTRAINT_ATTR, build_pruner, build_sampler
+from hpo.samplers import CONSTRAINT_NAME, build_pruner, build_sampler
 from hpo.space import SearchSpace
 from hpo.storage import open_storage
 
@@ -39,12 +38,12 @@ class SearchError(RuntimeError):
 class Reporter:
     """Handed to the objective: report(step, value) after each evaluation, then ask should_stop()."""
 
-    def __init__(self, trial: optuna.Trial, study: optuna.Study, budget: Budget, started: float):
+    def __init__(self, trial: optuna.Trial, study: optuna.Study, budget: Budget):
         self.trial = trial
         self._study = study
         self._budget = budget
-        self._started = started
         self.steps = 0
+        self._saved_steps = 0
         self.values: list[tuple[int, float]] = []
         self.stop_reason: str | None = None
 
@@ -53,19 +52,23 @@ class Reporter:
         if value is not None and math.isfinite(value):
             self.values.append((int(step), float(value)))
             self.trial.report(float(value), int(step))
-        self.trial.set_user_attr(STEPS_ATTR, self.steps)
-        self.trial.set_user_attr(SECONDS_ATTR, time.perf_counter() - self._started)
+        self.save_steps()
 
     def add_steps(self, steps: int) -> None:
         """Steps run since the last report (e.g. after the last evaluation) that the budget must count."""
         self.steps = max(self.steps, int(steps))
-        self.trial.set_user_attr(STEPS_ATTR, self.steps)
+
+    def save_steps(self) -> None:
+        """Make the steps run so far visible to the budget (and to other workers sharing the study)."""
+        if self.steps != self._saved_steps:
+            self.trial.set_user_attr(STEPS_ATTR, self.steps)
+            self._saved_steps = self.steps
 
     def should_stop(self) -> bool:
         if self.stop_reason is None:
             if self.trial.should_prune():
                 self.stop_reason = "pruned by the scheduler"
-            else:
+            elif self._budget.steps is not None or self._budget.wall_seconds is not None:
                 reason = exhausted(self._budget, spent(self._study))
                 # The trial counting itself does not make a trial budget "spent" mid-trial.
                 if reason and not reason.startswith("trial budget"):
@@ -149,12 +152,12 @@ def _run_trial(
     study: optuna.Study, objective: ObjectiveFn, space: SearchSpace, budget: Budget, base: dict[str, Any] | None
 ) -> None:
     trial = study.ask()
-    started = time.perf_counter()
-    reporter = Reporter(trial, study, budget, started)
-    state, value = TrialState.FAIL, None
+    reporter = Reporter(trial, study, budget)
+    state, value, feasible = TrialState.FAIL, None, True
     try:
         params = space.suggest(trial, base)
-        trial.set_user_attr("params", params)  # conditional and fixed values included
+        if params != trial.params:
+            trial.set_user_attr("params", params)  # fixed values are not in trial.params
         value = objective(params, reporter)
         if reporter.stop_reason:
             raise TrialPruned(reporter.stop_reason)
@@ -166,16 +169,17 @@ def _run_trial(
         trial.set_user_attr("stop_reason", str(stop) or "pruned")
     except InfeasibleTrial as exc:
         # Recorded as complete with a violated constraint so TPE/GP learn to avoid the region.
-        trial.set_user_attr(CONSTRAINT_ATTR, [1.0])
         trial.set_user_attr(FAILURE_ATTR, f"infeasible: {exc}")
-        value = _worst_value(study)
+        value, feasible = _worst_value(study), False
         state = TrialState.COMPLETE
     except Exception as exc:  # a failing trial never kills the search
         trial.set_user_attr(FAILURE_ATTR, f"{type(exc).__name__}: {exc}")
         print(f"[hpo] trial {trial.number} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         traceback.print_exc(limit=3, file=sys.stderr)
-    trial.set_user_attr(STEPS_ATTR, reporter.steps)
-    trial.set_user_attr(SECONDS_ATTR, time.perf_counter() - started)
+    reporter.save_steps()
+    if state == TrialState.COMPLETE:
+        # Every complete trial carries the constraint (GP needs it on all of them); > 0 is infeasible.
+        trial.set_constraint(CONSTRAINT_NAME, 0.0 if feasible else 1.0)
     study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
 
 

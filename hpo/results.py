@@ -11,8 +11,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo.budget import SECONDS_ATTR, STEPS_ATTR, spent
-from hpo.samplers import CONSTRAINT_ATTR
+from hpo.budget import STEPS_ATTR, spent, trial_seconds
 
 FAILURE_ATTR = "failure"
 STOP_REASON_ATTR = "stop_reason"
@@ -34,17 +33,17 @@ class TrialRecord:
 
 def to_record(trial: FrozenTrial) -> TrialRecord:
     attrs = trial.user_attrs
-    known = {"params", STEPS_ATTR, SECONDS_ATTR, FAILURE_ATTR, "stop_reason", CONSTRAINT_ATTR}
+    known = {"params", STEPS_ATTR, FAILURE_ATTR, "stop_reason"}
     return TrialRecord(
         number=trial.number,
         state=trial.state.name,
         value=trial.value if trial.state == TrialState.COMPLETE else _last_value(trial),
         params=attrs.get("params", dict(trial.params)),
         steps=int(attrs.get(STEPS_ATTR, 0)),
-        seconds=float(attrs.get(SECONDS_ATTR, 0.0)),
+        seconds=trial_seconds(trial),
         failure=attrs.get(FAILURE_ATTR),
         stop_reason=attrs.get("stop_reason"),
-        feasible=not any(v > 0 for v in attrs.get(CONSTRAINT_ATTR, [0.0])),
+        feasible=not any(v > 0 for v in trial.constraints.values()),
         extra={k: v for k, v in attrs.items() if k not in known},
     )
 

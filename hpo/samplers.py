@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import optuna
-from optuna.trial import FrozenTrial
 
 from finetune.errors import ConfigError
 
 SAMPLERS = ("grid", "random", "qmc", "tpe", "gp")
 SCHEDULERS = ("none", "median", "sha", "hyperband")
-CONSTRAINT_ATTR = "constraint"  # > 0: infeasible (e.g. out of memory even at half batch)
-
-
-def infeasibility(trial: FrozenTrial) -> Sequence[float]:
-    """Constraint values for TPE/GP: they learn to avoid regions where trials cannot run."""
-    return trial.user_attrs.get(CONSTRAINT_ATTR, [0.0])
+# Trial.set_constraint name; > 0 means infeasible (e.g. out of memory even at half batch). TPE and GP
+# read trial constraints and learn to avoid infeasible regions.
+CONSTRAINT_NAME = "infeasible"
 
 
 def build_sampler(name: str, *, seed: int | None, n_startup_trials: int = 5) -> optuna.samplers.BaseSampler:
@@ -34,14 +28,12 @@ def build_sampler(name: str, *, seed: int | None, n_startup_trials: int = 5) -> 
             n_startup_trials=n_startup_trials,
             multivariate=True,
             group=True,
-            constraints_func=infeasibility,
             warn_independent_sampling=False,
         )
     if name == "gp":
         return optuna.samplers.GPSampler(
             seed=seed,
             n_startup_trials=n_startup_trials,
-            constraints_func=infeasibility,
             warn_independent_sampling=False,
         )
     raise ConfigError(f"search.sampler: unknown sampler {name!r}; expected one of {', '.join(SAMPLERS)}")

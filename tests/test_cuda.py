@@ -18,26 +18,44 @@ def wide_bert(tmp_path, tiny_bert):
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_bert)
-    config = BertConfig(vocab_size=len(tokenizer), hidden_size=1024, num_hidden_layers=4, num_attention_heads=16,
-                        intermediate_size=4096, max_position_embeddings=512, pad_token_id=0)
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=1024,
+        num_hidden_layers=4,
+        num_attention_heads=16,
+        intermediate_size=4096,
+        max_position_embeddings=512,
+        pad_token_id=0,
+    )
     BertForSequenceClassification(config).save_pretrained(tmp_path / "wide")
     tokenizer.save_pretrained(tmp_path / "wide")
     return str(tmp_path / "wide")
 
 
 def test_out_of_memory_trial_is_retried_then_infeasible_and_the_search_goes_on(wide_bert, sentiment_files, tmp_path):
-    raw = classification_config(wide_bert, sentiment_files, tmp_path / "unused",
-                                data={"max_length": 512},
-                                training={"max_steps": 4, "eval_steps": 2, "pad_to_max_length": True,
-                                          "per_device_train_batch_size": 8})
+    raw = classification_config(
+        wide_bert,
+        sentiment_files,
+        tmp_path / "unused",
+        data={"max_length": 512},
+        training={"max_steps": 4, "eval_steps": 2, "pad_to_max_length": True, "per_device_train_batch_size": 8},
+    )
     base = FinetuneConfig.from_dict(raw)
     space = SearchSpace({"training.effective_batch_size": Categorical(choices=(4096, 8))})
     total = torch.cuda.get_device_properties(0).total_memory
     torch.cuda.set_per_process_memory_fraction(min(1.0, 6 * 2**30 / total))  # a 6 GiB card
     try:
-        search = search_finetune(base, run_dir=tmp_path / "s", space=space, sampler="grid", scheduler="none",
-                                 budget=Budget(trials=3), include_untuned=False, max_per_device_batch=4096,
-                                 progress=False)
+        search = search_finetune(
+            base,
+            run_dir=tmp_path / "s",
+            space=space,
+            sampler="grid",
+            scheduler="none",
+            budget=Budget(trials=3),
+            include_untuned=False,
+            max_per_device_batch=4096,
+            progress=False,
+        )
     finally:
         torch.cuda.set_per_process_memory_fraction(1.0)
     by_batch = {t.params["training.effective_batch_size"]: t for t in search.result.trials}

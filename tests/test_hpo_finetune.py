@@ -156,14 +156,30 @@ def test_cli_search_writes_outputs_and_resumes(tiny_bert, sentiment_files, tmp_p
 
     from recipes.cli import main
 
-    raw = classification_config(tiny_bert, sentiment_files, tmp_path / "run",
-                                training={"max_steps": -1, "num_train_epochs": 1, "eval_steps": None})
+    raw = classification_config(
+        tiny_bert,
+        sentiment_files,
+        tmp_path / "run",
+        training={"max_steps": -1, "num_train_epochs": 1, "eval_steps": None},
+    )
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(raw))
     space = tmp_path / "space.yaml"
     space.write_text(yaml.safe_dump(SMALL_SPACE.to_dict()))
-    args = ["search", str(path), "--space", str(space), "--sampler", "random", "--scheduler", "none",
-            "--budget-trials", "3", "--run-dir", str(tmp_path / "s")]
+    args = [
+        "search",
+        str(path),
+        "--space",
+        str(space),
+        "--sampler",
+        "random",
+        "--scheduler",
+        "none",
+        "--budget-trials",
+        "3",
+        "--run-dir",
+        str(tmp_path / "s"),
+    ]
     assert main(args) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["trials"]["COMPLETE"] == 3
