@@ -251,3 +251,14 @@ def planned_steps(config: FinetuneConfig, train_rows: int, world_size: int = 1) 
     batches = math.ceil(train_rows / (t.per_device_train_batch_size * world_size))
     per_epoch = max(math.ceil(batches / t.gradient_accumulation_steps), 1)
     return math.ceil(t.num_train_epochs * per_epoch)
+
+
+def process_state():
+    """accelerate's process state, set up as Trainer sets it up (gloo on CPU-only machines).
+
+    A bare PartialState() on a CPU machine reports a single process even under
+    `accelerate launch --multi_gpu`; asking for the CPU backend gives the real rank and world size.
+    """
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available())

@@ -15,13 +15,14 @@ import finetune
 from finetune import FinetuneConfig
 from finetune.data import load_splits
 from finetune.errors import ConfigError
-from finetune.train import planned_steps
+from finetune.train import planned_steps, process_state
 from hpo.budget import Budget
 from hpo.default_spaces import default_space
 from hpo.optimize import InfeasibleTrial, PlannedTrial, Reporter, optimize
 from hpo.outputs import write_search_outputs
 from hpo.results import SearchResult
 from hpo.space import DERIVED_KEYS, EFFECTIVE_BATCH_SIZE, LORA_ALPHA_MULTIPLIER, SearchSpace, to_overrides
+from hpo.trial_callback import ReportToTrial, broadcast, follow_trials
 
 UNTUNED = "untuned"
 
@@ -55,31 +56,6 @@ class FinetuneSearch:
     run_dir: str
 
 
-class ReportToTrial(TrainerCallback):
-    """Reports each evaluation to the trial and stops the run cleanly when the trial must stop."""
-
-    def __init__(self, reporter: Reporter, metric: str):
-        self.reporter = reporter
-        self.metric = metric
-        self.reported_steps: set[int] = set()
-
-    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-        if state.global_step in self.reported_steps or not metrics or self.metric not in metrics:
-            if metrics and self.metric not in metrics:
-                raise ConfigError(
-                    f"search.objective.metric: {self.metric!r} is not among the evaluation metrics "
-                    f"{sorted(k for k in metrics if k.startswith('eval_'))}"
-                )
-            return
-        self.reported_steps.add(state.global_step)
-        self.reporter.report(state.global_step, metrics[self.metric])
-        if self.reporter.should_stop():
-            control.should_training_stop = True
-
-    def on_train_end(self, args, state, control, **kwargs):
-        self.reporter.add_steps(state.global_step)
-
-
 def search_finetune(
     base: FinetuneConfig,
     *,
@@ -96,19 +72,25 @@ def search_finetune(
     max_per_device_batch: int = 32,
     include_untuned: bool = True,
     progress: bool = True,
-) -> FinetuneSearch:
+) -> FinetuneSearch | None:
     """Tune ``base`` (the user's untuned config). The untuned config is the first trial unless told otherwise.
 
     The budget is a Budget, or ``full_run_equivalents`` multiples of the untuned run's optimizer steps.
     Only the best trial's model stays on disk; its folder is returned.
+
+    Under ``accelerate launch`` with several processes every process calls this: the main process runs
+    the search and sends each trial's config to the others, which train with it and stop when told;
+    they return None.
     """
+    processes = process_state()
+    world_size, sync = processes.num_processes, processes.num_processes > 1
     run_dir = Path(run_dir)
     storage = storage or str(run_dir / "study.journal")  # in the run folder: re-running resumes
     space = space or default_space(base.method.name, base.model.task)
     metric, direction = objective.resolve(base.model.task)
     base_values = flatten(base)
     train_rows = len(load_splits(base.data).train)
-    full_run_steps = planned_steps(base, train_rows)
+    full_run_steps = planned_steps(base, train_rows, world_size)
     if full_run_equivalents is not None:
         budget = Budget.from_full_runs(
             full_run_equivalents,
@@ -129,16 +111,21 @@ def search_finetune(
             )
 
     trials_dir = run_dir / "trials"
+    if not processes.is_main_process:
+        follow_trials(lambda raw, callback: _train_with_oom_retry(FinetuneConfig.from_dict(raw), callback), metric)
+        return None
 
     def run_trial(params: dict[str, Any], reporter: Reporter) -> float:
         number = reporter.trial.number
         untuned = reporter.trial.user_attrs.get("role") == UNTUNED
-        overrides = {} if untuned else to_overrides(params, base_values, max_per_device_batch)
+        overrides = {} if untuned else to_overrides(params, base_values, max_per_device_batch, world_size)
         overrides.update(
             {"training.output_dir": str(trials_dir / f"trial_{number:04d}"), "training.eval_steps": min_steps}
         )
         config = base.with_overrides(overrides)
-        callback = ReportToTrial(reporter, metric)
+        if sync:
+            broadcast(config.to_dict())
+        callback = ReportToTrial(reporter, metric, sync=sync)
         try:
             result = _train_with_oom_retry(config, callback)
         finally:
@@ -147,6 +134,7 @@ def search_finetune(
                 torch.cuda.empty_cache()
         reporter.trial.set_user_attr("checkpoint", result.best_checkpoint)
         reporter.trial.set_user_attr("optimizer_steps", result.optimizer_steps)
+        reporter.trial.set_user_attr("planned_steps", result.planned_steps)
         values = [value for _, value in reporter.values]
         if not values:
             raise ConfigError(f"trial {number}: no evaluation reported {metric}")
@@ -155,27 +143,31 @@ def search_finetune(
         return max(values) if direction == "maximize" else min(values)
 
     first = [PlannedTrial(untuned_params(space, base_values), role=UNTUNED)] if include_untuned else None
-    result = optimize(
-        run_trial,
-        space,
-        sampler=sampler,
-        scheduler=scheduler,
-        budget=budget,
-        direction=direction,
-        seed=seed,
-        storage=storage,
-        study_name=study_name,
-        min_steps=min_steps,
-        base=base_values,
-        first_params=first,
-        progress=progress,
-        on_trial_end=keep_best_checkpoint,
-    )
+    try:
+        result = optimize(
+            run_trial,
+            space,
+            sampler=sampler,
+            scheduler=scheduler,
+            budget=budget,
+            direction=direction,
+            seed=seed,
+            storage=storage,
+            study_name=study_name,
+            min_steps=min_steps,
+            base=base_values,
+            first_params=first,
+            progress=progress,
+            on_trial_end=keep_best_checkpoint,
+        )
+    finally:
+        if sync:
+            broadcast(None)  # followers stop waiting for trials
     best = result.best_trial
     best_config = (
         base
         if best.extra.get("role") == UNTUNED
-        else base.with_overrides(to_overrides(best.params, base_values, max_per_device_batch))
+        else base.with_overrides(to_overrides(best.params, base_values, max_per_device_batch, world_size))
     )
     search = FinetuneSearch(
         result=result,

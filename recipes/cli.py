@@ -10,13 +10,12 @@ from finetune.errors import TunelabError
 
 
 def _train(args: argparse.Namespace) -> int:
-    from accelerate import PartialState
-
     import finetune
+    from finetune.train import process_state
 
     config = finetune.FinetuneConfig.from_yaml(args.config, args.overrides)
     result = finetune.train(config)
-    if not PartialState().is_main_process:
+    if not process_state().is_main_process:
         return 0  # under accelerate launch, one process reports
     summary = {
         "output_dir": result.output_dir,
@@ -79,6 +78,8 @@ def _search(args: argparse.Namespace) -> int:
         max_per_device_batch=args.max_per_device_batch,
         include_untuned=not args.no_untuned,
     )
+    if search is None:
+        return 0  # a non-main process under accelerate launch: the main process reports
     result = search.result
     print(
         json.dumps(

@@ -45,3 +45,65 @@ def test_two_process_run_splits_data_and_writes_outputs_once(tiny_bert, sentimen
     run = tmp_path / "run"
     assert (run / "run_result.json").is_file() and (run / "model" / "adapter_config.json").is_file()
     assert sorted(p.name for p in run.iterdir()) == ["model", "run_result.json", "tunelab_config.yaml"]
+
+
+def test_two_process_search_prunes_and_stops_together(tiny_bert, sentiment_files, tmp_path):
+    raw = classification_config(tiny_bert, sentiment_files, tmp_path / "run", method={"name": "lora"})
+    raw["training"].update(
+        {"max_steps": -1, "num_train_epochs": 1, "eval_steps": None, "per_device_train_batch_size": 4}
+    )
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    space = tmp_path / "space.yaml"
+    space.write_text(
+        yaml.safe_dump(
+            {
+                "training.learning_rate": {"type": "float", "low": 1e-5, "high": 1e-1, "log": True},
+                "training.num_train_epochs": {"type": "int", "low": 1, "high": 3},
+            }
+        )
+    )
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "-m",
+        "recipes.cli",
+        "search",
+        str(path),
+        "--space",
+        str(space),
+        "--sampler",
+        "random",
+        "--scheduler",
+        "sha",
+        "--budget-trials",
+        "6",
+        "--run-dir",
+        str(tmp_path / "s"),
+    ]
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(done.stdout)  # printed once, by the main process
+    assert sum(summary["trials"].values()) == 6
+    trials = json.loads((tmp_path / "s" / "trials.json").read_text())
+    # 96 rows, batch 4 per process x 2 processes: the untuned 1-epoch run is 12 optimizer steps.
+    untuned = trials[0]
+    assert untuned["extra"]["role"] == "untuned" and untuned["steps"] == 12
+    assert all(t["state"] in ("COMPLETE", "PRUNED") for t in trials)
+    # Pruned trials stopped early on both processes at the same step (else the run would hang or the
+    # counts would differ): the steps the trial recorded are the steps the Trainer ran, short of its plan.
+    pruned = [t for t in trials if t["state"] == "PRUNED"]
+    assert pruned, [(t["state"], t["steps"]) for t in trials]
+    for t in pruned:
+        assert t["steps"] == t["extra"]["optimizer_steps"] < t["extra"]["planned_steps"]

@@ -1,0 +1,71 @@
+"""The TrainerCallback between a Trainer run and its trial; under several processes, one decides for all."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from transformers import TrainerCallback
+
+from finetune.errors import ConfigError
+from hpo.optimize import Reporter
+
+
+def broadcast(value: Any) -> Any:
+    """The main process's ``value`` on every process (gloo/NCCL through accelerate)."""
+    from accelerate.utils import broadcast_object_list
+
+    return broadcast_object_list([value])[0]
+
+
+class ReportToTrial(TrainerCallback):
+    """Reports each evaluation to the trial and stops the run cleanly when the trial must stop.
+
+    ``reporter`` is None on the other processes of a multi-process run: with ``sync`` they receive the
+    main process's decision at every evaluation, so all processes stop at the same step.
+    """
+
+    def __init__(self, reporter: Reporter | None, metric: str, *, sync: bool = False):
+        self.reporter = reporter
+        self.metric = metric
+        self.sync = sync
+        self.seen_steps: set[int] = set()
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        # The final re-evaluation of the kept model repeats the last step: nothing new to report.
+        if state.global_step in self.seen_steps:
+            return
+        self.seen_steps.add(state.global_step)
+        decision = None
+        if self.reporter is not None:
+            decision = self._decide(state.global_step, metrics or {})
+        if self.sync:
+            decision = broadcast(decision)
+        kind, message = decision
+        if kind == "error":
+            raise ConfigError(message)
+        if kind == "stop":
+            control.should_training_stop = True
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.reporter is not None:
+            self.reporter.add_steps(state.global_step)
+
+    def _decide(self, step: int, metrics: dict[str, float]) -> tuple[str, str]:
+        if self.metric not in metrics:
+            available = sorted(k for k in metrics if k.startswith("eval_"))
+            return "error", f"search.objective.metric: {self.metric!r} is not among the evaluation metrics {available}"
+        self.reporter.report(step, metrics[self.metric])
+        return ("stop", self.reporter.stop_reason) if self.reporter.should_stop() else ("go", "")
+
+
+def follow_trials(run: Any, metric: str) -> None:
+    """On a non-main process: train each config the main process sends, until it sends None."""
+    while True:
+        message = broadcast(None)
+        if message is None:
+            return
+        try:
+            run(message, ReportToTrial(None, metric, sync=True))
+        except Exception as exc:  # the main process records the failure; keep following
+            print(f"[hpo] follower: trial failed here too: {type(exc).__name__}: {exc}", file=sys.stderr)
