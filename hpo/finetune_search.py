@@ -9,20 +9,19 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from transformers import TrainerCallback
 
-import finetune
 from finetune import FinetuneConfig
 from finetune.data import load_splits
 from finetune.errors import ConfigError
 from finetune.train import planned_steps, process_state
 from hpo.budget import Budget
 from hpo.default_spaces import default_space
-from hpo.optimize import InfeasibleTrial, PlannedTrial, Reporter, optimize
+from hpo.optimize import PlannedTrial, Reporter, optimize
 from hpo.outputs import write_search_outputs
 from hpo.results import SearchResult
 from hpo.space import DERIVED_KEYS, EFFECTIVE_BATCH_SIZE, LORA_ALPHA_MULTIPLIER, SearchSpace, to_overrides
 from hpo.trial_callback import ReportToTrial, broadcast, follow_trials
+from hpo.trial_runner import train_trial, train_trial_in_subprocess
 
 UNTUNED = "untuned"
 
@@ -71,6 +70,7 @@ def search_finetune(
     seed: int = 0,
     max_per_device_batch: int = 32,
     include_untuned: bool = True,
+    isolation: Literal["none", "subprocess"] = "none",
     progress: bool = True,
 ) -> FinetuneSearch | None:
     """Tune ``base`` (the user's untuned config). The untuned config is the first trial unless told otherwise.
@@ -78,12 +78,20 @@ def search_finetune(
     The budget is a Budget, or ``full_run_equivalents`` multiples of the untuned run's optimizer steps.
     Only the best trial's model stays on disk; its folder is returned.
 
+    ``isolation="subprocess"`` trains each trial in its own process (GPU memory is fully returned).
     Under ``accelerate launch`` with several processes every process calls this: the main process runs
     the search and sends each trial's config to the others, which train with it and stop when told;
     they return None.
     """
     processes = process_state()
     world_size, sync = processes.num_processes, processes.num_processes > 1
+    if isolation not in ("none", "subprocess"):
+        raise ConfigError(f"search.isolation must be 'none' or 'subprocess', got {isolation!r}")
+    if isolation == "subprocess" and sync:
+        raise ConfigError(
+            "search.isolation='subprocess' runs one process per trial; under accelerate launch "
+            "with several processes use isolation='none'"
+        )
     run_dir = Path(run_dir)
     storage = storage or str(run_dir / "study.journal")  # in the run folder: re-running resumes
     space = space or default_space(base.method.name, base.model.task)
@@ -112,7 +120,7 @@ def search_finetune(
 
     trials_dir = run_dir / "trials"
     if not processes.is_main_process:
-        follow_trials(lambda raw, callback: _train_with_oom_retry(FinetuneConfig.from_dict(raw), callback), metric)
+        follow_trials(lambda raw, callback: train_trial(FinetuneConfig.from_dict(raw), callback), metric)
         return None
 
     def run_trial(params: dict[str, Any], reporter: Reporter) -> float:
@@ -125,9 +133,11 @@ def search_finetune(
         config = base.with_overrides(overrides)
         if sync:
             broadcast(config.to_dict())
-        callback = ReportToTrial(reporter, metric, sync=sync)
         try:
-            result = _train_with_oom_retry(config, callback)
+            if isolation == "subprocess":
+                result = train_trial_in_subprocess(config, reporter, metric)
+            else:
+                result = train_trial(config, ReportToTrial(reporter, metric, sync=sync))
         finally:
             gc.collect()  # the trial's model and optimizer go before the next trial starts
             if torch.cuda.is_available():
@@ -190,35 +200,6 @@ def search_finetune(
     }
     write_search_outputs(result, run_dir, best_config=best_config, extra=summary)
     return search
-
-
-def _train_with_oom_retry(config: FinetuneConfig, callback: TrainerCallback) -> finetune.RunResult:
-    """Out of memory: retry once with half the per-device batch and twice the accumulation (same effective
-    batch); a second OOM makes the configuration infeasible."""
-    try:
-        return finetune.train(config, callbacks=[callback])
-    except torch.OutOfMemoryError as first:
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-        t = config.training
-        if t.per_device_train_batch_size == 1:
-            raise InfeasibleTrial(f"out of memory at per-device batch 1: {first}") from first
-        retry = config.with_overrides(
-            {
-                "training.per_device_train_batch_size": t.per_device_train_batch_size // 2,
-                "training.gradient_accumulation_steps": t.gradient_accumulation_steps * 2,
-            }
-        )
-        if t.per_device_train_batch_size % 2:
-            raise InfeasibleTrial(f"out of memory at odd per-device batch {t.per_device_train_batch_size}") from first
-        shutil.rmtree(t.output_dir, ignore_errors=True)
-        try:
-            return finetune.train(retry, callbacks=[callback])
-        except torch.OutOfMemoryError as second:
-            raise InfeasibleTrial(
-                f"out of memory even at per-device batch {retry.training.per_device_train_batch_size}: {second}"
-            ) from second
 
 
 def keep_best_checkpoint(result: SearchResult) -> None:

@@ -38,7 +38,7 @@ class ReportToTrial(TrainerCallback):
         self.seen_steps.add(state.global_step)
         decision = None
         if self.reporter is not None:
-            decision = self._decide(state.global_step, metrics or {})
+            decision = self.decide(state.global_step, metrics or {})
         if self.sync:
             decision = broadcast(decision)
         kind, message = decision
@@ -51,7 +51,8 @@ class ReportToTrial(TrainerCallback):
         if self.reporter is not None:
             self.reporter.add_steps(state.global_step)
 
-    def _decide(self, step: int, metrics: dict[str, float]) -> tuple[str, str]:
+    def decide(self, step: int, metrics: dict[str, float]) -> tuple[str, str]:
+        """Report ``metrics`` at ``step``; ("go" | "stop" | "error", message)."""
         if self.metric not in metrics:
             available = sorted(k for k in metrics if k.startswith("eval_"))
             return "error", f"search.objective.metric: {self.metric!r} is not among the evaluation metrics {available}"

@@ -77,6 +77,7 @@ def _search(args: argparse.Namespace) -> int:
         seed=args.seed,
         max_per_device_batch=args.max_per_device_batch,
         include_untuned=not args.no_untuned,
+        isolation=args.isolation,
     )
     if search is None:
         return 0  # a non-main process under accelerate launch: the main process reports
@@ -160,6 +161,12 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--seed", type=int, default=0, help="sampler seed")
     search.add_argument("--max-per-device-batch", type=int, default=32)
     search.add_argument("--no-untuned", action="store_true", help="do not evaluate the untuned config first")
+    search.add_argument(
+        "--isolation",
+        default="none",
+        choices=["none", "subprocess"],
+        help="subprocess: each trial in its own process (GPU memory fully returned)",
+    )
     search.set_defaults(func=_search)
 
     trials = commands.add_parser("trials", help="print the trials table of a search run folder")

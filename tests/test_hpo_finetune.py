@@ -194,3 +194,13 @@ def test_cli_search_writes_outputs_and_resumes(tiny_bert, sentiment_files, tmp_p
     assert main(["trials", str(tmp_path / "s")]) == 0
     table = capsys.readouterr().out
     assert table.count("COMPLETE") == 5 and "untuned" in table
+
+
+def test_subprocess_isolation_gives_the_same_results(tiny_bert, sentiment_files, tmp_path):
+    base = _base(tiny_bert, sentiment_files, tmp_path)
+    runs = {}
+    for isolation in ("none", "subprocess"):
+        search = search_finetune(base, run_dir=tmp_path / isolation, space=SMALL_SPACE, sampler="random",
+                                 scheduler="sha", budget=Budget(trials=3), isolation=isolation, progress=False)
+        runs[isolation] = [(t.params, t.state, t.value, t.steps) for t in search.result.trials]
+    assert runs["subprocess"] == runs["none"]
