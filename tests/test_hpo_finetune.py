@@ -200,7 +200,15 @@ def test_subprocess_isolation_gives_the_same_results(tiny_bert, sentiment_files,
     base = _base(tiny_bert, sentiment_files, tmp_path)
     runs = {}
     for isolation in ("none", "subprocess"):
-        search = search_finetune(base, run_dir=tmp_path / isolation, space=SMALL_SPACE, sampler="random",
-                                 scheduler="sha", budget=Budget(trials=3), isolation=isolation, progress=False)
+        search = search_finetune(
+            base,
+            run_dir=tmp_path / isolation,
+            space=SMALL_SPACE,
+            sampler="random",
+            scheduler="sha",
+            budget=Budget(trials=3),
+            isolation=isolation,
+            progress=False,
+        )
         runs[isolation] = [(t.params, t.state, t.value, t.steps) for t in search.result.trials]
     assert runs["subprocess"] == runs["none"]
