@@ -45,6 +45,7 @@ class RunResult:
     trainable_params: int
     total_params: int
     stopped_early: bool = False
+    # Training loss and learning rate at every logging step.
     train_losses: list[dict[str, float]] = field(default_factory=list)
 
     def to_json(self) -> str:
@@ -190,7 +191,11 @@ def train(config: FinetuneConfig, callbacks: list[TrainerCallback] | None = None
         trainable_params=trainable,
         total_params=total,
         stopped_early=state.global_step < state.max_steps,
-        train_losses=[{"step": log["step"], "loss": log["loss"]} for log in state.log_history if "loss" in log],
+        train_losses=[
+            {"step": log["step"], "loss": log["loss"], "learning_rate": log.get("learning_rate")}
+            for log in state.log_history
+            if "loss" in log
+        ],
     )
     if trainer.is_world_process_zero():
         _save_run(trainer, config, inputs.label_names, result, output_dir)

@@ -212,3 +212,49 @@ def test_subprocess_isolation_gives_the_same_results(tiny_bert, sentiment_files,
         )
         runs[isolation] = [(t.params, t.state, t.value, t.steps) for t in search.result.trials]
     assert runs["subprocess"] == runs["none"]
+
+
+def test_a_stopped_trial_saw_exactly_what_the_full_trial_saw(tiny_bert, sentiment_files, tmp_path):
+    """The LR schedule is planned over the trial's full length, so stopping early changes nothing before."""
+    import finetune
+    from hpo.trial_callback import ReportToTrial
+
+    base = _base(
+        tiny_bert,
+        sentiment_files,
+        tmp_path,
+        num_train_epochs=2,
+        eval_steps=3,
+        logging_steps=1,
+        lr_scheduler_type="cosine",
+        warmup_ratio=0.1,
+    )
+
+    class FakeReporter:
+        def __init__(self, stop_at):
+            self.stop_at, self.step, self.stop_reason, self.values = stop_at, 0, None, []
+
+        def report(self, step, value):
+            self.step = step
+            self.values.append((step, value))
+
+        def should_stop(self):
+            if self.stop_at is not None and self.step >= self.stop_at:
+                self.stop_reason = "pruned"
+            return self.stop_reason is not None
+
+        def add_steps(self, steps):
+            pass
+
+    full, stopped = FakeReporter(None), FakeReporter(6)
+    full_run = finetune.train(
+        base.with_overrides({"training.output_dir": str(tmp_path / "full")}),
+        callbacks=[ReportToTrial(full, "eval_loss")],
+    )
+    short_run = finetune.train(
+        base.with_overrides({"training.output_dir": str(tmp_path / "short")}),
+        callbacks=[ReportToTrial(stopped, "eval_loss")],
+    )
+    assert full_run.optimizer_steps == 24 and short_run.optimizer_steps == 6 and short_run.planned_steps == 24
+    assert stopped.values == full.values[:2]  # evaluations at steps 3 and 6, identical
+    assert short_run.train_losses == [e for e in full_run.train_losses if e["step"] <= 6]
