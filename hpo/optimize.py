@@ -155,7 +155,8 @@ def _run_trial(
     reporter = Reporter(trial, study, budget)
     state, value, feasible = TrialState.FAIL, None, True
     try:
-        params = space.suggest(trial, base)
+        given = trial.user_attrs.get("given_params")
+        params = dict(given) if given is not None else space.suggest(trial, base)
         if params != trial.params:
             trial.set_user_attr("params", params)  # fixed values are not in trial.params
         value = objective(params, reporter)
@@ -206,8 +207,13 @@ def _enqueue_planned(
         points += [PlannedTrial(point) for point in grid]
         planned = len(points)
     for point in points:
-        attrs = {"role": point.role} if point.role else None
-        study.enqueue_trial(point.params, user_attrs=attrs, skip_if_exists=point.role is None)
+        if space.contains(point.params, base):
+            attrs = {"role": point.role} if point.role else None
+            study.enqueue_trial(point.params, user_attrs=attrs, skip_if_exists=point.role is None)
+        else:
+            # Outside the space (e.g. an untuned warmup the space does not offer): run it as given; the
+            # sampler cannot model it, but it competes for best on its value.
+            study.enqueue_trial({}, user_attrs={"role": point.role, "given_params": point.params})
     study.set_user_attr("queued", True)
     study.set_user_attr("planned_trials", planned)
     return planned

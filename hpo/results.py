@@ -33,7 +33,7 @@ class TrialRecord:
 
 def to_record(trial: FrozenTrial) -> TrialRecord:
     attrs = trial.user_attrs
-    known = {"params", STEPS_ATTR, FAILURE_ATTR, "stop_reason"}
+    known = {"params", "given_params", STEPS_ATTR, FAILURE_ATTR, "stop_reason"}
     return TrialRecord(
         number=trial.number,
         state=trial.state.name,

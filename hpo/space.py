@@ -126,6 +126,17 @@ class SearchSpace:
                 params[key] = trial.suggest_categorical(key, list(parameter.choices))
         return params
 
+    def contains(self, params: dict[str, Any], base: dict[str, Any] | None = None) -> bool:
+        """Whether ``params`` is a point of this space: active keys present, values inside their ranges."""
+        point: dict[str, Any] = {}
+        for key, parameter in self.parameters.items():
+            if not _active(parameter.when, point, base or {}):
+                continue
+            if key not in params or not _allowed(parameter, params[key]):
+                return False
+            point[key] = params[key]
+        return set(params) == set(point)
+
     def grid_points(self, base: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         """Every distinct point of the grid, conditions applied (inactive parameters are left out)."""
         values = {}
@@ -183,6 +194,18 @@ def to_overrides(
         rank = overrides.get("method.lora_r", base.get("method.lora_r"))
         overrides["method.lora_alpha"] = int(params[LORA_ALPHA_MULTIPLIER] * rank)
     return overrides
+
+
+def _allowed(parameter: Parameter, value: Any) -> bool:
+    if isinstance(parameter, Fixed):
+        return value == parameter.value
+    if isinstance(parameter, Categorical):
+        return value in parameter.choices
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    if isinstance(parameter, Int) and not float(value).is_integer():
+        return False
+    return parameter.low <= value <= parameter.high
 
 
 def _active(when: dict[str, Any] | None, params: dict[str, Any], base: dict[str, Any]) -> bool:

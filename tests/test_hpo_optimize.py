@@ -268,3 +268,14 @@ def _finished(storage) -> int:
         return sum(t.state == "COMPLETE" for t in _study_result(storage).trials)
     except Exception:  # the study may not exist yet
         return 0
+
+
+def test_a_first_trial_outside_the_space_runs_as_given():
+    from hpo.optimize import PlannedTrial
+
+    untuned = {"training.learning_rate": 5e-5, "training.num_train_epochs": 9, "training.lr_scheduler_type": "poly"}
+    result = _run("tpe", trials=4, first_params=[PlannedTrial(untuned, role="untuned")])
+    first = result.trials[0]
+    assert first.params == untuned and first.state == "COMPLETE" and first.extra["role"] == "untuned"
+    assert all(SPACE.contains(t.params) for t in result.trials[1:])
+    assert not SPACE.contains(untuned)
