@@ -13,7 +13,7 @@ def _train(args: argparse.Namespace) -> int:
     import finetune
     from finetune.train import process_state
 
-    config = finetune.FinetuneConfig.from_yaml(args.config, args.overrides)
+    config = _load_finetune_config(args.config, args.overrides)
     result = finetune.train(config)
     if not process_state().is_main_process:
         return 0  # under accelerate launch, one process reports
@@ -30,12 +30,29 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_finetune_config(path: str, overrides: list[str]):
+    """A finetune config, or the four finetune sections of a recipe (its search/baseline/seeds are ignored)."""
+    from pathlib import Path
+
+    from finetune.config import FinetuneConfig, apply_overrides, load_yaml
+    from recipes.recipe import finetune_sections
+
+    raw = apply_overrides(finetune_sections(load_yaml(path)), overrides)
+    return FinetuneConfig.from_dict(raw, base_dir=Path(path).parent)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from recipes.run import main as run_main
+
+    return run_main([args.recipe, *args.overrides, *(["--run-dir", args.run_dir] if args.run_dir else [])])
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     import finetune
 
     if args.untrained:
         # RUN_DIR is then a config: how good is the model before any fine-tuning?
-        config = finetune.FinetuneConfig.from_yaml(args.run_dir, args.overrides)
+        config = _load_finetune_config(args.run_dir, args.overrides)
         metrics = finetune.evaluate_untrained(config, args.split)
     else:
         metrics = finetune.evaluate(args.run_dir, args.split)
@@ -46,11 +63,10 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _search(args: argparse.Namespace) -> int:
     import yaml
 
-    import finetune
     from hpo import Budget, SearchSpace
     from hpo.finetune_search import Objective, search_finetune
 
-    config = finetune.FinetuneConfig.from_yaml(args.config, args.overrides)
+    config = _load_finetune_config(args.config, args.overrides)
     space = SearchSpace.from_dict(yaml.safe_load(open(args.space))) if args.space else None
     has_budget = any(v is not None for v in (args.budget_trials, args.budget_steps, args.budget_minutes))
     budget = (
@@ -168,6 +184,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="subprocess: each trial in its own process (GPU memory fully returned)",
     )
     search.set_defaults(func=_search)
+
+    run = commands.add_parser("run", help="tune, retrain best and untuned over seeds, compare on test, report")
+    run.add_argument("recipe")
+    run.add_argument("overrides", nargs="*", help="key=value: section.key, search.*, seeds")
+    run.add_argument("--run-dir", help="default: <training.output_dir>_run")
+    run.set_defaults(func=_run)
 
     trials = commands.add_parser("trials", help="print the trials table of a search run folder")
     trials.add_argument("run_dir")

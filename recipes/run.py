@@ -1,0 +1,140 @@
+"""tunelab run RECIPE: tune, retrain the winner and the untuned baseline over seeds, compare on test, report.
+
+Read this file top to bottom: it is the whole recipe. Every finished piece is stored in the run folder,
+so running the same command again after a kill continues where it stopped.
+
+    tunelab run recipes/configs/sst2_minilm_lora.yaml [key=value ...]
+    accelerate launch -m recipes.run recipes/configs/sst2_minilm_lora.yaml
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import finetune
+from finetune import FinetuneConfig
+from finetune.errors import ConfigError, TunelabError
+from finetune.train import process_state
+from hpo.finetune_search import search_finetune
+from recipes.recipe import Recipe, load_recipe
+from recipes.report import write_report
+from recipes.stats import compare
+
+ARMS = ("tuned", "untuned")
+
+
+def run_recipe(recipe: Recipe, run_dir: str | Path) -> dict | None:
+    run_dir = Path(run_dir)
+    _require_test_split(recipe.untuned)
+    started = time.perf_counter()
+    main = process_state().is_main_process
+
+    # 1. Search, starting from the untuned configuration (its first trial). Resumes from its journal.
+    s = recipe.search
+    search = search_finetune(
+        recipe.untuned,
+        run_dir=run_dir / "search",
+        space=s.space,
+        sampler=s.sampler,
+        scheduler=s.scheduler,
+        budget=s.budget,
+        full_run_equivalents=s.full_run_equivalents,
+        objective=s.objective,
+        seed=s.seed,
+        max_per_device_batch=s.max_per_device_batch,
+        isolation=s.isolation,
+    )
+    process_state().wait_for_everyone()  # the main process has written the search's outputs
+    if not main:
+        # Other processes of a multi-process launch followed the search; they train the arms too.
+        best_config = FinetuneConfig.from_yaml(run_dir / "search" / "best_config.yaml")
+    else:
+        best_config = search.best_config
+
+    # 2. Retrain the winner and the untuned baseline with the same replicate seeds; evaluate on test.
+    arms = {"tuned": best_config, "untuned": recipe.untuned}
+    runs = {arm: [_seed_run(config, arm, seed, run_dir) for seed in recipe.seeds] for arm, config in arms.items()}
+    if not main:
+        return None
+
+    # 3. Compare on the held-out test split and write the report.
+    metric = search.metric.removeprefix("eval_")
+    scores = {arm: [r["test"][f"test_{metric}"] for r in runs[arm]] for arm in ARMS}
+    comparison = compare(scores["tuned"], scores["untuned"])
+    results = {
+        "recipe": recipe.path,
+        "metric": metric,
+        "direction": search.result.direction,
+        "comparison": comparison.to_dict(),
+        "runs": runs,
+        "search": json.loads((run_dir / "search" / "summary.json").read_text()),
+        "best_config": best_config.to_dict(),
+        "untuned_config": recipe.untuned.to_dict(),
+        "seeds": recipe.seeds,
+        "wall_seconds_this_invocation": time.perf_counter() - started,
+    }
+    (run_dir / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    write_report(run_dir, results, search.result)
+    return results
+
+
+def _seed_run(config: FinetuneConfig, arm: str, seed: int, run_dir: Path) -> dict:
+    """Train ``config`` with ``seed`` (unless already done) and evaluate it on the test split."""
+    out = run_dir / arm / f"seed_{seed}"
+    done = out / "test_metrics.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    result = finetune.train(config.with_overrides({"training.seed": seed, "training.output_dir": str(out)}))
+    record = {
+        "arm": arm,
+        "seed": seed,
+        "validation": result.final_metrics,
+        "evaluations": result.evaluations,
+        "train_losses": result.train_losses,
+        "optimizer_steps": result.optimizer_steps,
+        "wall_seconds": result.wall_seconds,
+    }
+    record["test"] = finetune.evaluate(out, "test")  # on every process: evaluation is collective
+    if process_state().is_main_process:
+        done.write_text(json.dumps(record, indent=2))
+    return record
+
+
+def _require_test_split(config: FinetuneConfig) -> None:
+    data = config.data
+    has_test = data.test_file or data.test_size > 0 or data.dataset
+    if not has_test:
+        raise ConfigError(
+            "a recipe reports on a held-out test split: set data.test_file or data.test_size > 0 "
+            "(selection happens on the validation split)"
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="tunelab run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("recipe")
+    parser.add_argument("overrides", nargs="*", help="key=value: section.key of the config, or search.*, seeds")
+    parser.add_argument("--run-dir", help="default: <training.output_dir>_run")
+    args = parser.parse_args(argv)
+    try:
+        recipe = load_recipe(args.recipe, args.overrides)
+        run_dir = args.run_dir or f"{recipe.finetune.training.output_dir}_run"
+        results = run_recipe(recipe, run_dir)
+    except TunelabError as exc:
+        print(f"tunelab: error: {exc}", file=sys.stderr)
+        return 2
+    if results is not None:
+        print((Path(run_dir) / "report.md").read_text().split("\n\n")[1])
+        print(f"\nreport: {Path(run_dir) / 'report.html'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

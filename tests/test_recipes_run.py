@@ -1,0 +1,88 @@
+"""tunelab run end to end on a tiny model: search, retrain both arms over seeds, compare, report, resume."""
+
+import json
+
+import pytest
+import yaml
+from conftest import classification_config
+
+from finetune import ConfigError
+from recipes.recipe import load_recipe
+from recipes.run import main
+
+
+def _recipe(tmp_path, tiny_bert, sentiment_files, **extra):
+    raw = classification_config(
+        tiny_bert,
+        sentiment_files,
+        tmp_path / "out",
+        training={"max_steps": -1, "num_train_epochs": 1, "eval_steps": None, "learning_rate": 1e-3},
+    )
+    raw["search"] = {
+        "sampler": "random",
+        "scheduler": "none",
+        "budget": {"trials": 3},
+        "space": {"training.learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}},
+    }
+    raw["seeds"] = 2
+    raw.update(extra)
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_untuned_baseline_uses_library_defaults_unless_the_recipe_says(tmp_path, tiny_bert, sentiment_files):
+    recipe = load_recipe(_recipe(tmp_path, tiny_bert, sentiment_files))
+    assert recipe.finetune.training.learning_rate == 1e-3  # as written, for `tunelab train`
+    assert recipe.untuned.training.learning_rate == 5e-5  # TrainingArguments default
+    assert recipe.untuned.method.target_modules == "peft-default" and recipe.untuned.method.lora_alpha == 8
+    assert recipe.seeds == [0, 1]
+    own = load_recipe(
+        _recipe(tmp_path, tiny_bert, sentiment_files, baseline={"training.learning_rate": 2e-4}),
+        ["seeds=[3, 4, 5]", "search.sampler=tpe"],
+    )
+    assert own.untuned.training.learning_rate == 2e-4 and own.seeds == [3, 4, 5] and own.search.sampler == "tpe"
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"seeds": 1}, "need at least 2 integer seeds"),
+        ({"search": {"sampler": "bayes"}}, "search.sampler: expected one of"),
+        ({"search": {"budget": {"hours": 2}}}, r"search.budget: unknown key\(s\) \['hours'\]"),
+        ({"search": {"objective": {"metrc": "loss"}}}, "search.objective"),
+        ({"baseline": {"learning_rate": 1}}, "baseline: keys look like section.key"),
+    ],
+)
+def test_bad_recipes(tmp_path, tiny_bert, sentiment_files, extra, message):
+    with pytest.raises(ConfigError, match=message):
+        load_recipe(_recipe(tmp_path, tiny_bert, sentiment_files, **extra))
+
+
+def test_run_reports_and_resumes(tmp_path, tiny_bert, sentiment_files, capsys):
+    path = _recipe(tmp_path, tiny_bert, sentiment_files)
+    run_dir = tmp_path / "run"
+    assert main([str(path), "--run-dir", str(run_dir)]) == 0
+    assert "Answer: tuned lora:" in capsys.readouterr().out
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["metric"] == "accuracy" and len(results["runs"]["tuned"]) == 2
+    comparison = results["comparison"]
+    tuned = [r["test"]["test_accuracy"] for r in results["runs"]["tuned"]]
+    assert comparison["tuned_mean"] == pytest.approx(sum(tuned) / 2)
+    assert results["search"]["trials"]["COMPLETE"] == 3
+    report = (run_dir / "report.md").read_text()
+    assert report.splitlines()[2].startswith("Question:") and "95% CI" in report and "p = " in report
+    html = (run_dir / "report.html").read_text()
+    assert html.count("data:image/png;base64,") >= 4
+    # Re-running continues where it stopped: nothing is trained again.
+    stamps = {p: p.stat().st_mtime_ns for p in run_dir.glob("*/seed_*/test_metrics.json")}
+    assert len(stamps) == 4
+    assert main([str(path), "--run-dir", str(run_dir)]) == 0
+    assert {p: p.stat().st_mtime_ns for p in run_dir.glob("*/seed_*/test_metrics.json")} == stamps
+    assert json.loads((run_dir / "results.json").read_text())["search"]["trials"]["COMPLETE"] == 3
+
+
+def test_recipe_without_test_split_is_refused(tmp_path, tiny_bert, sentiment_files):
+    path = _recipe(tmp_path, tiny_bert, sentiment_files)
+    assert main([str(path), "data.test_file=null", "--run-dir", str(tmp_path / "run")]) == 2
+    assert not (tmp_path / "run").exists()
