@@ -1,0 +1,33 @@
+"""Every shipped config and accelerate config loads and validates (no training)."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from recipes.recipe import load_recipe
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+DISTRIBUTED = {"NO", "MULTI_CPU", "MULTI_GPU", "FSDP", "DEEPSPEED"}
+
+
+@pytest.mark.parametrize("path", sorted((RECIPES / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_config_validates(path):
+    recipe = load_recipe(path)
+    assert recipe.finetune.model.name and Path(recipe.finetune.data.train_file).is_file()
+    assert recipe.untuned.training.learning_rate == 5e-5
+
+
+@pytest.mark.parametrize("path", sorted((RECIPES / "accelerate").glob("*.yaml")), ids=lambda p: p.name)
+def test_accelerate_config_is_valid(path):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    raw = yaml.safe_load(path.read_text())
+    assert raw["distributed_type"] in DISTRIBUTED
+    assert raw["num_processes"] >= 1 and raw["num_machines"] == 1
+    config = load_config_from_file(str(path))  # accelerate's own parser accepts it
+    assert str(config.distributed_type).split(".")[-1] == raw["distributed_type"]
+    if raw["distributed_type"] == "FSDP":
+        assert raw["fsdp_config"]["fsdp_version"] == 2
+    if raw["distributed_type"] == "DEEPSPEED":
+        assert raw["deepspeed_config"]["zero_stage"] == 3
