@@ -182,7 +182,8 @@ def _plot_learning_curves(results: dict[str, Any], path: Path) -> str:
         for i, run in enumerate(results["runs"][arm]):
             points = [(e["step"], e[f"eval_{metric}"]) for e in run["evaluations"] if f"eval_{metric}" in e]
             if points:
-                ax.plot(*zip(*points, strict=True), color=color, alpha=0.7, label=arm if i == 0 else None)
+                # Markers too: a run with a single evaluation is a point, not a line.
+                ax.plot(*zip(*points, strict=True), color=color, marker="o", alpha=0.7, label=arm if i == 0 else None)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel(f"validation {metric}")
     ax.set_title("learning curves (each line a seed)")
