@@ -50,7 +50,7 @@ def plain_trainer_run(overrides: list[str], out: Path) -> dict:
         set_seed,
     )
 
-    from finetune.data import read_table
+    from finetune.data import load_splits
     from finetune.models import resolve_source
 
     config = FinetuneConfig.from_yaml(CONFIG, overrides)
@@ -75,10 +75,10 @@ def plain_trainer_run(overrides: list[str], out: Path) -> dict:
         out["labels"] = [int(v) for v in batch["label"]]
         return out
 
-    train = read_table(d.train_file)
-    train = train.select(range(min(len(train), d.max_train_samples or len(train))))
+    splits = load_splits(d)  # the same rows as tunelab (the seeded validation split included)
+    train = splits.train
     train = train.map(encode, batched=True, remove_columns=train.column_names)
-    validation = read_table(d.validation_file).map(encode, batched=True, remove_columns=["sentence", "label"])
+    validation = splits.validation.map(encode, batched=True, remove_columns=["sentence", "label"])
 
     def accuracy(prediction):
         return {"accuracy": float((np.argmax(prediction.predictions, -1) == prediction.label_ids).mean())}

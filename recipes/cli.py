@@ -47,6 +47,20 @@ def _run(args: argparse.Namespace) -> int:
     return run_main([args.recipe, *args.overrides, *(["--run-dir", args.run_dir] if args.run_dir else [])])
 
 
+def _report(args: argparse.Namespace) -> int:
+    from recipes.run import regenerate_report
+
+    print(regenerate_report(args.run_dir))
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from recipes.compare import compare_runs
+
+    print(compare_runs(args.run_dirs), end="")
+    return 0
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     import finetune
 
@@ -190,6 +204,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("overrides", nargs="*", help="key=value: section.key, search.*, seeds")
     run.add_argument("--run-dir", help="default: <training.output_dir>_run")
     run.set_defaults(func=_run)
+
+    report = commands.add_parser("report", help="regenerate report.md/html of a finished `tunelab run` folder")
+    report.add_argument("run_dir")
+    report.set_defaults(func=_report)
+
+    compare = commands.add_parser("compare", help="compare the arms of finished `tunelab run` folders")
+    compare.add_argument("run_dirs", nargs="+")
+    compare.set_defaults(func=_compare)
 
     trials = commands.add_parser("trials", help="print the trials table of a search run folder")
     trials.add_argument("run_dir")

@@ -138,3 +138,22 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def regenerate_report(run_dir: str | Path) -> Path:
+    """Rewrite report.md/html of a finished run from its results.json and search journal."""
+    import optuna
+
+    from hpo.results import SearchResult
+    from hpo.storage import open_storage
+
+    run_dir = Path(run_dir)
+    path = run_dir / "results.json"
+    if not path.is_file():
+        raise ConfigError(f"{run_dir} is not a finished `tunelab run` folder: results.json is missing")
+    results = json.loads(path.read_text())
+    storage = str(run_dir / "search" / "study.journal")
+    study = optuna.load_study(study_name="search", storage=open_storage(storage))
+    search = SearchResult.from_study(study, results["search"]["stop_reason"], storage)
+    write_report(run_dir, results, search)
+    return run_dir / "report.md"

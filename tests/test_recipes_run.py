@@ -80,6 +80,15 @@ def test_run_reports_and_resumes(tmp_path, tiny_bert, sentiment_files, capsys):
     assert main([str(path), "--run-dir", str(run_dir)]) == 0
     assert {p: p.stat().st_mtime_ns for p in run_dir.glob("*/seed_*/test_metrics.json")} == stamps
     assert json.loads((run_dir / "results.json").read_text())["search"]["trials"]["COMPLETE"] == 3
+    # The report can be regenerated from the stored results alone.
+    (run_dir / "report.md").unlink()
+    from recipes.cli import main as cli
+
+    assert cli(["report", str(run_dir)]) == 0
+    assert (run_dir / "report.md").read_text() == report
+    assert cli(["compare", str(run_dir), str(run_dir)]) == 0
+    table = capsys.readouterr().out
+    assert "| difference |" in table and f"{run_dir} [untuned]" in table
 
 
 def test_recipe_without_test_split_is_refused(tmp_path, tiny_bert, sentiment_files):
