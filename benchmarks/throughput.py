@@ -22,13 +22,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import finetune  # noqa: E402
-from finetune import FinetuneConfig  # noqa: E402
+from recipes.recipe import load_finetune_config  # noqa: E402
 
 CONFIG = ROOT / "recipes" / "configs" / "sst2_minilm_lora.yaml"
 
 
 def tunelab_run(overrides: list[str], out: Path) -> dict:
-    config = FinetuneConfig.from_yaml(CONFIG, [*overrides, f"training.output_dir={out}"])
+    config = load_finetune_config(CONFIG, [*overrides, f"training.output_dir={out}"])
     result = finetune.train(config)
     return {
         "tokens_per_second": result.tokens_seen / result.train_seconds,
@@ -53,7 +53,7 @@ def plain_trainer_run(overrides: list[str], out: Path) -> dict:
     from finetune.data import load_splits
     from finetune.models import resolve_source
 
-    config = FinetuneConfig.from_yaml(CONFIG, overrides)
+    config = load_finetune_config(CONFIG, overrides)
     t, d, m = config.training, config.data, config.method
     set_seed(t.seed)
     path = resolve_source(config.model).path

@@ -7,13 +7,14 @@ import json
 import sys
 
 from finetune.errors import TunelabError
+from recipes.recipe import load_finetune_config
 
 
 def _train(args: argparse.Namespace) -> int:
     import finetune
     from finetune.train import process_state
 
-    config = _load_finetune_config(args.config, args.overrides)
+    config = load_finetune_config(args.config, args.overrides)
     result = finetune.train(config)
     if not process_state().is_main_process:
         return 0  # under accelerate launch, one process reports
@@ -28,17 +29,6 @@ def _train(args: argparse.Namespace) -> int:
     }
     print(json.dumps(summary, indent=2))
     return 0
-
-
-def _load_finetune_config(path: str, overrides: list[str]):
-    """A finetune config, or the four finetune sections of a recipe (its search/baseline/seeds are ignored)."""
-    from pathlib import Path
-
-    from finetune.config import FinetuneConfig, apply_overrides, load_yaml
-    from recipes.recipe import finetune_sections
-
-    raw = apply_overrides(finetune_sections(load_yaml(path)), overrides)
-    return FinetuneConfig.from_dict(raw, base_dir=Path(path).parent)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -66,7 +56,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     if args.untrained:
         # RUN_DIR is then a config: how good is the model before any fine-tuning?
-        config = _load_finetune_config(args.run_dir, args.overrides)
+        config = load_finetune_config(args.run_dir, args.overrides)
         metrics = finetune.evaluate_untrained(config, args.split)
     else:
         metrics = finetune.evaluate(args.run_dir, args.split)
@@ -80,7 +70,7 @@ def _search(args: argparse.Namespace) -> int:
     from hpo import Budget, SearchSpace
     from hpo.finetune_search import Objective, search_finetune
 
-    config = _load_finetune_config(args.config, args.overrides)
+    config = load_finetune_config(args.config, args.overrides)
     space = SearchSpace.from_dict(yaml.safe_load(open(args.space))) if args.space else None
     has_budget = any(v is not None for v in (args.budget_trials, args.budget_steps, args.budget_minutes))
     budget = (

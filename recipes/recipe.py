@@ -71,6 +71,12 @@ def finetune_sections(raw: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in raw.items() if k not in RECIPE_SECTIONS}
 
 
+def load_finetune_config(path: str | Path, overrides: list[str] | None = None) -> FinetuneConfig:
+    """A finetune config file, or the four finetune sections of a recipe (search/baseline/seeds ignored)."""
+    raw = apply_overrides(finetune_sections(load_yaml(path)), overrides or [])
+    return FinetuneConfig.from_dict(raw, base_dir=Path(path).parent)
+
+
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     raw = load_yaml(path)
     finetune_overrides, recipe_overrides = [], []

