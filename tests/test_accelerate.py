@@ -12,12 +12,14 @@ from conftest import classification_config
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_two_process_run_splits_data_and_writes_outputs_once(tiny_bert, sentiment_files, tmp_path):
-    raw = classification_config(tiny_bert, sentiment_files, tmp_path / "run", method={"name": "lora"})
-    raw["training"].update({"max_steps": -1, "num_train_epochs": 1, "eval_steps": None})
-    path = tmp_path / "c.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    command = [
+def _launch(*args: str) -> list[str]:
+    """accelerate launch with two gloo processes on a free port (a fixed port can still be in use)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return [
         sys.executable,
         "-m",
         "accelerate.commands.launch",
@@ -30,11 +32,18 @@ def test_two_process_run_splits_data_and_writes_outputs_once(tiny_bert, sentimen
         "no",
         "--dynamo_backend",
         "no",
-        "-m",
-        "recipes.cli",
-        "train",
-        str(path),
+        "--main_process_port",
+        str(port),
+        *args,
     ]
+
+
+def test_two_process_run_splits_data_and_writes_outputs_once(tiny_bert, sentiment_files, tmp_path):
+    raw = classification_config(tiny_bert, sentiment_files, tmp_path / "run", method={"name": "lora"})
+    raw["training"].update({"max_steps": -1, "num_train_epochs": 1, "eval_steps": None})
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    command = _launch("-m", "recipes.cli", "train", str(path))
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -63,19 +72,7 @@ def test_two_process_search_prunes_and_stops_together(tiny_bert, sentiment_files
             }
         )
     )
-    command = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
+    command = _launch(
         "-m",
         "recipes.cli",
         "search",
@@ -90,7 +87,7 @@ def test_two_process_search_prunes_and_stops_together(tiny_bert, sentiment_files
         "6",
         "--run-dir",
         str(tmp_path / "s"),
-    ]
+    )
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
