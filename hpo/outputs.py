@@ -59,6 +59,16 @@ def parameter_importances(study: optuna.Study) -> dict[str, float]:
         return {}
 
 
+def save_figure(fig, path: str | Path) -> str:
+    """Lay out, write as PNG and close (an open figure would leak memory across a long search)."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return str(path)
+
+
 def plot_anytime(results: dict[str, SearchResult], path: str | Path) -> str:
     """Best objective so far against cumulative optimizer steps, one line per search."""
     import matplotlib
@@ -77,10 +87,7 @@ def plot_anytime(results: dict[str, SearchResult], path: str | Path) -> str:
     ax.set_title("anytime performance")
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return str(path)
+    return save_figure(fig, path)
 
 
 def plot_importances(importances: dict[str, float], path: str | Path) -> str:
@@ -93,7 +100,4 @@ def plot_importances(importances: dict[str, float], path: str | Path) -> str:
     fig, ax = plt.subplots(figsize=(6, 0.4 * len(names) + 1.2))
     ax.barh(names, [importances[n] for n in names])
     ax.set_xlabel("importance (fANOVA)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return str(path)
+    return save_figure(fig, path)

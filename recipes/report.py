@@ -14,7 +14,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from hpo.outputs import plot_anytime  # noqa: E402
+from hpo.outputs import plot_anytime, save_figure  # noqa: E402
 from hpo.results import SearchResult  # noqa: E402
 
 LIBRARIES = ("torch", "transformers", "peft", "accelerate", "optuna", "datasets")
@@ -153,10 +153,7 @@ def _plot_history(search: SearchResult, path: Path) -> str:
     ax.set_ylabel("objective (validation)")
     ax.set_title("optimisation history")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return str(path)
+    return save_figure(fig, path)
 
 
 def _plot_seed_scores(results: dict[str, Any], path: Path) -> str:
@@ -169,10 +166,7 @@ def _plot_seed_scores(results: dict[str, Any], path: Path) -> str:
     ax.set_xticks([0, 1], ["untuned", "tuned"])
     ax.set_ylabel(f"test {metric}")
     ax.set_title("per-seed test scores")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return str(path)
+    return save_figure(fig, path)
 
 
 def _plot_learning_curves(results: dict[str, Any], path: Path) -> str:
@@ -188,7 +182,4 @@ def _plot_learning_curves(results: dict[str, Any], path: Path) -> str:
     ax.set_ylabel(f"validation {metric}")
     ax.set_title("learning curves (each line a seed)")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return str(path)
+    return save_figure(fig, path)
