@@ -94,4 +94,4 @@ def _evaluate_model(
         trainer.remove_callback(PrinterCallback)  # keep stdout for the metrics the caller prints
         metrics = trainer.evaluate(dataset, metric_key_prefix=split)
     metrics = clean_metrics(metrics)
-    return add_perplexity(metrics, prefix=split) if config.model.task == "causal_lm" else metrics
+    return add_perplexity(metrics, config.model.task, prefix=split)

@@ -26,7 +26,10 @@ def macro_f1(labels: np.ndarray, predicted: np.ndarray) -> float:
     return float(np.mean(scores))
 
 
-def add_perplexity(metrics: dict[str, float], prefix: str = "eval") -> dict[str, float]:
+def add_perplexity(metrics: dict[str, float], task: str, prefix: str = "eval") -> dict[str, float]:
+    """Add ``{prefix}_perplexity`` for causal LMs (exp of the loss); classification metrics pass through."""
+    if task != "causal_lm":
+        return metrics
     loss = metrics.get(f"{prefix}_loss")
     if loss is not None:
         metrics[f"{prefix}_perplexity"] = math.exp(loss) if loss < 50 else float("inf")

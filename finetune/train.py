@@ -171,9 +171,11 @@ def train(config: FinetuneConfig, callbacks: list[TrainerCallback] | None = None
         torch.cuda.reset_peak_memory_stats()
     train_output = trainer.train()
     state = trainer.state
-    evaluations = [_with_perplexity(config, _eval_entry(log)) for log in state.log_history if "eval_loss" in log]
+    evaluations = [
+        add_perplexity(_eval_entry(log), config.model.task) for log in state.log_history if "eval_loss" in log
+    ]
     # The best model is loaded at the end; its validation metrics are the run's final metrics.
-    final = _with_perplexity(config, clean_metrics(trainer.evaluate()))
+    final = add_perplexity(clean_metrics(trainer.evaluate()), config.model.task)
     metric_key = "eval_" + trainer.args.metric_for_best_model.removeprefix("eval_")
     best = _best(evaluations, metric_key, trainer.args.greater_is_better) or final
     result = RunResult(
@@ -229,10 +231,6 @@ def _eval_entry(log: dict[str, Any]) -> dict[str, float]:
     entry["step"] = log["step"]
     entry["epoch"] = log.get("epoch", 0.0)
     return entry
-
-
-def _with_perplexity(config: FinetuneConfig, metrics: dict[str, float], prefix: str = "eval") -> dict[str, float]:
-    return add_perplexity(metrics, prefix) if config.model.task == "causal_lm" else metrics
 
 
 def _best(evaluations: list[dict[str, float]], key: str, greater: bool) -> dict[str, float] | None:

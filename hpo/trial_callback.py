@@ -18,6 +18,15 @@ def broadcast(value: Any) -> Any:
     return broadcast_object_list([value])[0]
 
 
+def apply_decision(decision: tuple[str, str], control) -> None:
+    """Obey a ("go" | "stop" | "error", message) decision inside a Trainer callback."""
+    kind, message = decision
+    if kind == "error":
+        raise ConfigError(message)
+    if kind == "stop":
+        control.should_training_stop = True
+
+
 class ReportToTrial(TrainerCallback):
     """Reports each evaluation to the trial and stops the run cleanly when the trial must stop.
 
@@ -41,11 +50,7 @@ class ReportToTrial(TrainerCallback):
             decision = self.decide(state.global_step, metrics or {})
         if self.sync:
             decision = broadcast(decision)
-        kind, message = decision
-        if kind == "error":
-            raise ConfigError(message)
-        if kind == "stop":
-            control.should_training_stop = True
+        apply_decision(decision, control)
 
     def on_train_end(self, args, state, control, **kwargs):
         if self.reporter is not None:

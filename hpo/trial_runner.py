@@ -14,7 +14,7 @@ from transformers import TrainerCallback
 import finetune
 from finetune import FinetuneConfig
 from hpo.optimize import InfeasibleTrial, Reporter
-from hpo.trial_callback import ReportToTrial
+from hpo.trial_callback import ReportToTrial, apply_decision
 
 
 def train_trial(config: FinetuneConfig, callback: TrainerCallback) -> finetune.RunResult:
@@ -98,11 +98,7 @@ class _PipeCallback(TrainerCallback):
             return
         self.seen_steps.add(state.global_step)
         self.connection.send(("eval", (state.global_step, dict(metrics or {}))))
-        kind, message = self.connection.recv()
-        if kind == "error":
-            raise finetune.ConfigError(message)
-        if kind == "stop":
-            control.should_training_stop = True
+        apply_decision(self.connection.recv(), control)
 
 
 def _child_main(raw_config: dict[str, Any], connection: Any, metric: str) -> None:
