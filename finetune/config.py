@@ -61,6 +61,8 @@ class DataConfig:
     validation_size: float = 0.1
     test_size: float = 0.0
     split_seed: int = 0
+    # Re-draws only the validation split (the test split stays put); default split_seed + 1.
+    validation_split_seed: int | None = None
     max_length: int = 128
     max_train_samples: int | None = None
     max_eval_samples: int | None = None

@@ -83,7 +83,8 @@ def load_splits(data: DataConfig) -> RawSplits:
     if validation is None:
         if data.validation_size <= 0:
             raise DataError("no validation split: give data.validation_file or data.validation_size > 0")
-        train, validation = _split(train, data.validation_size, data.split_seed + 1, "data.validation_size")
+        seed = data.split_seed + 1 if data.validation_split_seed is None else data.validation_split_seed
+        train, validation = _split(train, data.validation_size, seed, "data.validation_size")
         origins["validation"] = f"{origins['train']} (seeded split, data.validation_size={data.validation_size})"
 
     if data.max_train_samples is not None and len(train) > data.max_train_samples:

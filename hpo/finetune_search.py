@@ -16,9 +16,11 @@ from finetune.errors import ConfigError
 from finetune.train import planned_steps, process_state
 from hpo.budget import Budget
 from hpo.default_spaces import default_space
+from hpo.finetune_selection import follow_selection, select_finetune_winner
 from hpo.optimize import PlannedTrial, Reporter, optimize
 from hpo.outputs import write_search_outputs
-from hpo.results import SearchResult
+from hpo.results import SearchResult, TrialRecord
+from hpo.selection import Selection, SelectionSettings, pick_candidates
 from hpo.space import DERIVED_KEYS, EFFECTIVE_BATCH_SIZE, LORA_ALPHA_MULTIPLIER, SearchSpace, to_overrides
 from hpo.trial_callback import ReportToTrial, broadcast, follow_trials
 from hpo.trial_runner import train_trial, train_trial_in_subprocess
@@ -53,6 +55,7 @@ class FinetuneSearch:
     full_run_steps: int  # optimizer steps of the untuned run: the unit of "full-run equivalents"
     metric: str
     run_dir: str
+    selection: Selection | None = None  # how the winner was chosen (None: the best trial, no re-runs)
 
 
 def search_finetune(
@@ -65,6 +68,7 @@ def search_finetune(
     budget: Budget | None = None,
     full_run_equivalents: float | None = None,
     objective: Objective = Objective(),
+    selection: SelectionSettings | None = None,  # default: SelectionSettings()
     storage: str | None = None,
     study_name: str = "search",
     seed: int = 0,
@@ -76,7 +80,10 @@ def search_finetune(
     """Tune ``base`` (the user's untuned config). The untuned config is the first trial unless told otherwise.
 
     The budget is a Budget, or ``full_run_equivalents`` multiples of the untuned run's optimizer steps.
-    Only the best trial's model stays on disk; its folder is returned.
+    The winner is chosen by hpo.selection: the top candidates are re-run with fresh seeds and the untuned
+    config is kept unless beaten beyond the noise. Those re-runs are paid from the step budget: a reserve
+    of top_k x seeds full runs is set aside up front, the rest is for exploration.
+    Only the top candidates' models stay on disk; the winner's folder is returned.
 
     ``isolation="subprocess"`` trains each trial in its own process (GPU memory is fully returned).
     Under ``accelerate launch`` with several processes every process calls this: the main process runs
@@ -99,12 +106,22 @@ def search_finetune(
     base_values = flatten(base)
     train_rows = len(load_splits(base.data).train)
     full_run_steps = planned_steps(base, train_rows, world_size)
+    selection = selection or SelectionSettings()
+    if not include_untuned:
+        selection = SelectionSettings(top_k=selection.top_k, seeds=0)  # nothing to keep unless beaten
+    reserve_runs = selection.reserve_runs()
     if full_run_equivalents is not None:
+        _check_reserve(full_run_equivalents, reserve_runs, selection)
         budget = Budget.from_full_runs(
-            full_run_equivalents,
+            full_run_equivalents - reserve_runs,
             full_run_steps,
             trials=budget.trials if budget else None,
             wall_seconds=budget.wall_seconds if budget else None,
+        )
+    elif budget is not None and budget.steps is not None and reserve_runs:
+        _check_reserve(budget.steps / full_run_steps, reserve_runs, selection)
+        budget = Budget(
+            trials=budget.trials, steps=budget.steps - reserve_runs * full_run_steps, wall_seconds=budget.wall_seconds
         )
     if budget is None:
         raise ConfigError("search.budget: give a budget (trials, steps, wall_seconds) or full_run_equivalents")
@@ -121,6 +138,8 @@ def search_finetune(
     trials_dir = run_dir / "trials"
     if not processes.is_main_process:
         follow_trials(lambda raw, callback: train_trial(FinetuneConfig.from_dict(raw), callback), metric)
+        if selection.enabled:
+            follow_selection(run_dir / "selection", metric, objective.use, direction)
         return None
 
     def run_trial(params: dict[str, Any], reporter: Reporter) -> float:
@@ -168,24 +187,46 @@ def search_finetune(
             base=base_values,
             first_params=first,
             progress=progress,
-            on_trial_end=keep_best_checkpoint,
+            on_trial_end=lambda r: keep_top_checkpoints(r, max(1, selection.top_k)),
         )
     finally:
         if sync:
             broadcast(None)  # followers stop waiting for trials
-    best = result.best_trial
+
+    def config_of(trial: TrialRecord) -> FinetuneConfig:
+        if trial.extra.get("role") == UNTUNED:
+            return base.with_overrides({"training.eval_steps": min_steps})
+        overrides = to_overrides(trial.params, base_values, max_per_device_batch, world_size)
+        return base.with_overrides({**overrides, "training.eval_steps": min_steps})
+
+    chosen, best = None, result.best_trial
+    if selection.enabled:
+        picked = pick_candidates(result, selection.top_k, UNTUNED)
+        chosen = select_finetune_winner(
+            result,
+            {t.number: config_of(t) for t in picked},
+            folder=run_dir / "selection",
+            settings=selection,
+            metric=metric,
+            use=objective.use,
+            direction=direction,
+            baseline_role=UNTUNED,
+        )
+        best = next(t for t in result.trials if t.number == chosen.winner)
     best_config = (
         base
         if best.extra.get("role") == UNTUNED
-        else base.with_overrides(to_overrides(best.params, base_values, max_per_device_batch, world_size))
+        else config_of(best).with_overrides({"training.eval_steps": base.training.eval_steps})
     )
+    checkpoint = best.extra.get("checkpoint")
     search = FinetuneSearch(
         result=result,
         best_config=best_config,
-        best_checkpoint=best.extra.get("checkpoint"),
+        best_checkpoint=checkpoint if checkpoint and Path(checkpoint).exists() else None,
         full_run_steps=full_run_steps,
         metric=metric,
         run_dir=str(run_dir),
+        selection=chosen,
     )
     summary = {
         "metric": metric,
@@ -193,7 +234,12 @@ def search_finetune(
         "sampler": sampler,
         "scheduler": scheduler,
         "full_run_steps": full_run_steps,
-        "full_run_equivalents_spent": result.steps_spent / full_run_steps,
+        "full_run_equivalents_spent": (result.steps_spent + (chosen.steps if chosen else 0)) / full_run_steps,
+        "exploration_steps": result.steps_spent,
+        "selection_reserve_full_runs": reserve_runs,
+        "selection": chosen.to_dict() if chosen else None,
+        "winner_trial": best.number,
+        "winner_role": best.extra.get("role"),
         "best_checkpoint": search.best_checkpoint,
         "space": space.to_dict(),
         "budget": asdict(budget),
@@ -202,14 +248,33 @@ def search_finetune(
     return search
 
 
-def keep_best_checkpoint(result: SearchResult) -> None:
-    """Delete every trial's saved model except the best complete trial's: disk stays bounded."""
-    best = result.best_trial
-    keep = best.extra.get("checkpoint") if best else None
+def keep_top_checkpoints(result: SearchResult, keep: int) -> None:
+    """Delete every trial's saved model except the ``keep`` best complete trials' and the untuned one's
+    (selection may pick any of them): disk stays bounded."""
+    if _has_untuned(result):
+        kept = {t.number for t in pick_candidates(result, keep, UNTUNED)}
+    else:
+        finished = [t for t in result.trials if t.state == "COMPLETE" and t.feasible and t.value is not None]
+        finished.sort(key=lambda t: t.value, reverse=result.direction == "maximize")
+        kept = {t.number for t in finished[:keep]}
     for trial in result.trials:
         path = trial.extra.get("checkpoint")
-        if path and path != keep and trial.state != "RUNNING" and Path(path).exists():
+        if path and trial.number not in kept and trial.state != "RUNNING" and Path(path).exists():
             shutil.rmtree(path, ignore_errors=True)
+
+
+def _has_untuned(result: SearchResult) -> bool:
+    return any(t.extra.get("role") == UNTUNED for t in result.trials)
+
+
+def _check_reserve(full_runs: float, reserve_runs: int, selection: SelectionSettings) -> None:
+    if full_runs - reserve_runs < 1:
+        raise ConfigError(
+            f"search.budget: {full_runs:g} full-run equivalents leave less than one full run to explore after "
+            f"the selection reserve of {reserve_runs} full runs (search.selection: top_k={selection.top_k} "
+            f"x seeds={selection.seeds}); raise the budget to at least {reserve_runs + 1} or lower "
+            "search.selection.top_k / seeds (seeds: 0 turns the re-runs off)"
+        )
 
 
 def flatten(config: FinetuneConfig) -> dict[str, Any]:

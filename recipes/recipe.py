@@ -4,6 +4,7 @@ A recipe YAML holds the four finetune sections (model, data, method, training) a
 
     search:   {sampler, scheduler, budget: {full_run_equivalents, trials, steps, minutes},
                objective: {metric, direction, use}, space (null: method-aware default),
+               selection: {top_k, seeds, confidence} (how the winner is chosen: hpo.selection),
                max_per_device_batch, isolation}
     baseline: section.key overrides of the untuned run (default: TrainingArguments defaults and the
               method's peft defaults, i.e. what a user launches without tuning)
@@ -27,6 +28,7 @@ from finetune.errors import ConfigError
 from hpo import Budget, SearchSpace
 from hpo.finetune_search import Objective
 from hpo.samplers import SAMPLERS, SCHEDULERS
+from hpo.selection import SelectionSettings
 
 RECIPE_SECTIONS = ("search", "baseline", "seeds")
 # Hyperparameters the untuned baseline takes from the library defaults, not from the recipe.
@@ -51,6 +53,7 @@ class SearchSettings:
     budget: Budget | None = None
     full_run_equivalents: float | None = 8.0
     objective: Objective = field(default_factory=Objective)
+    selection: SelectionSettings = field(default_factory=SelectionSettings)
     space: SearchSpace | None = None
     max_per_device_batch: int = 32
     isolation: str = "none"
@@ -157,6 +160,13 @@ def search_settings(raw: dict[str, Any]) -> SearchSettings:
         settings.objective = Objective(**objective)
     except TypeError as exc:
         raise ConfigError(f"search.objective: {exc}; allowed: metric, direction, use") from exc
+    selection = raw.pop("selection", None) or {}
+    if not isinstance(selection, dict):
+        raise ConfigError(f"search.selection: expected a mapping (top_k, seeds, confidence), got {selection!r}")
+    try:
+        settings.selection = SelectionSettings(**selection)
+    except TypeError as exc:
+        raise ConfigError(f"search.selection: {exc}; allowed: top_k, seeds, confidence") from exc
     space = raw.pop("space", None)
     settings.space = SearchSpace.from_dict(space) if space else None
     for key, value in raw.items():

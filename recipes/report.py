@@ -64,9 +64,7 @@ def write_report(run_dir: Path, results: dict[str, Any], search: SearchResult) -
 
 
 def _untuned_won(results: dict[str, Any]) -> bool:
-    return results["best_config"]["training"] == results["untuned_config"]["training"] and (
-        results["best_config"]["method"] == results["untuned_config"]["method"]
-    )
+    return results["search"].get("winner_role") == "untuned"
 
 
 def _sections(results: dict[str, Any], search: SearchResult) -> list[tuple[str, list[list[str]]]]:
@@ -92,13 +90,15 @@ def _sections(results: dict[str, Any], search: SearchResult) -> list[tuple[str, 
     s = results["search"]
     budget = [
         ["", "value"],
-        ["optimizer steps spent", str(s["steps_spent"])],
+        ["optimizer steps spent (exploration + selection re-runs)", str(_total_steps(s))],
         ["full-run equivalents spent", f"{s['full_run_equivalents_spent']:.2f}"],
+        ["selection reserve set aside up front", f"{s.get('selection_reserve_full_runs', 0)} full runs"],
         ["trial wall time (s)", f"{s['trial_seconds_spent']:.0f}"],
         ["trials complete / pruned / failed", "{COMPLETE} / {PRUNED} / {FAIL}".format(**s["trials"])],
         ["sampler / scheduler", f"{s['sampler']} / {s['scheduler']}"],
         ["stopped because", s["stop_reason"]],
         ["best validation during search", f"{s['best_value']:.4f} (trial {s['best_trial']})"],
+        ["retrain wall time, both arms (s)", f"{_retrain_seconds(results):.0f}"],
     ]
     environment = [["", ""], ["python", platform.python_version()], ["machine", platform.platform()]]
     for name in LIBRARIES:
@@ -106,22 +106,108 @@ def _sections(results: dict[str, Any], search: SearchResult) -> list[tuple[str, 
             environment.append([name, importlib.metadata.version(name)])
         except importlib.metadata.PackageNotFoundError:
             pass
+    environment += hardware()
+    sections = [("Per-seed results", per_seed)]
+    if s.get("selection"):
+        sections.append(("How the winner was chosen", selection_table(results)))
     return [
-        ("Per-seed results", per_seed),
+        *sections,
         ("Best parameters next to the untuned ones", params),
         ("Budget used", budget),
         ("Environment", environment),
     ]
 
 
+def _retrain_seconds(results: dict[str, Any]) -> float:
+    runs = results["runs"]["untuned"] + ([] if _untuned_won(results) else results["runs"]["tuned"])
+    return sum(r["wall_seconds"] for r in runs)
+
+
+def _total_steps(summary: dict[str, Any]) -> int:
+    return summary["steps_spent"] + ((summary.get("selection") or {}).get("steps") or 0)
+
+
+def selection_lines(results: dict[str, Any]) -> list[str]:
+    """The rule and the winner's curse in words, under the headline."""
+    sel = results["search"].get("selection")
+    if not sel:
+        return []
+    winner = next(c for c in sel["candidates"] if c["trial"] == sel["winner"])
+    metric = results["metric"]
+    test = results["comparison"]["tuned_mean"]
+    lines = [
+        f"Winner: trial {sel['winner']} ({winner['role'] or 'tuned'}). {sel['reason'][0].upper()}{sel['reason'][1:]}."
+        f" Rule: the top {len(sel['candidates'])} candidates by validation {metric} (the untuned one always among "
+        f"them) were re-run with {len(winner['values'])} fresh seeds each (fresh validation draws where the "
+        "validation split is carved from train); a challenger replaces the untuned configuration only if its "
+        "mean beats the untuned mean by more than a one-sided t bound on the pooled noise, Bonferroni-corrected "
+        f"over the challengers (noise std {sel['noise_std']:.4f}, margin {sel['margin']:.4f}).",
+    ]
+    if winner["search_value"] is not None and winner["rerun_mean"] is not None:
+        lines.append(
+            f"For the winner: validation {metric} during the search {winner['search_value']:.4f}, over the "
+            f"re-runs {winner['rerun_mean']:.4f} (winner's curse {sel['winners_curse']:+.4f}), test {test:.4f}."
+        )
+    return lines
+
+
+def selection_table(results: dict[str, Any]) -> list[list[str]]:
+    sel = results["search"]["selection"]
+    rows = [["trial", "role", "validation in search", "re-run validations", "mean used", "std", "chosen"]]
+    for c in sel["candidates"]:
+        rows.append(
+            [
+                str(c["trial"]),
+                c["role"] or "challenger",
+                "-" if c["search_value"] is None else f"{c['search_value']:.4f}",
+                c["failure"] or ", ".join(f"{v:.4f}" for v in c["values"]),
+                "-" if c["mean"] is None else f"{c['mean']:.4f}",
+                f"{c['std']:.4f}",
+                "yes" if c["trial"] == sel["winner"] else "",
+            ]
+        )
+    return rows
+
+
+def hardware() -> list[list[str]]:
+    import os
+
+    import psutil
+    import torch
+
+    rows = [
+        ["processor", platform.processor() or platform.machine()],
+        ["CPU cores", str(os.cpu_count())],
+        ["memory", f"{psutil.virtual_memory().total / 2**30:.0f} GiB"],
+    ]
+    if torch.cuda.is_available():
+        names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        rows.append(["GPUs", ", ".join(names)])
+    else:
+        rows.append(["GPUs", "none"])
+    return rows
+
+
 def _markdown(results, sections, plots, run_dir: Path) -> str:
-    lines = ["# tunelab report", "", *headline(results), ""]
+    lines = ["# tunelab report", "", *headline(results), "", *selection_lines(results), ""]
     for title, table in sections:
         lines += [f"## {title}", "", "| " + " | ".join(table[0]) + " |", "|" + "---|" * len(table[0])]
         lines += ["| " + " | ".join(row) + " |" for row in table[1:]] + [""]
     lines += ["## Plots", ""]
     lines += [f"![{name}]({Path(path).relative_to(run_dir)})" for name, path in plots.items()]
+    lines += ["", "## Configurations", ""]
+    for title, text in _configs(results):
+        lines += [f"### {title}", "", "```yaml", text.rstrip(), "```", ""]
     return "\n".join(lines) + "\n"
+
+
+def _configs(results: dict[str, Any]) -> list[tuple[str, str]]:
+    import yaml
+
+    return [
+        (f"{name} (as trained)", yaml.safe_dump(results[key], sort_keys=False))
+        for name, key in (("tuned", "best_config"), ("untuned", "untuned_config"))
+    ]
 
 
 def _html(results, sections, plots) -> str:
@@ -130,7 +216,7 @@ def _html(results, sections, plots) -> str:
         "<style>body{font-family:sans-serif;max-width:900px;margin:auto}table{border-collapse:collapse}"
         "td,th{border:1px solid #ccc;padding:3px 8px}</style></head><body><h1>tunelab report</h1>",
     ]
-    parts += [f"<p>{html.escape(line)}</p>" for line in headline(results)]
+    parts += [f"<p>{html.escape(line)}</p>" for line in headline(results) + selection_lines(results)]
     for title, table in sections:
         parts.append(f"<h2>{html.escape(title)}</h2><table>")
         parts.append("<tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in table[0]) + "</tr>")
@@ -140,6 +226,9 @@ def _html(results, sections, plots) -> str:
     for name, path in plots.items():
         data = base64.b64encode(Path(path).read_bytes()).decode()
         parts.append(f"<h3>{html.escape(name)}</h3><img alt='{name}' src='data:image/png;base64,{data}'>")
+    parts.append("<h2>Configurations</h2>")
+    for title, text in _configs(results):
+        parts.append(f"<h3>{html.escape(title)}</h3><pre>{html.escape(text)}</pre>")
     return "\n".join(parts) + "</body></html>\n"
 
 

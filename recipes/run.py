@@ -18,7 +18,7 @@ import finetune
 from finetune import FinetuneConfig
 from finetune.errors import ConfigError, TunelabError
 from finetune.train import process_state
-from hpo.finetune_search import search_finetune
+from hpo.finetune_search import UNTUNED, search_finetune
 from recipes.recipe import Recipe, load_recipe
 from recipes.report import write_report
 from recipes.stats import compare
@@ -32,7 +32,9 @@ def run_recipe(recipe: Recipe, run_dir: str | Path) -> dict | None:
     started = time.perf_counter()
     main = process_state().is_main_process
 
-    # 1. Search, starting from the untuned configuration (its first trial). Resumes from its journal.
+    # 1. Search, starting from the untuned configuration (its first trial), then choose the winner by
+    #    re-running the top candidates with fresh seeds (the untuned one is kept unless beaten beyond
+    #    the noise). Resumes from its journal and its stored re-runs.
     s = recipe.search
     search = search_finetune(
         recipe.untuned,
@@ -43,6 +45,7 @@ def run_recipe(recipe: Recipe, run_dir: str | Path) -> dict | None:
         budget=s.budget,
         full_run_equivalents=s.full_run_equivalents,
         objective=s.objective,
+        selection=s.selection,
         seed=s.seed,
         max_per_device_batch=s.max_per_device_batch,
         isolation=s.isolation,
@@ -55,8 +58,13 @@ def run_recipe(recipe: Recipe, run_dir: str | Path) -> dict | None:
         best_config = search.best_config
 
     # 2. Retrain the winner and the untuned baseline with the same replicate seeds; evaluate on test.
-    arms = {"tuned": best_config, "untuned": recipe.untuned}
-    runs = {arm: [_seed_run(config, arm, seed, run_dir) for seed in recipe.seeds] for arm, config in arms.items()}
+    #    When the untuned configuration won, both arms are the same runs: nothing to retrain.
+    runs = {"untuned": [_seed_run(recipe.untuned, "untuned", seed, run_dir) for seed in recipe.seeds]}
+    summary = json.loads((run_dir / "search" / "summary.json").read_text())
+    if summary["winner_role"] == UNTUNED:
+        runs["tuned"] = [{**record, "arm": "tuned"} for record in runs["untuned"]]
+    else:
+        runs["tuned"] = [_seed_run(best_config, "tuned", seed, run_dir) for seed in recipe.seeds]
     if not main:
         return None
 
@@ -70,7 +78,7 @@ def run_recipe(recipe: Recipe, run_dir: str | Path) -> dict | None:
         "direction": search.result.direction,
         "comparison": comparison.to_dict(),
         "runs": runs,
-        "search": json.loads((run_dir / "search" / "summary.json").read_text()),
+        "search": summary,
         "best_config": best_config.to_dict(),
         "untuned_config": recipe.untuned.to_dict(),
         "seeds": recipe.seeds,

@@ -48,6 +48,22 @@ def test_seeded_split_is_deterministic_and_disjoint(tmp_path):
     assert other.test["text"] != first.test["text"]
 
 
+def test_validation_split_seed_redraws_validation_and_never_touches_test(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in ROWS))
+    base = load_splits(DataConfig(train_file=str(path), validation_size=0.25, test_size=4, split_seed=7))
+    redrawn = [
+        load_splits(
+            DataConfig(train_file=str(path), validation_size=0.25, test_size=4, split_seed=7, validation_split_seed=s)
+        )
+        for s in (100, 101)
+    ]
+    for splits in redrawn:
+        assert splits.test["text"] == base.test["text"]
+        assert not set(splits.test["text"]) & (set(splits.train["text"]) | set(splits.validation["text"]))
+    assert redrawn[0].validation["text"] != redrawn[1].validation["text"]
+
+
 def test_missing_file(tmp_path):
     with pytest.raises(DataError, match="data file not found: .*missing.jsonl"):
         load_splits(DataConfig(train_file=str(tmp_path / "missing.jsonl")))

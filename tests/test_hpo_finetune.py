@@ -1,5 +1,6 @@
 """Searches around finetune.train on a tiny model."""
 
+import json
 import os
 from pathlib import Path
 
@@ -29,7 +30,7 @@ def _base(tiny_bert, sentiment_files, tmp_path, **training):
     return FinetuneConfig.from_dict(raw)
 
 
-def test_search_runs_untuned_first_keeps_only_the_best_checkpoint(tiny_bert, sentiment_files, tmp_path):
+def test_search_runs_untuned_first_then_selects_the_winner_over_fresh_seeds(tiny_bert, sentiment_files, tmp_path):
     base = _base(tiny_bert, sentiment_files, tmp_path)
     search = search_finetune(
         base,
@@ -37,19 +38,41 @@ def test_search_runs_untuned_first_keeps_only_the_best_checkpoint(tiny_bert, sen
         space=SMALL_SPACE,
         sampler="tpe",
         scheduler="hyperband",
-        full_run_equivalents=4,
+        full_run_equivalents=10,
         progress=False,
     )
     result = search.result
-    # 96 rows / batch 8, one epoch: the untuned run is 12 steps, so 4 full runs = 48 steps.
+    # 96 rows / batch 8, one epoch: the untuned run is 12 steps. 10 full runs = 120 steps, of which the
+    # selection reserve (top_k=3 x seeds=2 full runs) is 72: exploration gets 48.
     assert search.full_run_steps == 12
     assert result.stop_reason.startswith("step budget spent") and 48 <= result.steps_spent <= 49
     assert result.trials[0].extra.get("role") == "untuned"
     assert result.trials[0].params["training.learning_rate"] == 5e-5
-    kept = [p for p in (tmp_path / "search" / "trials").glob("trial_*/model")]
-    assert [str(p) for p in kept] == [search.best_checkpoint]
+    selection = search.selection
+    assert [c.role for c in selection.candidates][0] == "untuned" and len(selection.candidates) == 3
+    assert all(len(c.values) == 2 for c in selection.candidates)
+    replicates = sorted(p.name for p in (tmp_path / "search" / "selection").glob("trial_*/replicate_*.json"))
+    assert len(replicates) == 6
+    assert not list((tmp_path / "search" / "selection").glob("trial_*/replicate_*/model"))  # scores only
+    kept = list((tmp_path / "search" / "trials").glob("trial_*/model"))
+    assert 1 <= len(kept) <= 3
+    winner = next(t for t in result.trials if t.number == selection.winner)
+    assert search.best_checkpoint == winner.extra["checkpoint"]
+    if selection.kept_baseline:
+        assert search.best_config == base
     assert search.best_config.training.output_dir != search.best_checkpoint
     assert search.metric == "eval_accuracy" and result.direction == "maximize"
+    summary = json.loads((tmp_path / "search" / "summary.json").read_text())
+    assert summary["selection_reserve_full_runs"] == 6 and summary["winner_trial"] == selection.winner
+    assert summary["full_run_equivalents_spent"] == pytest.approx((result.steps_spent + selection.steps) / 12)
+
+
+def test_budget_without_room_for_the_selection_reserve_is_refused(tiny_bert, sentiment_files, tmp_path):
+    from finetune.errors import ConfigError
+
+    base = _base(tiny_bert, sentiment_files, tmp_path)
+    with pytest.raises(ConfigError, match="selection reserve of 6 full runs"):
+        search_finetune(base, run_dir=tmp_path / "s", space=SMALL_SPACE, full_run_equivalents=4, progress=False)
 
 
 def test_effective_batch_is_split_by_memory_limit(tiny_bert, sentiment_files, tmp_path):

@@ -52,6 +52,8 @@ def test_untuned_baseline_uses_library_defaults_unless_the_recipe_says(tmp_path,
         ({"search": {"budget": {"hours": 2}}}, r"search.budget: unknown key\(s\) \['hours'\]"),
         ({"search": {"objective": {"metrc": "loss"}}}, "search.objective"),
         ({"baseline": {"learning_rate": 1}}, "baseline: keys look like section.key"),
+        ({"search": {"selection": {"seeds": 1}}}, "search.selection.seeds: expected 0"),
+        ({"search": {"selection": {"topk": 3}}}, "search.selection: .*allowed: top_k, seeds, confidence"),
     ],
 )
 def test_bad_recipes(tmp_path, tiny_bert, sentiment_files, extra, message):
@@ -74,11 +76,21 @@ def test_run_reports_and_resumes(tmp_path, tiny_bert, sentiment_files, capsys):
     assert report.splitlines()[2].startswith("Question:") and "95% CI" in report and "p = " in report
     html = (run_dir / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 4
+    # The winner was chosen over fresh-seed re-runs of 3 candidates; the report says how.
+    selection = results["search"]["selection"]
+    assert len(selection["candidates"]) == 3 and selection["candidates"][0]["role"] == "untuned"
+    assert "## How the winner was chosen" in report and "winner's curse" in report
+    assert "## Configurations" in report and "CPU cores" in report
+    untuned_won = results["search"]["winner_role"] == "untuned"
+    if untuned_won:  # both arms are the same runs; the report says tuning did not help
+        assert results["runs"]["tuned"][0]["test"] == results["runs"]["untuned"][0]["test"]
+        assert "tuning did not help on this task at this budget" in report
     # Re-running continues where it stopped: nothing is trained again.
-    stamps = {p: p.stat().st_mtime_ns for p in run_dir.glob("*/seed_*/test_metrics.json")}
-    assert len(stamps) == 4
+    stored = [*run_dir.glob("*/seed_*/test_metrics.json"), *run_dir.glob("search/selection/trial_*/replicate_*.json")]
+    stamps = {p: p.stat().st_mtime_ns for p in stored}
+    assert len(stamps) == (2 if untuned_won else 4) + 6
     assert main([str(path), "--run-dir", str(run_dir)]) == 0
-    assert {p: p.stat().st_mtime_ns for p in run_dir.glob("*/seed_*/test_metrics.json")} == stamps
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
     assert json.loads((run_dir / "results.json").read_text())["search"]["trials"]["COMPLETE"] == 3
     # The report can be regenerated from the stored results alone.
     (run_dir / "report.md").unlink()

@@ -1,0 +1,93 @@
+"""Choose a fine-tune search's winner by re-running its top candidates with fresh seeds (hpo.selection).
+
+Replicate i of every candidate trains with seed SELECTION_SEED + i, never a search or recipe seed. When
+the validation split is carved from train, replicate i also draws a fresh validation split
+(data.validation_split_seed = SELECTION_SEED + i; the test split never moves): the re-runs then measure the
+noise of the validation set too, not only of the training seed. Replicate i is the same draw for every
+candidate, so candidates are compared on equal terms. Each finished re-run is stored as JSON, so a killed
+run resumes; its model is deleted (only its score is needed).
+
+Under ``accelerate launch`` with several processes, every process trains every re-run together: the main
+process writes the candidates' configs to candidates.json and the others read them (follow_selection).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import finetune
+from finetune import FinetuneConfig
+from finetune.train import process_state
+from hpo.results import SearchResult, TrialRecord
+from hpo.selection import Selection, SelectionSettings, select_winner
+
+SELECTION_SEED = 10_000
+CANDIDATES_FILE = "candidates.json"
+
+
+def select_finetune_winner(
+    result: SearchResult,
+    configs: dict[int, FinetuneConfig],
+    *,
+    folder: Path,
+    settings: SelectionSettings,
+    metric: str,
+    use: str,
+    direction: str,
+    baseline_role: str,
+) -> Selection:
+    """``configs`` maps each picked trial (hpo.selection.pick_candidates, in its order) to its config."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if process_state().is_main_process:
+        raw = {"seeds": settings.seeds, "configs": {str(n): c.to_dict() for n, c in configs.items()}}
+        (folder / CANDIDATES_FILE).write_text(json.dumps(raw, indent=2))
+    process_state().wait_for_everyone()  # the other processes read candidates.json now
+
+    def rerun(record: TrialRecord, replicate: int) -> tuple[float, int]:
+        return rerun_candidate(configs[record.number], record.number, replicate, folder, metric, use, direction)
+
+    selection = select_winner(result, rerun, settings=settings, baseline_role=baseline_role)
+    process_state().wait_for_everyone()  # followers finished their part of the last re-run
+    if process_state().is_main_process:
+        (folder / "selection.json").write_text(json.dumps(selection.to_dict(), indent=2, default=str))
+    return selection
+
+
+def follow_selection(folder: Path, metric: str, use: str, direction: str) -> None:
+    """A non-main process: train the same re-runs as the main process, in the same order."""
+    process_state().wait_for_everyone()
+    raw = json.loads((folder / CANDIDATES_FILE).read_text())
+    for number, config_dict in raw["configs"].items():
+        config = FinetuneConfig.from_dict(config_dict)
+        for replicate in range(raw["seeds"]):
+            try:
+                rerun_candidate(config, int(number), replicate, folder, metric, use, direction)
+            except Exception:  # the main process records the failure and moves to the next candidate
+                break
+    process_state().wait_for_everyone()
+
+
+def rerun_candidate(
+    config: FinetuneConfig, trial: int, replicate: int, folder: Path, metric: str, use: str, direction: str
+) -> tuple[float, int]:
+    """Train ``config`` once more with replicate ``replicate``'s seed; its validation score and steps."""
+    out = folder / f"trial_{trial:04d}" / f"replicate_{replicate}"
+    done = out.with_suffix(".json")
+    process_state().wait_for_everyone()  # every process sees the same files before deciding to skip
+    if done.is_file():
+        record = json.loads(done.read_text())
+        return record["score"], record["steps"]
+    overrides = {"training.seed": SELECTION_SEED + replicate, "training.output_dir": str(out)}
+    if config.data.validation_file is None and config.data.dataset is None:
+        overrides["data.validation_split_seed"] = SELECTION_SEED + replicate
+    run = finetune.train(config.with_overrides(overrides))
+    values = [e[metric] for e in run.evaluations if metric in e]
+    if not values:
+        raise ValueError(f"re-run of trial {trial} reported no {metric}")
+    score = values[-1] if use == "last" else (max(values) if direction == "maximize" else min(values))
+    if process_state().is_main_process:
+        done.write_text(json.dumps({"score": score, "steps": run.optimizer_steps, "overrides": overrides}))
+        shutil.rmtree(out, ignore_errors=True)
+    return score, run.optimizer_steps
