@@ -111,7 +111,7 @@ def search_finetune(
         selection = SelectionSettings(top_k=selection.top_k, seeds=0)  # nothing to keep unless beaten
     reserve_runs = selection.reserve_runs()
     if full_run_equivalents is not None:
-        _check_reserve(full_run_equivalents, reserve_runs, selection)
+        selection.check_budget(full_run_equivalents)
         budget = Budget.from_full_runs(
             full_run_equivalents - reserve_runs,
             full_run_steps,
@@ -119,7 +119,7 @@ def search_finetune(
             wall_seconds=budget.wall_seconds if budget else None,
         )
     elif budget is not None and budget.steps is not None and reserve_runs:
-        _check_reserve(budget.steps / full_run_steps, reserve_runs, selection)
+        selection.check_budget(budget.steps / full_run_steps)
         budget = Budget(
             trials=budget.trials, steps=budget.steps - reserve_runs * full_run_steps, wall_seconds=budget.wall_seconds
         )
@@ -265,16 +265,6 @@ def keep_top_checkpoints(result: SearchResult, keep: int) -> None:
 
 def _has_untuned(result: SearchResult) -> bool:
     return any(t.extra.get("role") == UNTUNED for t in result.trials)
-
-
-def _check_reserve(full_runs: float, reserve_runs: int, selection: SelectionSettings) -> None:
-    if full_runs - reserve_runs < 1:
-        raise ConfigError(
-            f"search.budget: {full_runs:g} full-run equivalents leave less than one full run to explore after "
-            f"the selection reserve of {reserve_runs} full runs (search.selection: top_k={selection.top_k} "
-            f"x seeds={selection.seeds}); raise the budget to at least {reserve_runs + 1} or lower "
-            "search.selection.top_k / seeds (seeds: 0 turns the re-runs off)"
-        )
 
 
 def flatten(config: FinetuneConfig) -> dict[str, Any]:

@@ -58,6 +58,16 @@ class SelectionSettings:
         """Full runs set aside up front for the re-runs (top_k candidates x seeds)."""
         return self.top_k * self.seeds if self.enabled else 0
 
+    def check_budget(self, full_runs: float) -> None:
+        """A budget of ``full_runs`` full-run equivalents must leave at least one to explore."""
+        if full_runs - self.reserve_runs() < 1:
+            raise ConfigError(
+                f"search.budget: {full_runs:g} full-run equivalents leave less than one full run to explore "
+                f"after the selection reserve of {self.reserve_runs()} full runs (search.selection: "
+                f"top_k={self.top_k} x seeds={self.seeds}); raise the budget to at least "
+                f"{self.reserve_runs() + 1} or lower search.selection.top_k / seeds (seeds: 0 turns re-runs off)"
+            )
+
 
 @dataclass
 class Candidate:

@@ -167,6 +167,8 @@ def search_settings(raw: dict[str, Any]) -> SearchSettings:
         settings.selection = SelectionSettings(**selection)
     except TypeError as exc:
         raise ConfigError(f"search.selection: {exc}; allowed: top_k, seeds, confidence") from exc
+    if settings.full_run_equivalents is not None:
+        settings.selection.check_budget(settings.full_run_equivalents)
     space = raw.pop("space", None)
     settings.space = SearchSpace.from_dict(space) if space else None
     for key, value in raw.items():

@@ -31,3 +31,22 @@ def test_accelerate_config_is_valid(path):
         assert raw["fsdp_config"]["fsdp_version"] == 2
     if raw["distributed_type"] == "DEEPSPEED":
         assert raw["deepspeed_config"]["zero_stage"] == 3
+
+
+@pytest.mark.parametrize("path", sorted((RECIPES / "configs" / "gpu").glob("*.yaml")), ids=lambda p: p.name)
+def test_gpu_example_recipe_validates(path):
+    """GPU examples use Hub models and datasets: validated here without downloading anything."""
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as PEFT_DEFAULTS
+
+    recipe = load_recipe(path)
+    config = recipe.finetune
+    assert "/" in config.model.name and config.data.dataset, "a Hub model id and a Hub dataset"
+    assert config.training.mixed_precision == "bf16"
+    assert recipe.untuned.training.learning_rate == 5e-5 and len(recipe.seeds) == 3
+    assert config.data.test_size > 0 or "imdb" in config.data.dataset  # IMDB's own test split is labelled
+    # The untuned LoRA baseline uses peft's per-architecture target modules: the architecture must have them.
+    family = {"Qwen": "qwen2", "meta-llama": "llama", "google-bert": "bert"}[config.model.name.split("/")[0]]
+    assert config.method.name == "full" or family in PEFT_DEFAULTS
+    # Every example states its launch command(s) in its header.
+    assert f"tunelab run recipes/configs/gpu/{path.name}" in path.read_text()
+    assert "accelerate launch --config_file recipes/accelerate/" in path.read_text()
