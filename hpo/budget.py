@@ -9,6 +9,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from finetune.errors import ConfigError
+from hpo.workers import RETRY_OF_ATTR
 
 STEPS_ATTR = "steps"  # optimizer steps a trial actually ran (updated at every report)
 
@@ -43,10 +44,14 @@ class Spent:
 
 
 def spent(study: optuna.Study) -> Spent:
-    """What the study has used so far, over every session and worker; only steps actually run count."""
-    trials = study.get_trials(
-        deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)
-    )
+    """What the study has used so far, over every session and worker; only steps actually run count.
+
+    A trial lost with its worker and queued again (hpo.workers) is not counted: its retry is.
+    """
+    everything = study.get_trials(deepcopy=False)
+    retried = {t.user_attrs[RETRY_OF_ATTR] for t in everything if RETRY_OF_ATTR in t.user_attrs}
+    counted = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)
+    trials = [t for t in everything if t.state in counted and t.number not in retried]
     steps = sum(int(t.user_attrs.get(STEPS_ATTR, 0)) for t in trials)
     seconds = sum(trial_seconds(t) for t in trials)
     return Spent(trials=len(trials), steps=steps, wall_seconds=seconds)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import sys
+import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,6 +20,16 @@ from hpo.results import FAILURE_ATTR, STOP_REASON_ATTR, SearchResult, trial_reco
 from hpo.samplers import CONSTRAINT_NAME, build_pruner, build_sampler
 from hpo.space import SearchSpace
 from hpo.storage import open_storage
+from hpo.workers import (
+    QUEUED_ATTR,
+    RETRY_OF_ATTR,
+    create_or_join,
+    fail_lost_trials,
+    heartbeat,
+    heartbeats_enabled,
+    others_running,
+    wait_until_queued,
+)
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -106,31 +117,49 @@ def optimize(
     max_initial_failures: int = 5,
     progress: bool = True,
     on_trial_end: Callable[[SearchResult], None] | None = None,
+    heartbeat_seconds: int | None = None,
 ) -> SearchResult:
-    """Run (or resume) a search until the budget is spent; every finished trial is kept in ``storage``.
+    """Run (or resume, or join) a search until the budget is spent; every finished trial is kept in ``storage``.
 
     ``first_params`` are evaluated before anything sampled (e.g. the untuned configuration).
     ``on_trial_end`` sees the results after every trial (e.g. to delete all but the best checkpoint).
+    Several workers may share one study (a database ``storage``): the budget, the grid and the pruning
+    decisions are the study's, not a worker's; with ``heartbeat_seconds`` a dead worker's trial is
+    retried by another, and each worker returns only once no trial is running anywhere.
     """
     if direction not in ("maximize", "minimize"):
         raise ConfigError(f"search.objective.direction must be 'maximize' or 'minimize', got {direction!r}")
-    study = optuna.create_study(
-        storage=open_storage(storage),
-        sampler=build_sampler(sampler, seed=seed),
-        pruner=build_pruner(scheduler, min_steps=min_steps, max_steps=max_steps, reduction_factor=reduction_factor),
-        study_name=study_name,
-        direction=direction,
-        load_if_exists=True,
-    )
-    planned = _enqueue_planned(study, space, sampler, budget, base, first_params)
+    opened = open_storage(storage, heartbeat_seconds=heartbeat_seconds)
+
+    def make_study(load_if_exists: bool) -> optuna.Study:
+        return optuna.create_study(
+            storage=opened,
+            sampler=build_sampler(sampler, seed=seed),
+            pruner=build_pruner(scheduler, min_steps=min_steps, max_steps=max_steps, reduction_factor=reduction_factor),
+            study_name=study_name,
+            direction=direction,
+            load_if_exists=load_if_exists,
+        )
+
+    study, created = create_or_join(make_study)
+    if created or study.user_attrs.get(QUEUED_ATTR):
+        planned = _enqueue_planned(study, space, sampler, budget, base, first_params)
+    else:
+        wait_until_queued(study)
+        planned = study.user_attrs.get("planned_trials")
     tracker = Progress(budget=budget, planned_trials=planned, direction=direction, enabled=progress)
     stop_reason = None
     while True:
+        fail_lost_trials(study)
+        waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
         stop_reason = exhausted(budget, spent(study))
-        if stop_reason:
-            break
-        if sampler == "grid" and not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-            stop_reason = "grid complete"
+        if sampler == "grid" and not waiting:
+            stop_reason = stop_reason or "grid complete"
+        # A lost trial's retry runs even when the budget is spent: it replaces work that was lost.
+        if stop_reason and not any(RETRY_OF_ATTR in t.user_attrs for t in waiting):
+            if heartbeats_enabled(study) and others_running(study):
+                time.sleep(2.0)  # their trials may still win, or be lost and need a retry
+                continue
             break
         _run_trial(study, objective, space, budget, base)
         tracker.update(study)
@@ -153,6 +182,23 @@ def _run_trial(
 ) -> None:
     trial = study.ask()
     reporter = Reporter(trial, study, budget)
+    with heartbeat(study, trial):
+        state, value, feasible = _objective_outcome(trial, study, objective, space, base, reporter)
+    reporter.save_steps()
+    if state == TrialState.COMPLETE:
+        # Every complete trial carries the constraint (GP needs it on all of them); > 0 is infeasible.
+        trial.set_constraint(CONSTRAINT_NAME, 0.0 if feasible else 1.0)
+    study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
+
+
+def _objective_outcome(
+    trial: optuna.Trial,
+    study: optuna.Study,
+    objective: ObjectiveFn,
+    space: SearchSpace,
+    base: dict[str, Any] | None,
+    reporter: Reporter,
+) -> tuple[TrialState, float | None, bool]:
     state, value, feasible = TrialState.FAIL, None, True
     try:
         given = trial.user_attrs.get("given_params")
@@ -177,11 +223,7 @@ def _run_trial(
         trial.set_user_attr(FAILURE_ATTR, f"{type(exc).__name__}: {exc}")
         print(f"[hpo] trial {trial.number} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         traceback.print_exc(limit=3, file=sys.stderr)
-    reporter.save_steps()
-    if state == TrialState.COMPLETE:
-        # Every complete trial carries the constraint (GP needs it on all of them); > 0 is infeasible.
-        trial.set_constraint(CONSTRAINT_NAME, 0.0 if feasible else 1.0)
-    study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
+    return state, value, feasible
 
 
 def _enqueue_planned(
@@ -193,7 +235,7 @@ def _enqueue_planned(
     first_params: list[dict[str, Any]] | None,
 ) -> int | None:
     """Queue the first trials (and, for grid, every grid point) once; a resumed study keeps its queue."""
-    if study.user_attrs.get("queued"):
+    if study.user_attrs.get(QUEUED_ATTR):
         return study.user_attrs.get("planned_trials")
     planned = budget.trials
     points = [p if isinstance(p, PlannedTrial) else PlannedTrial(p) for p in first_params or []]
@@ -214,7 +256,7 @@ def _enqueue_planned(
             # Outside the space (e.g. an untuned warmup the space does not offer): run it as given; the
             # sampler cannot model it, but it competes for best on its value.
             study.enqueue_trial({}, user_attrs={"role": point.role, "given_params": point.params})
-    study.set_user_attr("queued", True)
+    study.set_user_attr(QUEUED_ATTR, True)
     study.set_user_attr("planned_trials", planned)
     return planned
 

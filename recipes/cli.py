@@ -69,6 +69,7 @@ def _search(args: argparse.Namespace) -> int:
 
     from hpo import Budget, SearchSpace
     from hpo.finetune_search import Objective, search_finetune
+    from hpo.selection import SelectionSettings
 
     config = load_finetune_config(args.config, args.overrides)
     space = SearchSpace.from_dict(yaml.safe_load(open(args.space))) if args.space else None
@@ -93,6 +94,7 @@ def _search(args: argparse.Namespace) -> int:
         budget=budget,
         full_run_equivalents=fre,
         objective=Objective(metric=args.metric, use=args.use),
+        selection=SelectionSettings(top_k=args.top_k, seeds=args.selection_seeds),
         storage=args.storage,
         seed=args.seed,
         max_per_device_batch=args.max_per_device_batch,
@@ -102,6 +104,9 @@ def _search(args: argparse.Namespace) -> int:
     if search is None:
         return 0  # a non-main process under accelerate launch: the main process reports
     result = search.result
+    winner = search.selection.winner if search.selection else (result.best_trial.number)
+    chosen = next(t for t in result.trials if t.number == winner)
+    selection_steps = search.selection.steps if search.selection else 0
     print(
         json.dumps(
             {
@@ -109,11 +114,15 @@ def _search(args: argparse.Namespace) -> int:
                 "stop_reason": result.stop_reason,
                 "best_value": result.best_value,
                 "metric": search.metric,
-                "best_params": result.best_params,
+                "winner_trial": winner,
+                "winner_role": chosen.extra.get("role"),
+                "selection": search.selection.reason if search.selection else "best trial (no re-runs)",
+                "best_params": chosen.params,
                 "best_checkpoint": search.best_checkpoint,
                 "best_config": f"{run_dir}/best_config.yaml",
                 "steps_spent": result.steps_spent,
-                "full_run_equivalents_spent": round(result.steps_spent / search.full_run_steps, 2),
+                "selection_steps": selection_steps,
+                "full_run_equivalents_spent": round((result.steps_spent + selection_steps) / search.full_run_steps, 2),
                 "trials": {s: result.count(s) for s in ("COMPLETE", "PRUNED", "FAIL")},
             },
             indent=2,
@@ -181,6 +190,12 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--seed", type=int, default=0, help="sampler seed")
     search.add_argument("--max-per-device-batch", type=int, default=32)
     search.add_argument("--no-untuned", action="store_true", help="do not evaluate the untuned config first")
+    search.add_argument(
+        "--top-k", type=int, default=3, help="candidates re-run to choose the winner (untuned included)"
+    )
+    search.add_argument(
+        "--selection-seeds", type=int, default=2, help="fresh seeds per candidate; 0: the best trial wins, no re-runs"
+    )
     search.add_argument(
         "--isolation",
         default="none",

@@ -104,3 +104,46 @@ def test_two_process_search_prunes_and_stops_together(tiny_bert, sentiment_files
     assert pruned, [(t["state"], t["steps"]) for t in trials]
     for t in pruned:
         assert t["steps"] == t["extra"]["optimizer_steps"] < t["extra"]["planned_steps"]
+
+
+def _shape(value):
+    """Keys and list lengths of a JSON document, not its numbers."""
+    if isinstance(value, dict):
+        return {k: _shape(v) for k, v in value.items() if k not in ("evaluations", "train_losses")}
+    if isinstance(value, list):
+        return [len(value)]
+    return type(value).__name__
+
+
+def test_two_process_recipe_matches_the_single_process_shape(tiny_bert, sentiment_files, tmp_path):
+    from recipes.run import main as run_main
+
+    raw = classification_config(tiny_bert, sentiment_files, tmp_path / "out", method={"name": "lora"})
+    raw["training"].update({"max_steps": -1, "num_train_epochs": 1, "eval_steps": None, "learning_rate": 1e-3})
+    raw["search"] = {
+        "sampler": "random",
+        "scheduler": "none",
+        "budget": {"trials": 3},
+        "selection": {"top_k": 2, "seeds": 2},
+        "space": {"training.learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}},
+    }
+    raw["seeds"] = 2
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    command = _launch("-m", "recipes.run", str(path), "--run-dir", str(tmp_path / "two"))
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("Answer: tuned lora:") == 1  # one process reports
+    two = tmp_path / "two"
+    assert sorted(p.name for p in two.glob("report.*")) == ["report.html", "report.md"]
+    assert run_main([str(path), "--run-dir", str(tmp_path / "one")]) == 0
+    one_results = json.loads((tmp_path / "one" / "results.json").read_text())
+    two_results = json.loads((two / "results.json").read_text())
+    # Same shape; the multi-process run trained with half the steps per process.
+    assert _shape(two_results["comparison"]) == _shape(one_results["comparison"])
+    assert {arm: len(r) for arm, r in two_results["runs"].items()} == {"tuned": 2, "untuned": 2}
+    assert two_results["search"]["trials"] == one_results["search"]["trials"]
+    assert len(two_results["search"]["selection"]["candidates"]) == 2
+    assert two_results["search"]["full_run_steps"] * 2 == one_results["search"]["full_run_steps"]
+    assert len(list((two / "search" / "selection").glob("trial_*/replicate_*.json"))) == 4

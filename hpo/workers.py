@@ -1,0 +1,104 @@
+"""Several workers on one study (one per GPU or node, on PostgreSQL): who queues the planned trials, heartbeats,
+lost trials retried, and waiting for the others before the result is read.
+
+Coordination is Optuna's, not ours: the database's unique study name decides which worker creates the
+study (that worker alone queues the untuned trial and the grid), and Optuna's RDB heartbeats mark a trial
+whose worker died (kill -9, node loss) as failed after a grace period; our stale-trial callback then queues
+it again with the same parameters, so another worker retrains it from scratch.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import optuna
+from optuna.exceptions import DuplicatedStudyError
+from optuna.storages import fail_stale_trials
+from optuna.trial import FrozenTrial, TrialState
+
+from finetune.errors import ConfigError
+
+QUEUED_ATTR = "queued"
+RETRY_OF_ATTR = "retry_of"
+RETRIES_ATTR = "retries"
+MAX_RETRIES = 2  # a trial that kills its worker three times is not retried again
+CARRIED_ATTRS = ("role", "given_params")  # what a retried trial keeps of the lost one
+
+
+def create_or_join(make_study: Callable[[bool], optuna.Study]) -> tuple[optuna.Study, bool]:
+    """``make_study(load_if_exists)``; True when this worker created the study (and must queue trials)."""
+    try:
+        return make_study(False), True
+    except DuplicatedStudyError:
+        return make_study(True), False
+
+
+def wait_until_queued(study: optuna.Study, timeout: float = 300.0, poll: float = 0.5) -> None:
+    """A joining worker waits for the creator to queue the planned trials (untuned first, grid points)."""
+    deadline = time.monotonic() + timeout
+    while not study.user_attrs.get(QUEUED_ATTR):
+        if time.monotonic() > deadline:
+            raise ConfigError(
+                f"study {study.study_name!r}: the worker that created it did not queue its planned trials "
+                f"within {timeout:.0f} s (did it fail? see its log)"
+            )
+        time.sleep(poll)
+
+
+@contextmanager
+def heartbeat(study: optuna.Study, trial: optuna.Trial) -> Iterator[None]:
+    """Record the trial's heartbeat in a thread while it runs (RDB storages with heartbeats only)."""
+    storage = study._storage  # Optuna's ask/tell API has no public heartbeat hook
+    if not heartbeats_enabled(study):
+        yield
+        return
+    interval = storage.get_heartbeat_interval()
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.is_set():
+            try:
+                storage.record_heartbeat(trial._trial_id)
+            except Exception:  # the database may be restarting: the next beat retries
+                pass
+            stop.wait(interval)
+
+    thread = threading.Thread(target=beat, name=f"heartbeat-trial-{trial.number}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=interval + 5)
+
+
+def retry_lost_trial(study: optuna.Study, trial: FrozenTrial) -> None:
+    """Optuna calls this when it fails a trial whose heartbeat stopped: queue it again, same parameters."""
+    retries = int(trial.user_attrs.get(RETRIES_ATTR, 0))
+    if retries >= MAX_RETRIES:
+        return
+    attrs = {k: v for k, v in trial.user_attrs.items() if k in CARRIED_ATTRS}
+    attrs.update({RETRY_OF_ATTR: trial.number, RETRIES_ATTR: retries + 1})
+    params = {} if "given_params" in attrs else dict(trial.params)
+    study.enqueue_trial(params, user_attrs=attrs)
+
+
+def fail_lost_trials(study: optuna.Study) -> None:
+    """Fail (and so retry) trials whose worker stopped sending heartbeats; a no-op on other storages."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        fail_stale_trials(study)
+
+
+def others_running(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+
+
+def heartbeats_enabled(study: optuna.Study) -> bool:
+    """Only then can a worker wait for the others: elsewhere a killed worker's trial stays RUNNING for ever."""
+    storage = study._storage
+    return bool(hasattr(storage, "get_heartbeat_interval") and storage.get_heartbeat_interval())
