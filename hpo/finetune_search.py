@@ -22,6 +22,7 @@ from hpo.outputs import write_search_outputs
 from hpo.results import SearchResult, TrialRecord
 from hpo.selection import Selection, SelectionSettings, pick_candidates
 from hpo.space import DERIVED_KEYS, EFFECTIVE_BATCH_SIZE, LORA_ALPHA_MULTIPLIER, SearchSpace, to_overrides
+from hpo.storage import redact
 from hpo.trial_callback import ReportToTrial, broadcast, follow_trials
 from hpo.trial_runner import train_trial, train_trial_in_subprocess
 
@@ -76,6 +77,8 @@ def search_finetune(
     include_untuned: bool = True,
     isolation: Literal["none", "subprocess"] = "none",
     progress: bool = True,
+    choose_winner: bool = True,
+    heartbeat_seconds: int | None = None,
 ) -> FinetuneSearch | None:
     """Tune ``base`` (the user's untuned config). The untuned config is the first trial unless told otherwise.
 
@@ -89,6 +92,9 @@ def search_finetune(
     Under ``accelerate launch`` with several processes every process calls this: the main process runs
     the search and sends each trial's config to the others, which train with it and stop when told;
     they return None.
+
+    Several workers may share one search through a database ``storage`` (``tunelab worker``): each calls
+    this with ``choose_winner=False``; the run that reports (``tunelab run``) then chooses the winner.
     """
     processes = process_state()
     world_size, sync = processes.num_processes, processes.num_processes > 1
@@ -138,7 +144,7 @@ def search_finetune(
     trials_dir = run_dir / "trials"
     if not processes.is_main_process:
         follow_trials(lambda raw, callback: train_trial(FinetuneConfig.from_dict(raw), callback), metric)
-        if selection.enabled:
+        if selection.enabled and choose_winner:
             follow_selection(run_dir / "selection", metric, objective.use, direction)
         return None
 
@@ -188,6 +194,7 @@ def search_finetune(
             first_params=first,
             progress=progress,
             on_trial_end=lambda r: keep_top_checkpoints(r, max(1, selection.top_k)),
+            heartbeat_seconds=heartbeat_seconds,
         )
     finally:
         if sync:
@@ -200,7 +207,7 @@ def search_finetune(
         return base.with_overrides({**overrides, "training.eval_steps": min_steps})
 
     chosen, best = None, result.best_trial
-    if selection.enabled:
+    if selection.enabled and choose_winner:
         picked = pick_candidates(result, selection.top_k, UNTUNED)
         chosen = select_finetune_winner(
             result,
@@ -229,6 +236,8 @@ def search_finetune(
         selection=chosen,
     )
     summary = {
+        "study_name": study_name,
+        "storage": redact(storage),
         "metric": metric,
         "use": objective.use,
         "sampler": sampler,

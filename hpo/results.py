@@ -96,6 +96,22 @@ class SearchResult:
             wall_seconds_spent=used.wall_seconds,
         )
 
+    @classmethod
+    def from_folder(cls, folder: str | Path) -> SearchResult:
+        """Read back what write_search_outputs wrote (trials.json, summary.json): no storage needed."""
+        folder = Path(folder)
+        summary = json.loads((folder / "summary.json").read_text())
+        trials = [TrialRecord(**row) for row in json.loads((folder / "trials.json").read_text())]
+        return cls(
+            study_name=summary.get("study_name", "search"),
+            storage=summary.get("storage"),
+            direction=summary["direction"],
+            stop_reason=summary["stop_reason"],
+            trials=trials,
+            steps_spent=summary["steps_spent"],
+            wall_seconds_spent=summary["trial_seconds_spent"],
+        )
+
     def anytime_curve(self) -> list[tuple[int, float]]:
         """(cumulative optimizer steps, best complete value so far), in trial order."""
         points, total, best = [], 0, None

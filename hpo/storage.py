@@ -49,10 +49,10 @@ def redact(url: str) -> str:
 
 def _require_driver(url: str) -> None:
     try:
-        import psycopg2  # noqa: F401
+        import psycopg  # noqa: F401  (SQLAlchemy 2.1's default PostgreSQL driver)
     except ImportError as exc:
         raise ConfigError(
-            f"--storage {redact(url)!r}: PostgreSQL needs the psycopg2 driver: pip install 'tunelab[postgres]'"
+            f"--storage {redact(url)!r}: PostgreSQL needs the psycopg driver: pip install 'tunelab[postgres]'"
         ) from exc
 
 

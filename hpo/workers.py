@@ -9,11 +9,13 @@ it again with the same parameters, so another worker retrains it from scratch.
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TypeVar
 
 import optuna
 from optuna.exceptions import DuplicatedStudyError
@@ -102,3 +104,36 @@ def heartbeats_enabled(study: optuna.Study) -> bool:
     """Only then can a worker wait for the others: elsewhere a killed worker's trial stays RUNNING for ever."""
     storage = study._storage
     return bool(hasattr(storage, "get_heartbeat_interval") and storage.get_heartbeat_interval())
+
+
+T = TypeVar("T")
+RECONNECT_ATTEMPTS = 12  # x RECONNECT_SECONDS: how long a worker waits for a restarting database
+RECONNECT_SECONDS = 5.0
+
+
+def rejoin_on_connection_loss(run: Callable[[], T], *, attempts: int = RECONNECT_ATTEMPTS) -> T:
+    """Call ``run`` (a worker's search); if the database connection drops, wait and call it again: the
+    worker rejoins the study, and the trial it was running is retried once declared lost."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return run()
+        except Exception as exc:
+            if not is_connection_error(exc) or attempt == attempts:
+                raise
+            print(
+                f"[worker] lost the database ({type(exc).__name__}); rejoining in {RECONNECT_SECONDS:.0f} s "
+                f"(attempt {attempt}/{attempts})",
+                file=sys.stderr,
+            )
+            time.sleep(RECONNECT_SECONDS)
+    raise AssertionError("unreachable")
+
+
+def is_connection_error(exc: BaseException | None) -> bool:
+    from sqlalchemy.exc import DBAPIError
+
+    while exc is not None:
+        if isinstance(exc, DBAPIError):  # OperationalError (server gone) and the driver's other errors
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False

@@ -37,6 +37,13 @@ def _run(args: argparse.Namespace) -> int:
     return run_main([args.recipe, *args.overrides, *(["--run-dir", args.run_dir] if args.run_dir else [])])
 
 
+def _worker(args: argparse.Namespace) -> int:
+    from recipes.worker import main as worker_main
+
+    extra = [f"--{k.replace('_', '-')}={v}" for k, v in (("storage", args.storage), ("study", args.study)) if v]
+    return worker_main([args.recipe, *args.overrides, *extra, *(["--run-dir", args.run_dir] if args.run_dir else [])])
+
+
 def _report(args: argparse.Namespace) -> int:
     from recipes.run import regenerate_report
 
@@ -209,6 +216,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("overrides", nargs="*", help="key=value: section.key, search.*, seeds")
     run.add_argument("--run-dir", help="default: <training.output_dir>_run")
     run.set_defaults(func=_run)
+
+    worker = commands.add_parser(
+        "worker", help="join a search shared through a database; train until its budget is spent"
+    )
+    worker.add_argument("recipe")
+    worker.add_argument("overrides", nargs="*", help="key=value: section.key, search.*")
+    worker.add_argument("--storage", help="postgresql://... shared by all workers (default: search.storage)")
+    worker.add_argument("--study", help="study name (default: search.study_name)")
+    worker.add_argument("--run-dir", help="this worker's local trial folder")
+    worker.set_defaults(func=_worker)
 
     report = commands.add_parser("report", help="regenerate report.md/html of a finished `tunelab run` folder")
     report.add_argument("run_dir")

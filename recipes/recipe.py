@@ -5,7 +5,7 @@ A recipe YAML holds the four finetune sections (model, data, method, training) a
     search:   {sampler, scheduler, budget: {full_run_equivalents, trials, steps, minutes},
                objective: {metric, direction, use}, space (null: method-aware default),
                selection: {top_k, seeds, confidence} (how the winner is chosen: hpo.selection),
-               max_per_device_batch, isolation}
+               max_per_device_batch, isolation, storage, study_name, heartbeat_seconds}
     baseline: section.key overrides of the untuned run (default: TrainingArguments defaults and the
               method's peft defaults, i.e. what a user launches without tuning)
     seeds:    replicate seeds for the final comparison (a count or a list; default 3)
@@ -58,6 +58,10 @@ class SearchSettings:
     max_per_device_batch: int = 32
     isolation: str = "none"
     seed: int = 0
+    # Shared search (tunelab worker): a database URL all workers reach, the study's name, heartbeat period.
+    storage: str | None = None
+    study_name: str = "search"
+    heartbeat_seconds: int | None = None
 
 
 @dataclass(kw_only=True)

@@ -49,6 +49,9 @@ def run_recipe(recipe: Recipe, run_dir: str | Path) -> dict | None:
         seed=s.seed,
         max_per_device_batch=s.max_per_device_batch,
         isolation=s.isolation,
+        storage=s.storage,  # None: a journal in the run folder; a database URL: shared with tunelab workers
+        study_name=s.study_name,
+        heartbeat_seconds=s.heartbeat_seconds,
     )
     process_state().wait_for_everyone()  # the main process has written the search's outputs
     if not main:
@@ -144,24 +147,18 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 def regenerate_report(run_dir: str | Path) -> Path:
-    """Rewrite report.md/html of a finished run from its results.json and search journal."""
-    import optuna
-
+    """Rewrite report.md/html of a finished run from its results.json and the search's stored tables."""
     from hpo.results import SearchResult
-    from hpo.storage import open_storage
 
     run_dir = Path(run_dir)
     path = run_dir / "results.json"
     if not path.is_file():
         raise ConfigError(f"{run_dir} is not a finished `tunelab run` folder: results.json is missing")
     results = json.loads(path.read_text())
-    storage = str(run_dir / "search" / "study.journal")
-    study = optuna.load_study(study_name="search", storage=open_storage(storage))
-    search = SearchResult.from_study(study, results["search"]["stop_reason"], storage)
-    write_report(run_dir, results, search)
+    write_report(run_dir, results, SearchResult.from_folder(run_dir / "search"))
     return run_dir / "report.md"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

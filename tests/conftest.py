@@ -195,3 +195,40 @@ def causal_config(tiny_llama: str, train_file: str, out: Path, **sections) -> di
     for section, values in sections.items():
         config[section].update(values)
     return config
+
+
+POSTGRES_SCRIPT = Path(__file__).resolve().parents[1] / ".ci" / "postgres.sh"
+DEFAULT_POSTGRES_URL = "postgresql://postgres:tunelab@127.0.0.1:5432/postgres"
+
+
+def _postgres_answers(url: str) -> bool:
+    try:
+        import psycopg
+
+        psycopg.connect(url, connect_timeout=3).close()
+        return True
+    except Exception:
+        return False
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    """A real PostgreSQL server: TUNELAB_TEST_POSTGRES_URL, or one .ci/postgres.sh starts on 127.0.0.1.
+
+    In CI the tests must run: a server that cannot be reached fails them. Elsewhere they are skipped,
+    saying how to get a server.
+    """
+    import os
+    import subprocess
+
+    url = os.environ.get("TUNELAB_TEST_POSTGRES_URL", DEFAULT_POSTGRES_URL)
+    if not _postgres_answers(url):
+        started = subprocess.run(["bash", str(POSTGRES_SCRIPT), "start"], capture_output=True, text=True)
+        if started.returncode == 0:
+            url = started.stdout.strip().splitlines()[-1]
+    if not _postgres_answers(url):
+        message = f"no PostgreSQL server at {url} and `bash .ci/postgres.sh start` could not start one"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message + " (set TUNELAB_TEST_POSTGRES_URL to a server you can use)")
+    return url

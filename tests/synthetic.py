@@ -23,7 +23,7 @@ def quality(params: dict) -> float:
     return (
         1.0
         - lr_term
-        - 0.05 * abs(params["training.num_train_epochs"] - 3)
+        - 0.05 * abs(params.get("training.num_train_epochs", 3) - 3)
         - (0.0 if params["training.lr_scheduler_type"] == "cosine" else 0.05)
     )
 
@@ -46,22 +46,42 @@ def curve_objective(max_steps: int = 81, eval_every: int = 1, sleep: float = 0.0
     return objective
 
 
+GRID_SPACE = SearchSpace(
+    {
+        "training.learning_rate": Categorical(choices=(1e-4, 3e-4, 1e-3, 3e-3)),
+        "training.lr_scheduler_type": Categorical(choices=("linear", "cosine", "constant")),
+    }
+)
+
+
 def main() -> None:
+    """One worker of a shared search (what `tunelab worker` does, on a cheap objective)."""
+    from hpo.workers import rejoin_on_connection_loss
+
     parser = argparse.ArgumentParser()
     parser.add_argument("--storage", required=True)
-    parser.add_argument("--trials", type=int, default=20)
-    parser.add_argument("--sleep", type=float, default=0.0)
+    parser.add_argument("--study", default="shared")
+    parser.add_argument("--trials", type=int)
+    parser.add_argument("--steps", type=int, help="step budget shared by all workers")
+    parser.add_argument("--grid", action="store_true")
+    parser.add_argument("--max-steps", type=int, default=5)
+    parser.add_argument("--sleep", type=float, default=0.0, help="seconds per step")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--heartbeat", type=int)
     args = parser.parse_args()
-    optimize(
-        curve_objective(max_steps=5, sleep=args.sleep),
-        SPACE,
-        sampler="random",
-        budget=Budget(trials=args.trials),
-        storage=args.storage,
-        study_name="shared",
-        seed=args.seed,
-        progress=True,
+    budget = Budget(trials=args.trials, steps=args.steps) if args.trials or args.steps else Budget(trials=20)
+    rejoin_on_connection_loss(
+        lambda: optimize(
+            curve_objective(max_steps=args.max_steps, sleep=args.sleep),
+            GRID_SPACE if args.grid else SPACE,
+            sampler="grid" if args.grid else "random",
+            budget=budget,
+            storage=args.storage,
+            study_name=args.study,
+            seed=args.seed,
+            progress=True,
+            heartbeat_seconds=args.heartbeat,
+        )
     )
 
 
