@@ -50,3 +50,18 @@ def test_gpu_example_recipe_validates(path):
     # Every example states its launch command(s) in its header.
     assert f"tunelab run recipes/configs/gpu/{path.name}" in path.read_text()
     assert "accelerate launch --config_file recipes/accelerate/" in path.read_text()
+
+
+def test_cluster_examples_are_valid_and_start_workers():
+    import subprocess
+
+    slurm = RECIPES / "cluster" / "slurm_workers.sh"
+    assert subprocess.run(["bash", "-n", str(slurm)], capture_output=True).returncode == 0
+    assert "exec tunelab worker" in slurm.read_text() and "#SBATCH --gres=gpu:1" in slurm.read_text()
+    job = yaml.safe_load((RECIPES / "cluster" / "k8s_workers.yaml").read_text())
+    assert job["kind"] == "Job" and job["apiVersion"] == "batch/v1"
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"][:2] == ["tunelab", "worker"]
+    assert (RECIPES.parent / container["command"][2]).is_file()  # the recipe it names ships
+    assert "--storage" in container["args"]
+    assert job["spec"]["parallelism"] >= 2

@@ -146,3 +146,49 @@ def test_bad_storage_urls_fail_fast_and_clearly(postgres_url, url, expected):
     assert time.monotonic() - started < 15
     assert "tunelab" not in str(raised.value) or "wrong-password" not in str(raised.value)
     assert "wrong-password" not in str(raised.value)  # the password is never printed
+
+
+def test_tunelab_workers_then_tunelab_run_on_one_database(postgres_url, tiny_bert, sentiment_files, tmp_path):
+    """The real commands on a tiny model: two `tunelab worker`s share a grid, `tunelab run` reports."""
+    import json
+
+    import yaml
+    from conftest import classification_config
+
+    from recipes.run import main as run_main
+
+    raw = classification_config(tiny_bert, sentiment_files, tmp_path / "out", method={"name": "lora"})
+    raw["training"].update({"max_steps": -1, "num_train_epochs": 1, "eval_steps": None})
+    study = _study()
+    raw["search"] = {
+        "sampler": "grid",
+        "scheduler": "none",
+        "budget": {"trials": 4},
+        "selection": {"top_k": 2, "seeds": 2},
+        "space": {"training.learning_rate": {"type": "categorical", "choices": [1e-4, 1e-3, 1e-2]}},
+        "storage": postgres_url,
+        "study_name": study,
+        "heartbeat_seconds": 2,
+    }
+    raw["seeds"] = 2
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(raw))
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-m", "recipes.cli", "worker", str(recipe), "--run-dir", str(tmp_path / f"w{i}")],
+            cwd=HERE.parent,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    _finish(workers, timeout=300)
+    trials = _result(postgres_url, study).trials
+    assert len(trials) == 4 and all(t.state == "COMPLETE" for t in trials)  # untuned + 3 grid points
+    assert run_main([str(recipe), "--run-dir", str(tmp_path / "run")]) == 0
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["search"]["trials"]["COMPLETE"] == 4  # the run trained no search trial of its own
+    assert results["search"]["storage"].startswith("postgresql://postgres:***@")
+    assert len(results["search"]["selection"]["candidates"]) == 2
+    assert (tmp_path / "run" / "report.html").is_file()
