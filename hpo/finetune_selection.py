@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import finetune
@@ -45,10 +46,17 @@ def select_finetune_winner(
         (folder / CANDIDATES_FILE).write_text(json.dumps(raw, indent=2))
     process_state().wait_for_everyone()  # the other processes read candidates.json now
 
+    total, done = len(configs) * settings.seeds, [0]
+
     def rerun(record: TrialRecord, replicate: int) -> tuple[float, int]:
-        return rerun_candidate(configs[record.number], record.number, replicate, folder, metric, use, direction)
+        done[0] += 1
+        _say(f"choosing the winner: re-run {done[0]}/{total} (trial {record.number}, fresh seed {replicate + 1})")
+        score, steps = rerun_candidate(configs[record.number], record.number, replicate, folder, metric, use, direction)
+        _say(f"trial {record.number} re-run {replicate + 1}: {metric}={score:.4g}")
+        return score, steps
 
     selection = select_winner(result, rerun, settings=settings, baseline_role=baseline_role)
+    _say(f"winner: trial {selection.winner}: {selection.reason}")
     process_state().wait_for_everyone()  # followers finished their part of the last re-run
     if process_state().is_main_process:
         (folder / "selection.json").write_text(json.dumps(selection.to_dict(), indent=2, default=str))
@@ -91,3 +99,8 @@ def rerun_candidate(
         done.write_text(json.dumps({"score": score, "steps": run.optimizer_steps, "overrides": overrides}))
         shutil.rmtree(out, ignore_errors=True)
     return score, run.optimizer_steps
+
+
+def _say(message: str) -> None:
+    if process_state().is_main_process:
+        print(f"[hpo] {message}", file=sys.stderr, flush=True)
