@@ -4,6 +4,7 @@ from hpo.budget import Budget
 from hpo.optimize import InfeasibleTrial, Reporter, SearchError, TrialPruned, optimize
 from hpo.results import SearchResult, TrialRecord
 from hpo.samplers import SAMPLERS, SCHEDULERS
+from hpo.selection import Selection, SelectionSettings, select_winner
 from hpo.space import Categorical, Fixed, Float, Int, SearchSpace, derive_batch
 
 __all__ = [
@@ -19,8 +20,11 @@ __all__ = [
     "SearchError",
     "SearchResult",
     "SearchSpace",
+    "Selection",
+    "SelectionSettings",
     "TrialPruned",
     "TrialRecord",
     "derive_batch",
     "optimize",
+    "select_winner",
 ]
