@@ -9,7 +9,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from finetune.errors import ConfigError
-from hpo.workers import RETRY_OF_ATTR
+from hpo.workers import DISCARDED_ATTR, RETRY_OF_ATTR
 
 STEPS_ATTR = "steps"  # optimizer steps a trial actually ran (updated at every report)
 
@@ -51,7 +51,9 @@ def spent(study: optuna.Study) -> Spent:
     everything = study.get_trials(deepcopy=False)
     retried = {t.user_attrs[RETRY_OF_ATTR] for t in everything if RETRY_OF_ATTR in t.user_attrs}
     counted = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)
-    trials = [t for t in everything if t.state in counted and t.number not in retried]
+    trials = [
+        t for t in everything if t.state in counted and t.number not in retried and not t.user_attrs.get(DISCARDED_ATTR)
+    ]
     steps = sum(int(t.user_attrs.get(STEPS_ATTR, 0)) for t in trials)
     seconds = sum(trial_seconds(t) for t in trials)
     return Spent(trials=len(trials), steps=steps, wall_seconds=seconds)

@@ -21,6 +21,8 @@ from hpo.samplers import CONSTRAINT_NAME, build_pruner, build_sampler
 from hpo.space import SearchSpace
 from hpo.storage import open_storage
 from hpo.workers import (
+    DISCARDED_ATTR,
+    PLANNED_ATTR,
     QUEUED_ATTR,
     RETRY_OF_ATTR,
     create_or_join,
@@ -161,7 +163,7 @@ def optimize(
                 time.sleep(2.0)  # their trials may still win, or be lost and need a retry
                 continue
             break
-        _run_trial(study, objective, space, budget, base)
+        _run_trial(study, objective, space, budget, base, only_planned=sampler == "grid")
         tracker.update(study)
         if on_trial_end is not None:
             on_trial_end(SearchResult.from_study(study, "", storage))
@@ -178,9 +180,19 @@ def optimize(
 
 
 def _run_trial(
-    study: optuna.Study, objective: ObjectiveFn, space: SearchSpace, budget: Budget, base: dict[str, Any] | None
+    study: optuna.Study,
+    objective: ObjectiveFn,
+    space: SearchSpace,
+    budget: Budget,
+    base: dict[str, Any] | None,
+    only_planned: bool = False,
 ) -> None:
     trial = study.ask()
+    if only_planned and not (trial.user_attrs.get(PLANNED_ATTR) or RETRY_OF_ATTR in trial.user_attrs):
+        # Another worker took the last queued grid point between our check and ask(): nothing to run.
+        trial.set_user_attr(DISCARDED_ATTR, True)
+        study.tell(trial, state=TrialState.FAIL)
+        return
     reporter = Reporter(trial, study, budget)
     with heartbeat(study, trial):
         state, value, feasible = _objective_outcome(trial, study, objective, space, base, reporter)
@@ -250,12 +262,12 @@ def _enqueue_planned(
         planned = len(points)
     for point in points:
         if space.contains(point.params, base):
-            attrs = {"role": point.role} if point.role else None
+            attrs = {PLANNED_ATTR: True, **({"role": point.role} if point.role else {})}
             study.enqueue_trial(point.params, user_attrs=attrs, skip_if_exists=point.role is None)
         else:
             # Outside the space (e.g. an untuned warmup the space does not offer): run it as given; the
             # sampler cannot model it, but it competes for best on its value.
-            study.enqueue_trial({}, user_attrs={"role": point.role, "given_params": point.params})
+            study.enqueue_trial({}, user_attrs={PLANNED_ATTR: True, "role": point.role, "given_params": point.params})
     study.set_user_attr(QUEUED_ATTR, True)
     study.set_user_attr("planned_trials", planned)
     return planned

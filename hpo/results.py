@@ -12,6 +12,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo.budget import STEPS_ATTR, spent, trial_seconds
+from hpo.workers import DISCARDED_ATTR
 
 FAILURE_ATTR = "failure"
 STOP_REASON_ATTR = "stop_reason"
@@ -49,7 +50,11 @@ def to_record(trial: FrozenTrial) -> TrialRecord:
 
 
 def trial_records(study: optuna.Study) -> list[TrialRecord]:
-    return [to_record(t) for t in study.get_trials(deepcopy=False) if t.state != TrialState.WAITING]
+    return [
+        to_record(t)
+        for t in study.get_trials(deepcopy=False)
+        if t.state != TrialState.WAITING and not t.user_attrs.get(DISCARDED_ATTR)
+    ]
 
 
 @dataclass

@@ -24,7 +24,9 @@ from optuna.trial import FrozenTrial, TrialState
 
 from finetune.errors import ConfigError
 
-QUEUED_ATTR = "queued"
+QUEUED_ATTR = "queued"  # study attribute: the creator has queued the planned trials
+PLANNED_ATTR = "planned"  # trial attribute: queued up front (untuned, grid points)
+DISCARDED_ATTR = "discarded"  # trial attribute: asked for after the grid ran out; not a trial at all
 RETRY_OF_ATTR = "retry_of"
 RETRIES_ATTR = "retries"
 MAX_RETRIES = 2  # a trial that kills its worker three times is not retried again
