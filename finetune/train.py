@@ -265,3 +265,13 @@ def process_state():
     from accelerate import PartialState
 
     return PartialState(cpu=not torch.cuda.is_available())
+
+
+def end_processes() -> None:
+    """Under a multi-process launch: wait for every process, then close the process group, so no process
+    exits while another still talks to it (gloo then aborts with "terminate called ...")."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()

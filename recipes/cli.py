@@ -242,12 +242,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from finetune.train import end_processes
+
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        code = args.func(args)
     except TunelabError as exc:
         print(f"tunelab: error: {exc}", file=sys.stderr)
         return 2
+    end_processes()
+    return code
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from pathlib import Path
 import finetune
 from finetune import FinetuneConfig
 from finetune.errors import ConfigError, TunelabError
-from finetune.train import process_state
+from finetune.train import end_processes, process_state
 from hpo.finetune_search import UNTUNED, search_finetune
 from recipes.recipe import Recipe, load_recipe
 from recipes.report import write_report
@@ -144,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     if results is not None:
         print((Path(run_dir) / "report.md").read_text().split("\n\n")[1])
         print(f"\nreport: {Path(run_dir) / 'report.html'}")
+    end_processes()
     return 0
 
 
