@@ -2,6 +2,7 @@
 # A PostgreSQL server on 127.0.0.1:5432 for the multi-worker tests: installs it from Debian's packages if
 # missing, then starts it (or: restart, stop). Prints the URL the tests use.
 set -euo pipefail
+cd /  # su postgres cannot enter the caller's folder
 action=${1:-start}
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 if ! command -v pg_ctlcluster >/dev/null 2>&1 || [ -z "$(ls /etc/postgresql 2>/dev/null)" ]; then
