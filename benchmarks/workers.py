@@ -111,10 +111,10 @@ def main() -> None:
     pg_one = median_rate(lambda i: args.url, 1, 0.0)
     journal_one = median_rate(journal, 1, 0.0)
     print("\nstorage latency per trial, one worker, no sleep (60 s / rate):")
-    print("| storage | seconds per trial | added over in-memory |")
+    print("| storage | ms per trial | added over in-memory (ms) |")
     print("|---|---|---|")
     for name, rate in (("in memory", memory), ("journal file", journal_one), ("PostgreSQL", pg_one)):
-        print(f"| {name} | {60 / rate:.3f} | {60 / rate - 60 / memory:+.3f} |")
+        print(f"| {name} | {60e3 / rate:.1f} | {60e3 / rate - 60e3 / memory:+.1f} |")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import math
 import sys
 import time
 import traceback
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -187,7 +188,9 @@ def _run_trial(
     base: dict[str, Any] | None,
     only_planned: bool = False,
 ) -> None:
-    trial = study.ask()
+    with warnings.catch_warnings():  # Optuna warns that heartbeats are meant for Study.optimize; we send them
+        warnings.filterwarnings("ignore", message="Heartbeat of storage")
+        trial = study.ask()
     if only_planned and not (trial.user_attrs.get(PLANNED_ATTR) or RETRY_OF_ATTR in trial.user_attrs):
         # Another worker took the last queued grid point between our check and ask(): nothing to run.
         trial.set_user_attr(DISCARDED_ATTR, True)
