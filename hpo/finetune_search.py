@@ -20,7 +20,7 @@ from hpo.finetune_selection import follow_selection, select_finetune_winner
 from hpo.optimize import PlannedTrial, Reporter, optimize
 from hpo.outputs import write_search_outputs
 from hpo.results import SearchResult, TrialRecord
-from hpo.selection import Selection, SelectionSettings, pick_candidates
+from hpo.selection import Selection, SelectionSettings, pick_candidates, trial_score
 from hpo.space import DERIVED_KEYS, EFFECTIVE_BATCH_SIZE, LORA_ALPHA_MULTIPLIER, SearchSpace, to_overrides
 from hpo.storage import redact
 from hpo.trial_callback import ReportToTrial, broadcast, follow_trials
@@ -173,9 +173,7 @@ def search_finetune(
         values = [value for _, value in reporter.values]
         if not values:
             raise ConfigError(f"trial {number}: no evaluation reported {metric}")
-        if objective.use == "last":
-            return values[-1]
-        return max(values) if direction == "maximize" else min(values)
+        return trial_score(values, objective.use, direction)
 
     first = [PlannedTrial(untuned_params(space, base_values), role=UNTUNED)] if include_untuned else None
     try:
@@ -202,16 +200,16 @@ def search_finetune(
 
     def config_of(trial: TrialRecord) -> FinetuneConfig:
         if trial.extra.get("role") == UNTUNED:
-            return base.with_overrides({"training.eval_steps": min_steps})
-        overrides = to_overrides(trial.params, base_values, max_per_device_batch, world_size)
-        return base.with_overrides({**overrides, "training.eval_steps": min_steps})
+            return base
+        return base.with_overrides(to_overrides(trial.params, base_values, max_per_device_batch, world_size))
 
     chosen, best = None, result.best_trial
     if selection.enabled and choose_winner:
         picked = pick_candidates(result, selection.top_k, UNTUNED)
         chosen = select_finetune_winner(
             result,
-            {t.number: config_of(t) for t in picked},
+            # Re-runs evaluate on the search's schedule, so "best" means the same as in the search.
+            {t.number: config_of(t).with_overrides({"training.eval_steps": min_steps}) for t in picked},
             folder=run_dir / "selection",
             settings=selection,
             metric=metric,
@@ -220,11 +218,7 @@ def search_finetune(
             baseline_role=UNTUNED,
         )
         best = next(t for t in result.trials if t.number == chosen.winner)
-    best_config = (
-        base
-        if best.extra.get("role") == UNTUNED
-        else config_of(best).with_overrides({"training.eval_steps": base.training.eval_steps})
-    )
+    best_config = config_of(best)
     checkpoint = best.extra.get("checkpoint")
     search = FinetuneSearch(
         result=result,
@@ -263,9 +257,7 @@ def keep_top_checkpoints(result: SearchResult, keep: int) -> None:
     if _has_untuned(result):
         kept = {t.number for t in pick_candidates(result, keep, UNTUNED)}
     else:
-        finished = [t for t in result.trials if t.state == "COMPLETE" and t.feasible and t.value is not None]
-        finished.sort(key=lambda t: t.value, reverse=result.direction == "maximize")
-        kept = {t.number for t in finished[:keep]}
+        kept = {t.number for t in result.ranked()[:keep]}
     for trial in result.trials:
         path = trial.extra.get("checkpoint")
         if path and trial.number not in kept and trial.state != "RUNNING" and Path(path).exists():

@@ -22,7 +22,7 @@ import finetune
 from finetune import FinetuneConfig
 from finetune.train import process_state
 from hpo.results import SearchResult, TrialRecord
-from hpo.selection import Selection, SelectionSettings, select_winner
+from hpo.selection import Selection, SelectionSettings, select_winner, trial_score
 
 SELECTION_SEED = 10_000
 CANDIDATES_FILE = "candidates.json"
@@ -94,7 +94,7 @@ def rerun_candidate(
     values = [e[metric] for e in run.evaluations if metric in e]
     if not values:
         raise ValueError(f"re-run of trial {trial} reported no {metric}")
-    score = values[-1] if use == "last" else (max(values) if direction == "maximize" else min(values))
+    score = trial_score(values, use, direction)
     if process_state().is_main_process:
         done.write_text(json.dumps({"score": score, "steps": run.optimizer_steps, "overrides": overrides}))
         shutil.rmtree(out, ignore_errors=True)

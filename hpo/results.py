@@ -68,14 +68,15 @@ class SearchResult:
     wall_seconds_spent: float
     study: optuna.Study | None = field(default=None, repr=False, compare=False)  # for importances and plots
 
+    def ranked(self) -> list[TrialRecord]:
+        """Complete, feasible trials, best first (pruned and failed trials never rank); ties keep trial order."""
+        finished = [t for t in self.trials if t.state == "COMPLETE" and t.feasible and t.value is not None]
+        return sorted(finished, key=lambda t: t.value, reverse=self.direction == "maximize")
+
     @property
     def best_trial(self) -> TrialRecord | None:
-        """The best complete, feasible trial (pruned and failed trials never win)."""
-        finished = [t for t in self.trials if t.state == "COMPLETE" and t.feasible and t.value is not None]
-        if not finished:
-            return None
-        pick = max if self.direction == "maximize" else min
-        return pick(finished, key=lambda t: t.value)
+        ranked = self.ranked()
+        return ranked[0] if ranked else None
 
     @property
     def best_params(self) -> dict[str, Any]:

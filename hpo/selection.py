@@ -153,13 +153,15 @@ def pick_candidates(result: SearchResult, top_k: int, baseline_role: str) -> lis
     baseline = [t for t in result.trials if t.extra.get("role") == baseline_role]
     if not baseline:
         raise ConfigError(f"selection: the search has no {baseline_role!r} trial to compare candidates with")
-    finished = [
-        t
-        for t in result.trials
-        if t.state == "COMPLETE" and t.feasible and t.value is not None and t.number != baseline[0].number
-    ]
-    finished.sort(key=lambda t: t.value, reverse=result.direction == "maximize")
-    return [baseline[0], *finished[: max(0, top_k - 1)]]
+    challengers = [t for t in result.ranked() if t.number != baseline[0].number]
+    return [baseline[0], *challengers[: max(0, top_k - 1)]]
+
+
+def trial_score(values: list[float], use: str, direction: str) -> float:
+    """A run's score from its evaluations: the last one, or the best (``use``: "last" or "best")."""
+    if use == "last":
+        return values[-1]
+    return max(values) if direction == "maximize" else min(values)
 
 
 def decide(candidates: list[Candidate], baseline: int, direction: str, confidence: float) -> Selection:

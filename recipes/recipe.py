@@ -63,6 +63,10 @@ class SearchSettings:
     study_name: str = "search"
     heartbeat_seconds: int | None = None
 
+    def search_arguments(self) -> dict[str, Any]:
+        """Keyword arguments of hpo.search_finetune: each field has the parameter's name."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
 
 @dataclass(kw_only=True)
 class Recipe:

@@ -35,24 +35,8 @@ def run_recipe(recipe: Recipe, run_dir: str | Path) -> dict | None:
     # 1. Search, starting from the untuned configuration (its first trial), then choose the winner by
     #    re-running the top candidates with fresh seeds (the untuned one is kept unless beaten beyond
     #    the noise). Resumes from its journal and its stored re-runs.
-    s = recipe.search
-    search = search_finetune(
-        recipe.untuned,
-        run_dir=run_dir / "search",
-        space=s.space,
-        sampler=s.sampler,
-        scheduler=s.scheduler,
-        budget=s.budget,
-        full_run_equivalents=s.full_run_equivalents,
-        objective=s.objective,
-        selection=s.selection,
-        seed=s.seed,
-        max_per_device_batch=s.max_per_device_batch,
-        isolation=s.isolation,
-        storage=s.storage,  # None: a journal in the run folder; a database URL: shared with tunelab workers
-        study_name=s.study_name,
-        heartbeat_seconds=s.heartbeat_seconds,
-    )
+    #    search.storage None: a journal in the run folder; a database URL: shared with `tunelab worker`s.
+    search = search_finetune(recipe.untuned, run_dir=run_dir / "search", **recipe.search.search_arguments())
     process_state().wait_for_everyone()  # the main process has written the search's outputs
     if not main:
         # Other processes of a multi-process launch followed the search; they train the arms too.

@@ -35,26 +35,15 @@ def run_worker(recipe_path: str, overrides: list[str], storage: str | None, stud
     if not storage or "://" not in storage:
         raise ConfigError("tunelab worker needs a database all workers reach: --storage postgresql://... ")
     run_dir = run_dir or f"{recipe.finetune.training.output_dir}_worker_{socket.gethostname()}_{os.getpid()}"
-    return rejoin_on_connection_loss(
-        lambda: search_finetune(
-            recipe.untuned,
-            run_dir=run_dir,
-            space=s.space,
-            sampler=s.sampler,
-            scheduler=s.scheduler,
-            budget=s.budget,
-            full_run_equivalents=s.full_run_equivalents,
-            objective=s.objective,
-            selection=s.selection,  # its reserve is kept out of the exploration budget, as in tunelab run
-            storage=storage,
-            study_name=study or s.study_name,
-            seed=worker_seed(s.seed),
-            max_per_device_batch=s.max_per_device_batch,
-            isolation=s.isolation,
-            choose_winner=False,
-            heartbeat_seconds=s.heartbeat_seconds,
-        )
+    arguments = recipe.search.search_arguments()
+    arguments.update(
+        storage=storage,
+        study_name=study or s.study_name,
+        seed=worker_seed(s.seed),
+        choose_winner=False,  # `tunelab run` chooses, once the budget is spent
     )
+    # The selection reserve stays out of the exploration budget, exactly as in `tunelab run`.
+    return rejoin_on_connection_loss(lambda: search_finetune(recipe.untuned, run_dir=run_dir, **arguments))
 
 
 def main(argv: list[str] | None = None) -> int:
