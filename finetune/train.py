@@ -20,11 +20,12 @@ from finetune.errors import TrainingError
 from finetune.inputs import prepare_inputs
 from finetune.methods import apply_method
 from finetune.metrics import add_perplexity, classification_metrics, default_metric
-from finetune.models import count_parameters, load_model, load_tokenizer, resolve_source
+from finetune.models import build_model, count_parameters, load_tokenizer, resolve_source
 
 CONFIG_FILE = "tunelab_config.yaml"
 RESULT_FILE = "run_result.json"
 MODEL_DIR = "model"
+OPTIMIZERS = {"adamw": "adamw_torch", "sgd": "sgd", "adafactor": "adafactor"}  # TrainingArguments.optim
 
 
 @dataclass
@@ -112,6 +113,12 @@ def training_arguments(config: FinetuneConfig, checkpoint_dir: Path) -> Training
         num_train_epochs=t.num_train_epochs,
         max_steps=t.max_steps,
         max_grad_norm=t.max_grad_norm,
+        optim=OPTIMIZERS[t.optimizer],
+        adam_beta1=t.adam_beta1,
+        adam_beta2=t.adam_beta2,
+        adam_epsilon=t.adam_epsilon,
+        # transformers reads SGD's momentum and nesterov from optim_args ("key=value,...").
+        optim_args=f"momentum={t.momentum},nesterov={t.nesterov}" if t.optimizer == "sgd" else None,
         seed=t.seed,
         data_seed=t.seed,
         eval_strategy=strategy,
@@ -150,7 +157,7 @@ def train(config: FinetuneConfig, callbacks: list[TrainerCallback] | None = None
     source = resolve_source(config.model)
     tokenizer = load_tokenizer(config.model, source)
     inputs = prepare_inputs(config, tokenizer)
-    model = load_model(config.model, source, tokenizer, inputs.label_names)
+    model = build_model(config, source, tokenizer, inputs.label_names)
     model = apply_method(model, config.method, config.model.task)
     trainable, total = count_parameters(model)
 

@@ -1,0 +1,150 @@
+"""Model tuning beyond the learning rate: optimizers, an MLP head, from-scratch architectures."""
+
+import pytest
+import torch
+from conftest import classification_config
+from transformers import TrainerCallback
+
+import finetune
+from finetune import ConfigError, FinetuneConfig
+from finetune.train import training_arguments
+
+
+def _config(tiny_bert, sentiment_files, out, method=None, model=None, **training):
+    raw = classification_config(tiny_bert, sentiment_files, out, training=training)
+    raw["method"].update(method or {})
+    raw["model"].update(model or {})
+    return FinetuneConfig.from_dict(raw)
+
+
+class OptimizerSpy(TrainerCallback):
+    def on_train_begin(self, args, state, control, optimizer=None, **kwargs):
+        self.optimizer = optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer
+
+
+@pytest.mark.parametrize(
+    ("training", "kind", "group_values"),
+    [
+        ({"optimizer": "sgd", "momentum": 0.9, "nesterov": True}, torch.optim.SGD, {"momentum": 0.9, "nesterov": True}),
+        ({"adam_beta1": 0.8, "adam_beta2": 0.95, "adam_epsilon": 1e-6}, torch.optim.AdamW, {"betas": (0.8, 0.95)}),
+        ({"optimizer": "adafactor"}, None, {}),
+    ],
+)
+def test_optimizer_settings_reach_the_optimizer(tiny_bert, sentiment_files, tmp_path, training, kind, group_values):
+    config = _config(tiny_bert, sentiment_files, tmp_path / "run", **training)
+    spy = OptimizerSpy()
+    result = finetune.train(config, callbacks=[spy])
+    assert result.optimizer_steps == 6
+    if kind is None:
+        assert type(spy.optimizer).__name__ == "Adafactor"
+    else:
+        assert isinstance(spy.optimizer, kind)
+    for key, value in group_values.items():
+        assert spy.optimizer.param_groups[0][key] == value
+    if "adam_epsilon" in training:
+        assert spy.optimizer.param_groups[0]["eps"] == training["adam_epsilon"]
+
+
+@pytest.mark.parametrize(
+    ("training", "message"),
+    [
+        ({"momentum": 0.9}, "apply to optimizer 'sgd'"),
+        ({"optimizer": "sgd", "nesterov": True}, "nesterov needs training.momentum"),
+        ({"adam_beta1": 1.0}, "adam_beta1 must be in [0, 1)"),
+        ({"optimizer": "lamb"}, "training.optimizer: expected one of"),
+    ],
+)
+def test_bad_optimizer_settings_name_the_field(tiny_bert, sentiment_files, tmp_path, training, message):
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
+        _config(tiny_bert, sentiment_files, tmp_path, **training)
+
+
+def test_sgd_arguments(tiny_bert, sentiment_files, tmp_path):
+    config = _config(tiny_bert, sentiment_files, tmp_path, optimizer="sgd", momentum=0.5)
+    args = training_arguments(config, tmp_path)
+    assert args.optim == "sgd" and args.optim_args == "momentum=0.5,nesterov=False"
+
+
+MLP = {"head": "mlp", "head_layers": 2, "head_hidden_size": 24, "head_activation": "tanh", "head_dropout": 0.0}
+
+
+@pytest.mark.parametrize("method", ["full", "lora", "ia3"])
+def test_mlp_head_trains_saves_and_reloads_with_identical_predictions(tiny_bert, sentiment_files, tmp_path, method):
+    config = _config(tiny_bert, sentiment_files, tmp_path / "run", method={"name": method, **MLP})
+    result = finetune.train(config)
+    model, _, _ = finetune.load_trained(tmp_path / "run")
+    head = model.classifier if method == "full" else model.base_model.model.classifier.modules_to_save["default"]
+    linears = [m for m in head if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(32, 24), (24, 24), (24, 2)]
+    assert sum(isinstance(m, torch.nn.Tanh) for m in head) == 2
+    reloaded = finetune.evaluate(tmp_path / "run", "validation")
+    assert reloaded["validation_loss"] == pytest.approx(result.final_metrics["eval_loss"], abs=1e-5)
+    assert reloaded["validation_accuracy"] == result.final_metrics["eval_accuracy"]
+    if method == "lora":  # the head is trained whole, not adapted: no LoRA layer inside it
+        assert not any("lora" in name for name, _ in head.named_modules())
+
+
+def test_linear_head_settings_are_not_silently_used_by_causal_models(tiny_llama, sft_files, tmp_path):
+    from conftest import causal_config
+
+    raw = causal_config(tiny_llama, sft_files["text"], tmp_path, method={"head": "mlp"})
+    with pytest.raises(ConfigError, match="method.head='mlp'.*classification"):
+        FinetuneConfig.from_dict(raw)
+
+
+SCRATCH = {"init": "scratch", "num_hidden_layers": 1, "hidden_size": 24, "intermediate_size": 40}
+
+
+def test_scratch_model_has_the_searched_shape_and_reloads(tiny_bert, sentiment_files, tmp_path):
+    model = {**SCRATCH, "num_attention_heads": 3, "hidden_act": "relu"}
+    config = _config(tiny_bert, sentiment_files, tmp_path / "run", method={"name": "full", **MLP}, model=model)
+    result = finetune.train(config)
+    trained, _, _ = finetune.load_trained(tmp_path / "run")
+    shape = trained.config
+    assert (shape.num_hidden_layers, shape.hidden_size, shape.intermediate_size) == (1, 24, 40)
+    assert (shape.num_attention_heads, shape.hidden_act) == (3, "relu")
+    assert result.trainable_params == sum(p.numel() for p in trained.parameters())
+    reloaded = finetune.evaluate(tmp_path / "run", "validation")
+    assert reloaded["validation_loss"] == pytest.approx(result.final_metrics["eval_loss"], abs=1e-5)
+
+
+def test_scratch_weights_are_random_not_pretrained(tiny_bert, sentiment_files, tmp_path):
+    from finetune.models import build_model, load_tokenizer, resolve_source
+
+    pretrained = _config(tiny_bert, sentiment_files, tmp_path, method={"name": "full"})
+    scratch = _config(tiny_bert, sentiment_files, tmp_path, method={"name": "full"}, model={"init": "scratch"})
+    source = resolve_source(pretrained.model)
+    tokenizer = load_tokenizer(pretrained.model, source)
+    torch.manual_seed(1)
+    a = build_model(pretrained, source, tokenizer, ["neg", "pos"]).bert.embeddings.word_embeddings.weight
+    torch.manual_seed(1)
+    b = build_model(scratch, source, tokenizer, ["neg", "pos"]).bert.embeddings.word_embeddings.weight
+    assert a.shape == b.shape and not torch.equal(a, b)
+
+
+@pytest.mark.parametrize(
+    ("model", "method", "message"),
+    [
+        ({"init": "scratch", "hidden_size": 30, "num_attention_heads": 4}, "full", "must divide model.hidden_size=30"),
+        ({"hidden_size": 64}, "full", "set model.init: scratch"),
+        ({"init": "scratch"}, "lora", "needs method.name='full'"),
+        ({"init": "scratch", "hidden_act": "swish2"}, "full", "model.hidden_act: expected one of"),
+    ],
+)
+def test_impossible_architectures_fail_before_training(tiny_bert, sentiment_files, tmp_path, model, method, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        _config(tiny_bert, sentiment_files, tmp_path, method={"name": method}, model=model)
+
+
+def test_scratch_heads_must_divide_the_models_own_hidden_size(tiny_bert, sentiment_files, tmp_path):
+    # hidden_size not set: the model's own (32) is checked when the model is built, before training.
+    config = _config(
+        tiny_bert,
+        sentiment_files,
+        tmp_path / "run",
+        method={"name": "full"},
+        model={"init": "scratch", "num_attention_heads": 3},
+    )
+    with pytest.raises(ConfigError, match="num_attention_heads=3 must divide model.hidden_size=32"):
+        finetune.train(config)
+    assert not (tmp_path / "run").exists()
