@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import csv
 import json
+import random
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-from datasets import Dataset
+from datasets import Dataset, concatenate_datasets
 
 from finetune.config import DataConfig
 from finetune.errors import DataError
@@ -80,7 +81,13 @@ def load_splits(data: DataConfig) -> RawSplits:
     if test is None and data.test_size > 0:
         train, test = _split(train, data.test_size, data.split_seed, "data.test_size")
         origins["test"] = f"{origins['train']} (seeded split, data.test_size={data.test_size})"
-    if validation is None:
+    if data.cv_folds is not None:
+        # Cross-validation: every labelled row that is not test goes into the folds.
+        pool = train if validation is None else concatenate_datasets([train, validation])
+        seed = data.split_seed + 1 if data.validation_split_seed is None else data.validation_split_seed
+        train, validation = cv_split(pool, data.cv_folds, data.cv_fold, seed, data.label_column)
+        origins["validation"] = f"{origins['train']} (fold {data.cv_fold} of {data.cv_folds}, seed {seed})"
+    elif validation is None:
         if data.validation_size <= 0:
             raise DataError("no validation split: give data.validation_file or data.validation_size > 0")
         seed = data.split_seed + 1 if data.validation_split_seed is None else data.validation_split_seed
@@ -97,6 +104,35 @@ def load_splits(data: DataConfig) -> RawSplits:
         if split is not None and len(split) == 0:
             raise DataError(f"the {name} split is empty ({origins[name]})")
     return RawSplits(train=train, validation=validation, test=test, origins=origins)
+
+
+def fold_assignment(labels: list, folds: int, seed: int) -> list[int]:
+    """Each row's fold: rows of each label shuffled with ``seed`` and dealt round-robin, so every fold has
+    the label proportions of the whole (to within one row per label) and the same seed gives the same folds."""
+    rng = random.Random(seed)
+    assignment = [0] * len(labels)
+    by_label: dict[str, list[int]] = {}
+    for index, label in enumerate(labels):
+        by_label.setdefault(str(label), []).append(index)
+    dealt = 0
+    for label in sorted(by_label):
+        rows = by_label[label]
+        rng.shuffle(rows)
+        for row in rows:
+            assignment[row] = dealt % folds
+            dealt += 1
+    return assignment
+
+
+def cv_split(pool: Dataset, folds: int, fold: int, seed: int, label_column: str) -> tuple[Dataset, Dataset]:
+    """(train, validation) for fold ``fold`` of ``folds``: stratified by ``label_column`` when the data have it."""
+    if len(pool) < 2 * folds:
+        raise DataError(f"data.cv_folds={folds} needs at least {2 * folds} labelled rows; there are {len(pool)}")
+    labels = pool[label_column] if label_column in pool.column_names else [0] * len(pool)
+    assignment = fold_assignment(labels, folds, seed)
+    held_out = [i for i, f in enumerate(assignment) if f == fold]
+    kept = [i for i, f in enumerate(assignment) if f != fold]
+    return pool.select(kept), pool.select(held_out)
 
 
 def _given_split(path: str | None, hub_splits: dict, name: str, origins: dict) -> Dataset | None:

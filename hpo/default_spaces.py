@@ -7,10 +7,47 @@ untuned run is a point the search can keep.
 
 from __future__ import annotations
 
+from finetune.errors import ConfigError
 from hpo.space import EFFECTIVE_BATCH_SIZE, LORA_ALPHA_MULTIPLIER, Categorical, Float, Int, Parameter, SearchSpace
 
+# What search.also_tune may add to the default space; none of it is searched unless asked for (keeps the
+# default small: for AdamW fine-tunes beta1/beta2 rarely matter).
+EXTRAS = ("optimizer", "head", "architecture")
 
-def default_space(method: str, task: str) -> SearchSpace:
+
+def default_space(method: str, task: str, *, also_tune: tuple[str, ...] | list[str] = ()) -> SearchSpace:
+    """The method-aware space, plus the groups in ``also_tune`` (see EXTRAS)."""
+    unknown = set(also_tune) - set(EXTRAS)
+    if unknown:
+        raise ConfigError(f"search.also_tune: unknown group(s) {sorted(unknown)}; choose from {list(EXTRAS)}")
+    space = _method_space(method, task)
+    extra: dict[str, Parameter] = {}
+    if "optimizer" in also_tune:
+        extra["training.adam_beta1"] = Categorical(choices=(0.8, 0.9, 0.95), when={"training.optimizer": "adamw"})
+        extra["training.adam_beta2"] = Categorical(choices=(0.98, 0.999), when={"training.optimizer": "adamw"})
+        extra["training.momentum"] = Categorical(choices=(0.8, 0.9, 0.95), when={"training.optimizer": "sgd"})
+    if "head" in also_tune:
+        if task != "classification":
+            raise ConfigError("search.also_tune: 'head' tunes a classification head; the task is not classification")
+        mlp = {"method.head": "mlp"}
+        extra["method.head"] = Categorical(choices=("linear", "mlp"))
+        extra["method.head_layers"] = Int(low=1, high=3, when=mlp)
+        extra["method.head_hidden_size"] = Categorical(choices=(128, 256, 512), when=mlp)
+        extra["method.head_activation"] = Categorical(choices=("relu", "gelu", "tanh", "silu"), when=mlp)
+        extra["method.head_dropout"] = Categorical(choices=(0.0, 0.1, 0.3), when=mlp)
+    if "architecture" in also_tune:
+        if method != "full":
+            raise ConfigError("search.also_tune: 'architecture' trains from scratch (model.init: scratch, method full)")
+        scratch = {"model.init": "scratch"}
+        extra["model.num_hidden_layers"] = Int(low=1, high=4, when=scratch)
+        extra["model.hidden_size"] = Categorical(choices=(64, 128, 256), when=scratch)
+        extra["model.num_attention_heads"] = Categorical(choices=(2, 4, 8), when=scratch)
+        extra["model.intermediate_size"] = Categorical(choices=(256, 512, 1024), when=scratch)
+        extra["model.hidden_act"] = Categorical(choices=("gelu", "relu", "silu"), when=scratch)
+    return SearchSpace({**space.parameters, **extra})
+
+
+def _method_space(method: str, task: str) -> SearchSpace:
     epochs_high = 5 if task == "classification" else 3
     common: dict[str, Parameter] = {
         "training.lr_scheduler_type": Categorical(choices=("linear", "cosine")),

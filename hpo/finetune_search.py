@@ -15,13 +15,21 @@ from finetune.data import load_splits
 from finetune.errors import ConfigError
 from finetune.train import planned_steps, process_state
 from hpo.budget import Budget
+from hpo.cross_validation import CvFolds, FoldReporter, cv_score, fold_config, resolve_folds
 from hpo.default_spaces import default_space
 from hpo.finetune_selection import follow_selection, select_finetune_winner
 from hpo.optimize import PlannedTrial, Reporter, optimize
 from hpo.outputs import write_search_outputs
 from hpo.results import SearchResult, TrialRecord
 from hpo.selection import Selection, SelectionSettings, pick_candidates, trial_score
-from hpo.space import DERIVED_KEYS, EFFECTIVE_BATCH_SIZE, LORA_ALPHA_MULTIPLIER, SearchSpace, to_overrides
+from hpo.space import (
+    DERIVED_KEYS,
+    EFFECTIVE_BATCH_SIZE,
+    LORA_ALPHA_MULTIPLIER,
+    SearchSpace,
+    is_active,
+    to_overrides,
+)
 from hpo.storage import redact
 from hpo.trial_callback import ReportToTrial, broadcast, follow_trials
 from hpo.trial_runner import train_trial, train_trial_in_subprocess
@@ -36,6 +44,8 @@ class Objective:
     metric: str = "auto"  # accuracy, macro_f1, loss, perplexity... ("auto": accuracy or loss by task)
     direction: Literal["auto", "maximize", "minimize"] = "auto"
     use: Literal["best", "last"] = "best"
+    # k-fold cross-validation instead of one validation split: k >= 2, "auto" (hpo.cross_validation) or null.
+    cv_folds: CvFolds = "auto"
 
     def resolve(self, task: str) -> tuple[str, str]:
         metric = self.metric if self.metric != "auto" else ("accuracy" if task == "classification" else "loss")
@@ -79,6 +89,7 @@ def search_finetune(
     progress: bool = True,
     choose_winner: bool = True,
     heartbeat_seconds: int | None = None,
+    also_tune: tuple[str, ...] | list[str] = (),
 ) -> FinetuneSearch | None:
     """Tune ``base`` (the user's untuned config). The untuned config is the first trial unless told otherwise.
 
@@ -107,11 +118,23 @@ def search_finetune(
         )
     run_dir = Path(run_dir)
     storage = storage or str(run_dir / "study.journal")  # in the run folder: re-running resumes
-    space = space or default_space(base.method.name, base.model.task)
+    if space is not None and also_tune:
+        raise ConfigError(
+            f"search.also_tune={list(also_tune)} extends the default space; with search.space given, "
+            "list those parameters in it instead"
+        )
+    space = space or default_space(base.method.name, base.model.task, also_tune=also_tune)
     metric, direction = objective.resolve(base.model.task)
     base_values = flatten(base)
-    train_rows = len(load_splits(base.data).train)
-    full_run_steps = planned_steps(base, train_rows, world_size)
+    space.check_combinations(base_values)
+    folds, folds_why = resolve_folds(objective.cv_folds, base)
+    if folds is None:
+        run_steps = planned_steps(base, len(load_splits(base.data).train), world_size)
+        full_run_steps = run_steps
+    else:  # the unit of the budget is the untuned trial: all its folds
+        fold_rows = len(load_splits(fold_config(base, folds, 0, "unused").data).train)
+        run_steps = planned_steps(base, fold_rows, world_size)
+        full_run_steps = folds * run_steps
     selection = selection or SelectionSettings()
     if not include_untuned:
         selection = SelectionSettings(top_k=selection.top_k, seeds=0)  # nothing to keep unless beaten
@@ -132,7 +155,7 @@ def search_finetune(
     if budget is None:
         raise ConfigError("search.budget: give a budget (trials, steps, wall_seconds) or full_run_equivalents")
     # Evaluations every rung unit: SHA/Hyperband rungs (min_steps x 3^k) then always fall on an evaluation.
-    min_steps = max(1, round(full_run_steps / 9))
+    min_steps = max(1, round(run_steps / 9))
     if sampler == "grid" and budget.steps is not None:
         grid = space.grid_size(base_values)
         if grid * full_run_steps > budget.steps * 3:
@@ -145,8 +168,20 @@ def search_finetune(
     if not processes.is_main_process:
         follow_trials(lambda raw, callback: train_trial(FinetuneConfig.from_dict(raw), callback), metric)
         if selection.enabled and choose_winner:
-            follow_selection(run_dir / "selection", metric, objective.use, direction)
+            follow_selection(run_dir / "selection", metric, objective.use, direction)  # folds: candidates.json
         return None
+
+    def train_one(config: FinetuneConfig, trial_reporter: Reporter | FoldReporter):
+        if sync:
+            broadcast(config.to_dict())
+        try:
+            if isolation == "subprocess":
+                return train_trial_in_subprocess(config, trial_reporter, metric)
+            return train_trial(config, ReportToTrial(trial_reporter, metric, sync=sync))
+        finally:
+            gc.collect()  # the trial's model and optimizer go before the next trial starts
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
 
     def run_trial(params: dict[str, Any], reporter: Reporter) -> float:
         number = reporter.trial.number
@@ -156,17 +191,9 @@ def search_finetune(
             {"training.output_dir": str(trials_dir / f"trial_{number:04d}"), "training.eval_steps": min_steps}
         )
         config = base.with_overrides(overrides)
-        if sync:
-            broadcast(config.to_dict())
-        try:
-            if isolation == "subprocess":
-                result = train_trial_in_subprocess(config, reporter, metric)
-            else:
-                result = train_trial(config, ReportToTrial(reporter, metric, sync=sync))
-        finally:
-            gc.collect()  # the trial's model and optimizer go before the next trial starts
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
+        if folds is not None:
+            return run_cv_trial(config, reporter)
+        result = train_one(config, reporter)
         reporter.trial.set_user_attr("checkpoint", result.best_checkpoint)
         reporter.trial.set_user_attr("optimizer_steps", result.optimizer_steps)
         reporter.trial.set_user_attr("planned_steps", result.planned_steps)
@@ -174,6 +201,29 @@ def search_finetune(
         if not values:
             raise ConfigError(f"trial {number}: no evaluation reported {metric}")
         return trial_score(values, objective.use, direction)
+
+    def run_cv_trial(config: FinetuneConfig, reporter: Reporter) -> float:
+        """Fold after fold until done or stopped; the score is the mean of the folds' scores."""
+        curves: list[list[tuple[int, float]]] = [[] for _ in range(folds)]
+        offset, scores = 0, []
+        for fold in range(folds):
+            out = Path(config.training.output_dir) / f"fold_{fold}"
+            result = train_one(fold_config(config, folds, fold, str(out)), FoldReporter(reporter, offset, curves, fold))
+            offset += result.optimizer_steps
+            if processes.is_main_process:
+                shutil.rmtree(out, ignore_errors=True)  # a fold's model is not a candidate: only its score counts
+            if reporter.stop_reason:
+                break
+            if not curves[fold]:
+                raise ConfigError(f"trial {reporter.trial.number}, fold {fold}: no evaluation reported {metric}")
+            scores.append(trial_score([value for _, value in curves[fold]], objective.use, direction))
+        reporter.trial.set_user_attr("optimizer_steps", offset)
+        if not scores:
+            return float("nan")  # stopped during the first fold: the trial is pruned
+        score = cv_score(scores, offset)
+        reporter.trial.set_user_attr("cv_fold_scores", score.fold_scores)
+        reporter.trial.set_user_attr("cv_std", score.std)
+        return score.mean
 
     first = [PlannedTrial(untuned_params(space, base_values), role=UNTUNED)] if include_untuned else None
     try:
@@ -216,6 +266,7 @@ def search_finetune(
             use=objective.use,
             direction=direction,
             baseline_role=UNTUNED,
+            folds=folds,
         )
         best = next(t for t in result.trials if t.number == chosen.winner)
     best_config = config_of(best)
@@ -237,6 +288,8 @@ def search_finetune(
         "sampler": sampler,
         "scheduler": scheduler,
         "full_run_steps": full_run_steps,
+        "cross_validation_folds": folds,
+        "validation": folds_why,
         "full_run_equivalents_spent": (result.steps_spent + (chosen.steps if chosen else 0)) / full_run_steps,
         "exploration_steps": result.steps_spent,
         "selection_reserve_full_runs": reserve_runs,
@@ -276,7 +329,9 @@ def flatten(config: FinetuneConfig) -> dict[str, Any]:
 def untuned_params(space: SearchSpace, base_values: dict[str, Any]) -> dict[str, Any]:
     """The untuned config expressed in the space's keys (for the trials table and for enqueueing)."""
     params = {}
-    for key in space.parameters:
+    for key, parameter in space.parameters.items():
+        if not is_active(parameter.when, params, base_values):
+            continue  # e.g. the MLP head's width when the untuned head is linear
         if key == EFFECTIVE_BATCH_SIZE:
             params[key] = (
                 base_values["training.per_device_train_batch_size"]

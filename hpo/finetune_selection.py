@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import json
 import shutil
+import statistics
 import sys
 from pathlib import Path
 
 import finetune
 from finetune import FinetuneConfig
 from finetune.train import process_state
+from hpo.cross_validation import fold_config
 from hpo.results import SearchResult, TrialRecord
 from hpo.selection import Selection, SelectionSettings, select_winner, trial_score
 
@@ -38,11 +40,12 @@ def select_finetune_winner(
     use: str,
     direction: str,
     baseline_role: str,
+    folds: int | None = None,
 ) -> Selection:
     """``configs`` maps each picked trial (hpo.selection.pick_candidates, in its order) to its config."""
     folder.mkdir(parents=True, exist_ok=True)
     if process_state().is_main_process:
-        raw = {"seeds": settings.seeds, "configs": {str(n): c.to_dict() for n, c in configs.items()}}
+        raw = {"seeds": settings.seeds, "folds": folds, "configs": {str(n): c.to_dict() for n, c in configs.items()}}
         (folder / CANDIDATES_FILE).write_text(json.dumps(raw, indent=2))
     process_state().wait_for_everyone()  # the other processes read candidates.json now
 
@@ -51,7 +54,9 @@ def select_finetune_winner(
     def rerun(record: TrialRecord, replicate: int) -> tuple[float, int]:
         done[0] += 1
         _say(f"choosing the winner: re-run {done[0]}/{total} (trial {record.number}, fresh seed {replicate + 1})")
-        score, steps = rerun_candidate(configs[record.number], record.number, replicate, folder, metric, use, direction)
+        score, steps = rerun_candidate(
+            configs[record.number], record.number, replicate, folder, metric, use, direction, folds
+        )
         _say(f"trial {record.number} re-run {replicate + 1}: {metric}={score:.4g}")
         return score, steps
 
@@ -71,16 +76,25 @@ def follow_selection(folder: Path, metric: str, use: str, direction: str) -> Non
         config = FinetuneConfig.from_dict(config_dict)
         for replicate in range(raw["seeds"]):
             try:
-                rerun_candidate(config, int(number), replicate, folder, metric, use, direction)
+                rerun_candidate(config, int(number), replicate, folder, metric, use, direction, raw["folds"])
             except Exception:  # the main process records the failure and moves to the next candidate
                 break
     process_state().wait_for_everyone()
 
 
 def rerun_candidate(
-    config: FinetuneConfig, trial: int, replicate: int, folder: Path, metric: str, use: str, direction: str
+    config: FinetuneConfig,
+    trial: int,
+    replicate: int,
+    folder: Path,
+    metric: str,
+    use: str,
+    direction: str,
+    folds: int | None = None,
 ) -> tuple[float, int]:
-    """Train ``config`` once more with replicate ``replicate``'s seed; its validation score and steps."""
+    """Train ``config`` once more with replicate ``replicate``'s seed; its validation score and steps.
+
+    Under cross-validation a re-run is a whole k-fold run on freshly dealt folds (the mean of the folds)."""
     out = folder / f"trial_{trial:04d}" / f"replicate_{replicate}"
     done = out.with_suffix(".json")
     process_state().wait_for_everyone()  # every process sees the same files before deciding to skip
@@ -88,17 +102,24 @@ def rerun_candidate(
         record = json.loads(done.read_text())
         return record["score"], record["steps"]
     overrides = {"training.seed": SELECTION_SEED + replicate, "training.output_dir": str(out)}
-    if config.data.validation_file is None and config.data.dataset is None:
+    if folds is not None or (config.data.validation_file is None and config.data.dataset is None):
         overrides["data.validation_split_seed"] = SELECTION_SEED + replicate
-    run = finetune.train(config.with_overrides(overrides))
-    values = [e[metric] for e in run.evaluations if metric in e]
-    if not values:
-        raise ValueError(f"re-run of trial {trial} reported no {metric}")
-    score = trial_score(values, use, direction)
+    fresh = config.with_overrides(overrides)
+    runs = [fresh] if folds is None else [fold_config(fresh, folds, f, str(out / f"fold_{f}")) for f in range(folds)]
+    scores, steps = [], 0
+    for run_config in runs:
+        run = finetune.train(run_config)
+        values = [e[metric] for e in run.evaluations if metric in e]
+        if not values:
+            raise ValueError(f"re-run of trial {trial} reported no {metric}")
+        scores.append(trial_score(values, use, direction))
+        steps += run.optimizer_steps
+    score = statistics.fmean(scores)
     if process_state().is_main_process:
-        done.write_text(json.dumps({"score": score, "steps": run.optimizer_steps, "overrides": overrides}))
+        record = {"score": score, "steps": steps, "overrides": overrides, "fold_scores": scores if folds else None}
+        done.write_text(json.dumps(record))
         shutil.rmtree(out, ignore_errors=True)
-    return score, run.optimizer_steps
+    return score, steps
 
 
 def _say(message: str) -> None:

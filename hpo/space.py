@@ -18,6 +18,8 @@ EFFECTIVE_BATCH_SIZE = "training.effective_batch_size"
 # Searched in place of lora_alpha: alpha = multiplier x lora_r keeps the "alpha = r or 2r" prior.
 LORA_ALPHA_MULTIPLIER = "method.lora_alpha_multiplier"
 DERIVED_KEYS = (EFFECTIVE_BATCH_SIZE, LORA_ALPHA_MULTIPLIER)
+# (divisor, multiple): every searched combination must divide exactly.
+DIVIDES = (("model.num_attention_heads", "model.hidden_size"),)
 NEVER_SEARCHED = {
     "training.seed": "seeds are replicates, never a searched value (recipes run several seeds)",
     "training.output_dir": "each trial gets its own output folder",
@@ -113,7 +115,7 @@ class SearchSpace:
         """Sample the active parameters for ``trial``; ``base`` holds the base config's dotted values."""
         params: dict[str, Any] = {}
         for key, parameter in self.parameters.items():
-            if not _active(parameter.when, params, base or {}):
+            if not is_active(parameter.when, params, base or {}):
                 continue
             if isinstance(parameter, Fixed):
                 params[key] = parameter.value
@@ -130,7 +132,7 @@ class SearchSpace:
         """Whether ``params`` is a point of this space: active keys present, values inside their ranges."""
         point: dict[str, Any] = {}
         for key, parameter in self.parameters.items():
-            if not _active(parameter.when, point, base or {}):
+            if not is_active(parameter.when, point, base or {}):
                 continue
             if key not in params or not _allowed(parameter, params[key]):
                 return False
@@ -157,7 +159,7 @@ class SearchSpace:
         for combination in itertools.product(*values.values()):
             point: dict[str, Any] = {}
             for key, value in zip(values, combination, strict=True):
-                if _active(self.parameters[key].when, point, base or {}):
+                if is_active(self.parameters[key].when, point, base or {}):
                     point[key] = value
             marker = tuple(sorted((k, repr(v)) for k, v in point.items()))
             if marker not in seen:
@@ -167,6 +169,40 @@ class SearchSpace:
 
     def grid_size(self, base: dict[str, Any] | None = None) -> int:
         return len(self.grid_points(base))
+
+    def check_combinations(self, base: dict[str, Any]) -> None:
+        """Refuse, before anything trains, a space in which some sampled combination cannot be built
+        (attention heads that do not divide the hidden size); conditions (``when``) are respected."""
+        for divisor_key, multiple_key in DIVIDES:
+            if divisor_key not in self.parameters and multiple_key not in self.parameters:
+                continue
+            bad = []
+            for multiple in self._values(multiple_key, base):
+                point = {multiple_key: multiple}
+                divisor = self.parameters.get(divisor_key)
+                if divisor is not None and not is_active(divisor.when, point, base):
+                    continue
+                for value in self._values(divisor_key, base):
+                    if value is not None and multiple is not None and multiple % value:
+                        bad.append(f"{divisor_key}={value} with {multiple_key}={multiple}")
+            if bad:
+                raise ConfigError(
+                    f"search.space: {divisor_key} must divide {multiple_key}, and these combinations do not: "
+                    f"{', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}; choose values that divide every "
+                    f"{multiple_key}, or condition {divisor_key} on it with 'when'"
+                )
+
+    def _values(self, key: str, base: dict[str, Any]) -> list[Any]:
+        parameter = self.parameters.get(key)
+        if parameter is None:
+            return [base.get(key)]  # None: the model's own value, checked when the model is built
+        if isinstance(parameter, Categorical):
+            return list(parameter.choices)
+        if isinstance(parameter, Fixed):
+            return [parameter.value]
+        if isinstance(parameter, Int) and not parameter.log:
+            return list(range(parameter.low, parameter.high + 1, parameter.step))
+        raise ConfigError(f"search.space.{key}: give it as categorical or a stepped int, so every value can be checked")
 
 
 def derive_batch(effective: int, max_per_device: int, world_size: int = 1) -> tuple[int, int]:
@@ -208,7 +244,7 @@ def _allowed(parameter: Parameter, value: Any) -> bool:
     return parameter.low <= value <= parameter.high
 
 
-def _active(when: dict[str, Any] | None, params: dict[str, Any], base: dict[str, Any]) -> bool:
+def is_active(when: dict[str, Any] | None, params: dict[str, Any], base: dict[str, Any]) -> bool:
     if not when:
         return True
     for key, allowed in when.items():

@@ -26,7 +26,8 @@ from finetune.config import SECTIONS, FinetuneConfig, MethodConfig, TrainingConf
 from finetune.config_checks import parse_override_value
 from finetune.errors import ConfigError
 from hpo import Budget, SearchSpace
-from hpo.finetune_search import Objective
+from hpo.default_spaces import EXTRAS
+from hpo.finetune_search import Objective, flatten
 from hpo.samplers import SAMPLERS, SCHEDULERS
 from hpo.selection import SelectionSettings
 
@@ -42,8 +43,15 @@ UNTUNED_TRAINING_KEYS = (
     "num_train_epochs",
     "max_steps",
     "max_grad_norm",
+    "optimizer",
+    "adam_beta1",
+    "adam_beta2",
+    "adam_epsilon",
+    "momentum",
+    "nesterov",
 )
-UNTUNED_METHOD_KEYS = ("lora_r", "lora_alpha", "lora_dropout", "use_rslora", "num_virtual_tokens")
+# The model's own linear head is the untuned head; a from-scratch architecture stays as the recipe writes it.
+UNTUNED_METHOD_KEYS = ("lora_r", "lora_alpha", "lora_dropout", "use_rslora", "num_virtual_tokens", "head")
 
 
 @dataclass(kw_only=True)
@@ -62,6 +70,8 @@ class SearchSettings:
     storage: str | None = None
     study_name: str = "search"
     heartbeat_seconds: int | None = None
+    # Groups added to the default space (hpo.default_spaces.EXTRAS): optimizer, head, architecture.
+    also_tune: list[str] = field(default_factory=list)
 
     def search_arguments(self) -> dict[str, Any]:
         """Keyword arguments of hpo.search_finetune: each field has the parameter's name."""
@@ -116,10 +126,13 @@ def recipe_from_dict(raw: dict[str, Any], *, base_dir: str | Path | None = None,
         raise ConfigError(f"seeds: need at least 2 integer seeds to compare arms, got {seeds!r}")
     if len(set(seeds)) != len(seeds):
         raise ConfigError(f"seeds: duplicates in {seeds}")
+    search = search_settings(raw.get("search") or {})
+    if search.space is not None:
+        search.space.check_combinations(flatten(untuned))  # impossible combinations fail at load
     return Recipe(
         finetune=finetune,
         untuned=untuned,
-        search=search_settings(raw.get("search") or {}),
+        search=search,
         seeds=list(seeds),
         path=path,
     )
@@ -167,7 +180,7 @@ def search_settings(raw: dict[str, Any]) -> SearchSettings:
     try:
         settings.objective = Objective(**objective)
     except TypeError as exc:
-        raise ConfigError(f"search.objective: {exc}; allowed: metric, direction, use") from exc
+        raise ConfigError(f"search.objective: {exc}; allowed: metric, direction, use, cv_folds") from exc
     selection = raw.pop("selection", None) or {}
     if not isinstance(selection, dict):
         raise ConfigError(f"search.selection: expected a mapping (top_k, seeds, confidence), got {selection!r}")
@@ -179,6 +192,12 @@ def search_settings(raw: dict[str, Any]) -> SearchSettings:
         settings.selection.check_budget(settings.full_run_equivalents)
     space = raw.pop("space", None)
     settings.space = SearchSpace.from_dict(space) if space else None
+    also_tune = raw.pop("also_tune", None) or []
+    if not isinstance(also_tune, list) or set(also_tune) - set(EXTRAS):
+        raise ConfigError(f"search.also_tune: expected a list drawn from {list(EXTRAS)}, got {also_tune!r}")
+    if also_tune and settings.space is not None:
+        raise ConfigError("search.also_tune extends the default space; with search.space, list the parameters in it")
+    settings.also_tune = also_tune
     for key, value in raw.items():
         setattr(settings, key, value)
     return settings

@@ -1,8 +1,10 @@
-"""Model tuning beyond the learning rate: optimizers, an MLP head, from-scratch architectures."""
+"""Model tuning beyond the learning rate: optimizers, an MLP head, from-scratch architectures, k-fold CV."""
+
+import json
 
 import pytest
 import torch
-from conftest import classification_config
+from conftest import classification_config, write_jsonl
 from transformers import TrainerCallback
 
 import finetune
@@ -148,3 +150,126 @@ def test_scratch_heads_must_divide_the_models_own_hidden_size(tiny_bert, sentime
     with pytest.raises(ConfigError, match="num_attention_heads=3 must divide model.hidden_size=32"):
         finetune.train(config)
     assert not (tmp_path / "run").exists()
+
+
+# Cross-validation ----------------------------------------------------------------------------------------
+
+
+def _cv_base(tiny_bert, sentiment_files, tmp_path, **data):
+    raw = classification_config(
+        tiny_bert,
+        sentiment_files,
+        tmp_path / "unused",
+        training={"max_steps": -1, "num_train_epochs": 1, "eval_steps": None, "learning_rate": 1e-3},
+    )
+    raw["data"].update(data)
+    return FinetuneConfig.from_dict(raw)
+
+
+def test_folds_are_stratified_deterministic_disjoint_and_never_touch_test(tiny_bert, sentiment_files, tmp_path):
+    from finetune.data import load_splits
+
+    labels = ["pos" if i % 3 else "neg" for i in range(90)]  # 2:1, so stratification is visible
+    train = write_jsonl(
+        tmp_path / "train.jsonl", [{"id": i, "sentence": "good", "label": labels[i]} for i in range(90)]
+    )
+    test = write_jsonl(
+        tmp_path / "test.jsonl", [{"id": 1000 + i, "sentence": "bad", "label": "neg"} for i in range(20)]
+    )
+    base = _cv_base(tiny_bert, sentiment_files, tmp_path).with_overrides(
+        {"data.train_file": train, "data.validation_file": None, "data.validation_size": 15, "data.test_file": test}
+    )
+    held_out = []
+    for fold in range(4):
+        data = base.with_overrides({"data.cv_folds": 4, "data.cv_fold": fold}).data
+        splits, again = load_splits(data), load_splits(data)
+        assert list(splits.validation["id"]) == list(again.validation["id"])  # same seed, same folds
+        assert list(splits.test["id"]) == list(range(1000, 1020))  # the test split never moves
+        train_ids, validation_ids = set(splits.train["id"]), set(splits.validation["id"])
+        assert not train_ids & validation_ids and train_ids | validation_ids == set(range(90))
+        fold_labels = list(splits.validation["label"])
+        assert abs(fold_labels.count("pos") - len(fold_labels) * 2 / 3) <= 1  # stratified: within one row
+        held_out += list(splits.validation["id"])
+    assert sorted(held_out) == list(range(90))  # every non-test row is validation exactly once
+    seven = base.with_overrides({"data.cv_folds": 4, "data.cv_fold": 0, "data.validation_split_seed": 7})
+    first = base.with_overrides({"data.cv_folds": 4, "data.cv_fold": 0})
+    assert list(load_splits(seven.data).validation["id"]) != list(load_splits(first.data).validation["id"])
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"cv_folds": 1, "cv_fold": 0}, "data.cv_folds must be >= 2"),
+        ({"cv_folds": 3}, "go together"),
+        ({"cv_folds": 3, "cv_fold": 3}, r"data.cv_fold must be in \[0, 3\)"),
+    ],
+)
+def test_bad_fold_settings(tiny_bert, sentiment_files, tmp_path, data, message):
+    with pytest.raises(ConfigError, match=message):
+        _cv_base(tiny_bert, sentiment_files, tmp_path, **data)
+
+
+def test_cv_objective_is_the_mean_of_the_per_fold_runs(tiny_bert, sentiment_files, tmp_path):
+    from hpo import Budget, Categorical, SearchSpace
+    from hpo.finetune_search import Objective, search_finetune
+    from hpo.selection import SelectionSettings
+
+    base = _cv_base(tiny_bert, sentiment_files, tmp_path).with_overrides({"training.per_device_train_batch_size": 32})
+    search = search_finetune(
+        base,
+        run_dir=tmp_path / "search",
+        space=SearchSpace({"training.learning_rate": Categorical(choices=(1e-3, 3e-3))}),
+        sampler="random",
+        scheduler="none",
+        budget=Budget(trials=2),
+        objective=Objective(cv_folds=2),
+        selection=SelectionSettings(top_k=2, seeds=2),
+        progress=False,
+    )
+    summary = json.loads((tmp_path / "search" / "summary.json").read_text())
+    assert summary["cross_validation_folds"] == 2
+    # 128 pool rows, 2 folds: 64 training rows, batch 32, one epoch = 2 steps per fold; the unit is all folds.
+    assert search.full_run_steps == 2 * 2
+    untuned = search.result.trials[0]
+    per_fold = []
+    for fold in range(2):
+        run = finetune.train(
+            base.with_overrides(
+                {
+                    "data.cv_folds": 2,
+                    "data.cv_fold": fold,
+                    "training.eval_steps": 1,  # max(1, round(2 / 9)): the search's evaluation period
+                    "training.output_dir": str(tmp_path / f"fold_{fold}"),
+                }
+            )
+        )
+        per_fold.append(run.best_metrics["eval_accuracy"])
+    assert untuned.extra["cv_fold_scores"] == pytest.approx(per_fold)
+    assert untuned.value == pytest.approx(sum(per_fold) / 2)
+    assert untuned.extra["optimizer_steps"] == 4
+    # Selection re-runs are whole k-fold runs too: 2 candidates x 2 seeds x 2 folds.
+    assert search.selection.steps == 2 * 2 * 4
+    assert not list((tmp_path / "search" / "trials").glob("trial_*/fold_*"))  # fold models are not kept
+
+
+def test_cv_auto_threshold(tiny_bert, sentiment_files, tmp_path):
+    from hpo.cross_validation import resolve_folds
+
+    base = _cv_base(tiny_bert, sentiment_files, tmp_path)
+    folds, why = resolve_folds("auto", base)
+    assert folds is None and "only 128 labelled rows < 500" in why
+    assert resolve_folds(4, base)[0] == 4 and resolve_folds(None, base)[0] is None
+    with pytest.raises(ConfigError, match="cv_folds: expected an integer >= 2"):
+        resolve_folds(0, base)
+    rows = [
+        {"sentence": f"good movie {i}" if i % 2 else f"bad movie {i}", "label": "pos" if i % 2 else "neg"}
+        for i in range(600)
+    ]
+    big = write_jsonl(tmp_path / "big.jsonl", rows)
+    small_validation = base.with_overrides(
+        {"data.train_file": big, "data.validation_file": None, "data.validation_size": 100}
+    )
+    folds, why = resolve_folds("auto", small_validation)
+    assert folds == 5 and "100 rows (< 300)" in why and "600 labelled rows" in why
+    large_validation = small_validation.with_overrides({"data.validation_size": 300})
+    assert resolve_folds("auto", large_validation)[0] is None
