@@ -89,3 +89,51 @@ def test_derive_batch(effective, max_per_device, world, expected):
 
 def test_fixed_parameter():
     assert SearchSpace({"training.weight_decay": Fixed(value=0.1)}).grid_points() == [{"training.weight_decay": 0.1}]
+
+
+def test_heads_that_do_not_divide_a_searched_width_are_refused_before_training():
+    from hpo.space import Categorical, Fixed, Int, SearchSpace
+
+    base = {"model.hidden_size": None, "model.num_attention_heads": None, "model.init": "scratch"}
+    bad = SearchSpace(
+        {
+            "model.hidden_size": Categorical(choices=(64, 100)),
+            "model.num_attention_heads": Categorical(choices=(4, 8)),
+        }
+    )
+    with pytest.raises(ConfigError, match="model.num_attention_heads=8 with model.hidden_size=100"):
+        bad.check_combinations(base)
+    # Conditioned on the width, the same choices are fine.
+    SearchSpace(
+        {
+            "model.hidden_size": Categorical(choices=(64, 100)),
+            "model.num_attention_heads": Categorical(choices=(4, 8), when={"model.hidden_size": 64}),
+        }
+    ).check_combinations(base)
+    # A searched head count against the base config's fixed width.
+    with pytest.raises(ConfigError, match="num_attention_heads=3 with model.hidden_size=32"):
+        SearchSpace({"model.num_attention_heads": Int(low=2, high=4)}).check_combinations(
+            {**base, "model.hidden_size": 32}
+        )
+    SearchSpace({"model.num_attention_heads": Fixed(value=4)}).check_combinations({**base, "model.hidden_size": 32})
+    with pytest.raises(ConfigError, match="categorical or a stepped int"):
+        SearchSpace({"model.hidden_size": Int(low=32, high=256, log=True)}).check_combinations(
+            {**base, "model.num_attention_heads": 4}
+        )
+
+
+def test_also_tune_adds_groups_to_the_default_space_only_when_asked():
+    from hpo.default_spaces import default_space
+
+    plain = default_space("lora", "classification")
+    assert not any(k.startswith(("model.", "method.head")) or "beta" in k for k in plain.parameters)
+    extended = default_space("lora", "classification", also_tune=("optimizer", "head"))
+    assert {"training.adam_beta1", "training.momentum", "method.head", "method.head_activation"} <= set(
+        extended.parameters
+    )
+    scratch = default_space("full", "classification", also_tune=["architecture"])
+    scratch.check_combinations({"model.init": "scratch"})  # every default width/heads pair divides
+    with pytest.raises(ConfigError, match="'architecture' trains from scratch"):
+        default_space("lora", "classification", also_tune=["architecture"])
+    with pytest.raises(ConfigError, match="unknown group"):
+        default_space("lora", "classification", also_tune=["momentum"])
