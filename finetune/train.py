@@ -21,6 +21,7 @@ from finetune.inputs import prepare_inputs
 from finetune.methods import apply_method
 from finetune.metrics import add_perplexity, classification_metrics, default_metric
 from finetune.models import build_model, count_parameters, load_tokenizer, resolve_source
+from finetune.train_metrics import TrainSplitMetrics
 
 CONFIG_FILE = "tunelab_config.yaml"
 RESULT_FILE = "run_result.json"
@@ -31,7 +32,8 @@ OPTIMIZERS = {"adamw": "adamw_torch", "sgd": "sgd", "adafactor": "adafactor"}  #
 @dataclass
 class RunResult:
     output_dir: str
-    # One dict per evaluation: {"step": int, "epoch": float, "eval_loss": ..., "eval_accuracy": ...}.
+    # One dict per evaluation: {"step", "epoch", "eval_loss", "eval_accuracy", ..., "train_loss",
+    # "train_accuracy", ...}: validation metrics and the same metrics on a fixed training sample.
     evaluations: list[dict[str, float]]
     # Metrics of the kept (best) model on the validation split.
     final_metrics: dict[str, float]
@@ -171,7 +173,14 @@ def train(config: FinetuneConfig, callbacks: list[TrainerCallback] | None = None
         processing_class=tokenizer,
         data_collator=inputs.collator,
         compute_metrics=classification_metrics if config.model.task == "classification" else None,
-        callbacks=[NanLossGuard(), ProgressLog(), *(callbacks or [])],
+        callbacks=[
+            NanLossGuard(),
+            ProgressLog(),
+            TrainSplitMetrics(
+                inputs.train, inputs.collator, config.training.per_device_eval_batch_size, config.model.task
+            ),
+            *(callbacks or []),
+        ],
     )
     trainer.remove_callback(PrinterCallback)  # replaced by ProgressLog on stderr
     if torch.cuda.is_available():
@@ -234,7 +243,8 @@ def clean_metrics(metrics: dict[str, Any]) -> dict[str, float]:
 
 
 def _eval_entry(log: dict[str, Any]) -> dict[str, float]:
-    entry = {k: v for k, v in clean_metrics(log).items() if k.startswith("eval_")}
+    # Validation metrics (eval_*) and the training sample's (train_*, see finetune.train_metrics).
+    entry = {k: v for k, v in clean_metrics(log).items() if k.startswith(("eval_", "train_"))}
     entry["step"] = log["step"]
     entry["epoch"] = log.get("epoch", 0.0)
     return entry

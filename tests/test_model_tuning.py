@@ -273,3 +273,35 @@ def test_cv_auto_threshold(tiny_bert, sentiment_files, tmp_path):
     assert folds == 5 and "100 rows (< 300)" in why and "600 labelled rows" in why
     large_validation = small_validation.with_overrides({"data.validation_size": 300})
     assert resolve_folds("auto", large_validation)[0] is None
+
+
+# Fit diagnostics -----------------------------------------------------------------------------------------
+
+
+def test_each_evaluation_records_training_metrics_next_to_validation(
+    tiny_bert, tiny_llama, sentiment_files, sft_files, tmp_path
+):
+    from conftest import causal_config
+
+    result = finetune.train(_config(tiny_bert, sentiment_files, tmp_path / "cls"))
+    assert [e["step"] for e in result.evaluations] == [3, 6]
+    for entry in result.evaluations:
+        assert {"eval_loss", "eval_accuracy", "train_loss", "train_accuracy", "train_macro_f1"} <= set(entry)
+        assert 0 <= entry["train_accuracy"] <= 1 and entry["train_loss"] > 0
+    causal = finetune.train(FinetuneConfig.from_dict(causal_config(tiny_llama, sft_files["text"], tmp_path / "lm")))
+    assert all({"train_loss", "train_perplexity", "eval_loss"} <= set(e) for e in causal.evaluations)
+
+
+def test_training_metrics_are_measured_in_eval_mode_on_a_fixed_sample(tiny_bert, sentiment_files, tmp_path):
+    from finetune.inputs import prepare_inputs
+    from finetune.models import build_model, load_tokenizer, resolve_source
+    from finetune.train_metrics import TrainSplitMetrics
+
+    config = _config(tiny_bert, sentiment_files, tmp_path, method={"name": "full"})
+    source = resolve_source(config.model)
+    tokenizer = load_tokenizer(config.model, source)
+    inputs = prepare_inputs(config, tokenizer)
+    model = build_model(config, source, tokenizer, inputs.label_names).train()
+    measure = TrainSplitMetrics(inputs.train, inputs.collator, 16, "classification")
+    first, second = measure.measure(model), measure.measure(model)
+    assert first == second and model.training  # deterministic (no dropout), and the mode is restored

@@ -1,0 +1,56 @@
+"""The training split's loss and metrics at each evaluation, next to the validation ones (fit diagnostics).
+
+Measured in evaluation mode (no dropout) on a fixed sample of the training rows, so the train-validation
+gap compares like with like; the running training loss Trainer logs mixes dropout and a moving model.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from datasets import Dataset
+from torch.utils.data import DataLoader
+from transformers import EvalPrediction, TrainerCallback
+
+from finetune.metrics import add_perplexity, classification_metrics
+
+TRAIN_SAMPLE_ROWS = 256  # enough for a loss and accuracy to a few points; costs about one small evaluation
+
+
+class TrainSplitMetrics(TrainerCallback):
+    """Adds train_loss, train_accuracy... to each evaluation's log entry (state.log_history)."""
+
+    def __init__(self, train: Dataset, collator, batch_size: int, task: str, seed: int = 0):
+        rows = min(len(train), TRAIN_SAMPLE_ROWS)
+        # The same rows at every evaluation (and for every seed of a config): a fixed yardstick.
+        self.sample = train.shuffle(seed=seed).select(range(rows)) if rows < len(train) else train
+        self.collator, self.batch_size, self.task = collator, batch_size, task
+
+    def on_evaluate(self, args, state, control, model=None, metrics=None, **kwargs):
+        entry = state.log_history[-1] if state.log_history else None
+        if model is None or not entry or "eval_loss" not in entry or "train_loss" in entry:
+            return
+        entry.update(self.measure(model))
+
+    @torch.no_grad()
+    def measure(self, model) -> dict[str, float]:
+        was_training = model.training
+        model.eval()
+        device = next(model.parameters()).device
+        losses, weights, logits, labels = [], [], [], []
+        loader = DataLoader(self.sample, batch_size=self.batch_size, collate_fn=self.collator)
+        for batch in loader:
+            batch = {k: v.to(device) for k, v in batch.items()}
+            output = model(**batch)
+            rows = batch["labels"].shape[0]
+            losses.append(float(output.loss) * rows)
+            weights.append(rows)
+            if self.task == "classification":
+                logits.append(output.logits.float().cpu().numpy())
+                labels.append(batch["labels"].cpu().numpy())
+        model.train(was_training)
+        metrics = {"train_loss": sum(losses) / sum(weights)}
+        if self.task == "classification":
+            prediction = EvalPrediction(predictions=np.concatenate(logits), label_ids=np.concatenate(labels))
+            metrics.update({f"train_{k}": v for k, v in classification_metrics(prediction).items()})
+        return add_perplexity(metrics, self.task, prefix="train")
