@@ -16,6 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from hpo.outputs import plot_anytime, save_figure  # noqa: E402
 from hpo.results import SearchResult  # noqa: E402
+from recipes.fit import fit_lines, fit_table, plot_fit  # noqa: E402
 
 LIBRARIES = ("torch", "transformers", "peft", "accelerate", "optuna", "datasets")
 
@@ -54,6 +55,7 @@ def write_report(run_dir: Path, results: dict[str, Any], search: SearchResult) -
         "history": _plot_history(search, run_dir / "history.png"),
         "seeds": _plot_seed_scores(results, run_dir / "seed_scores.png"),
         "curves": _plot_learning_curves(results, run_dir / "learning_curves.png"),
+        "fit": plot_fit(results, run_dir / "train_vs_validation.png"),
     }
     importances = run_dir / "search" / "importances.png"
     if importances.is_file():
@@ -112,6 +114,7 @@ def _sections(results: dict[str, Any], search: SearchResult) -> list[tuple[str, 
         sections.append(("How the winner was chosen", selection_table(results)))
     return [
         *sections,
+        ("Fit: training vs validation at the last evaluation", fit_table(results)),
         ("Best parameters next to the untuned ones", params),
         ("Budget used", budget),
         ("Environment", environment),
@@ -190,6 +193,7 @@ def hardware() -> list[list[str]]:
 
 def _markdown(results, sections, plots, run_dir: Path) -> str:
     lines = ["# tunelab report", "", *headline(results), "", *selection_lines(results), ""]
+    lines += [*fit_lines(results), ""]
     for title, table in sections:
         lines += [f"## {title}", "", "| " + " | ".join(table[0]) + " |", "|" + "---|" * len(table[0])]
         lines += ["| " + " | ".join(row) + " |" for row in table[1:]] + [""]
@@ -216,7 +220,8 @@ def _html(results, sections, plots) -> str:
         "<style>body{font-family:sans-serif;max-width:900px;margin:auto}table{border-collapse:collapse}"
         "td,th{border:1px solid #ccc;padding:3px 8px}</style></head><body><h1>tunelab report</h1>",
     ]
-    parts += [f"<p>{html.escape(line)}</p>" for line in headline(results) + selection_lines(results)]
+    text = headline(results) + selection_lines(results) + fit_lines(results)
+    parts += [f"<p>{html.escape(line)}</p>" for line in text]
     for title, table in sections:
         parts.append(f"<h2>{html.escape(title)}</h2><table>")
         parts.append("<tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in table[0]) + "</tr>")

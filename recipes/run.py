@@ -91,6 +91,8 @@ def _seed_run(config: FinetuneConfig, arm: str, seed: int, run_dir: Path) -> dic
         "train_losses": result.train_losses,
         "optimizer_steps": result.optimizer_steps,
         "wall_seconds": result.wall_seconds,
+        "trainable_params": result.trainable_params,
+        "total_params": result.total_params,
     }
     record["test"] = finetune.evaluate(out, "test")  # on every process: evaluation is collective
     if process_state().is_main_process:

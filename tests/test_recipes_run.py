@@ -82,6 +82,9 @@ def test_run_reports_and_resumes(tmp_path, tiny_bert, sentiment_files, capsys):
     assert len(selection["candidates"]) == 3 and selection["candidates"][0]["role"] == "untuned"
     assert "## How the winner was chosen" in report and "winner's curse" in report
     assert "## Configurations" in report and "CPU cores" in report
+    assert "## Fit: training vs validation" in report and "Fit rule:" in report
+    assert (run_dir / "train_vs_validation.png").is_file()
+    assert all(r["trainable_params"] > 0 for r in results["runs"]["tuned"])
     untuned_won = results["search"]["winner_role"] == "untuned"
     if untuned_won:  # both arms are the same runs; the report says tuning did not help
         assert results["runs"]["tuned"][0]["test"] == results["runs"]["untuned"][0]["test"]
