@@ -15,12 +15,19 @@ from hpo.space import EFFECTIVE_BATCH_SIZE, LORA_ALPHA_MULTIPLIER, Categorical, 
 EXTRAS = ("optimizer", "head", "architecture")
 
 
-def default_space(method: str, task: str, *, also_tune: tuple[str, ...] | list[str] = ()) -> SearchSpace:
-    """The method-aware space, plus the groups in ``also_tune`` (see EXTRAS)."""
+def default_space(
+    method: str, task: str, *, also_tune: tuple[str, ...] | list[str] = (), from_scratch: bool = False
+) -> SearchSpace:
+    """The method-aware space, plus the groups in ``also_tune`` (see EXTRAS).
+
+    ``from_scratch`` (model.init: scratch): random weights train at ~10x a fine-tune's learning rate
+    (small transformers from scratch: 1e-4 to 3e-3), so the full-fine-tuning range moves up."""
     unknown = set(also_tune) - set(EXTRAS)
     if unknown:
         raise ConfigError(f"search.also_tune: unknown group(s) {sorted(unknown)}; choose from {list(EXTRAS)}")
     space = _method_space(method, task)
+    if from_scratch:
+        space.parameters["training.learning_rate"] = Float(low=1e-4, high=3e-3, log=True)
     extra: dict[str, Parameter] = {}
     if "optimizer" in also_tune:
         extra["training.adam_beta1"] = Categorical(choices=(0.8, 0.9, 0.95), when={"training.optimizer": "adamw"})

@@ -123,7 +123,9 @@ def search_finetune(
             f"search.also_tune={list(also_tune)} extends the default space; with search.space given, "
             "list those parameters in it instead"
         )
-    space = space or default_space(base.method.name, base.model.task, also_tune=also_tune)
+    space = space or default_space(
+        base.method.name, base.model.task, also_tune=also_tune, from_scratch=base.model.init == "scratch"
+    )
     metric, direction = objective.resolve(base.model.task)
     base_values = flatten(base)
     space.check_combinations(base_values)

@@ -23,16 +23,23 @@ def compare_runs(run_dirs: list[str | Path]) -> str:
     if len(metrics) != 1:
         raise ConfigError(f"the runs report different metrics {sorted(metrics)}; compare runs of one metric")
     metric = metrics.pop()
-    arms = {}
+    arms, costs = {}, {}
     for run_dir, results in loaded:
         for arm in ("tuned", "untuned"):
-            arms[f"{run_dir} [{arm}]"] = [r["test"][f"test_{metric}"] for r in results["runs"][arm]]
-    lines = [f"# tunelab compare: test {metric}", "", "| arm | mean | std | seeds |", "|---|---|---|---|"]
+            runs = results["runs"][arm]
+            arms[f"{run_dir} [{arm}]"] = [r["test"][f"test_{metric}"] for r in runs]
+            costs[f"{run_dir} [{arm}]"] = _cost(runs, results["search"] if arm == "tuned" else None)
+    lines = [
+        f"# tunelab compare: test {metric}",
+        "",
+        "| arm | mean | std | seeds | trainable params | steps per run | s per run | search steps |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     reference_name = f"{loaded[0][0]} [tuned]"
     for name, scores in arms.items():
         mean = sum(scores) / len(scores)
         std = (sum((s - mean) ** 2 for s in scores) / max(len(scores) - 1, 1)) ** 0.5
-        lines.append(f"| {name} | {mean:.4f} | {std:.4f} | {len(scores)} |")
+        lines.append(f"| {name} | {mean:.4f} | {std:.4f} | {len(scores)} | {costs[name]} |")
     lines += [
         "",
         f"Each arm against {reference_name} (difference = arm - reference):",
@@ -49,3 +56,18 @@ def compare_runs(run_dirs: list[str | Path]) -> str:
             f"{'yes' if c.significant else 'no'} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _cost(runs: list[dict], search: dict | None) -> str:
+    """Trainable parameters, mean steps and seconds per seed run, and (tuned arm) the search's steps."""
+    params = runs[0].get("trainable_params")
+    steps = sum(r["optimizer_steps"] for r in runs) / len(runs)
+    seconds = sum(r["wall_seconds"] for r in runs) / len(runs)
+    searched = "-"
+    if search is not None:
+        searched = str(search["steps_spent"] + ((search.get("selection") or {}).get("steps") or 0))
+    return (
+        f"{params:,} | {steps:.0f} | {seconds:.0f} | {searched}"
+        if params
+        else f"- | {steps:.0f} | {seconds:.0f} | {searched}"
+    )

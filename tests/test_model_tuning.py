@@ -305,3 +305,29 @@ def test_training_metrics_are_measured_in_eval_mode_on_a_fixed_sample(tiny_bert,
     measure = TrainSplitMetrics(inputs.train, inputs.collator, 16, "classification")
     first, second = measure.measure(model), measure.measure(model)
     assert first == second and model.training  # deterministic (no dropout), and the mode is restored
+
+
+def test_search_tunes_a_from_scratch_architecture(tiny_bert, sentiment_files, tmp_path):
+    from hpo import Budget
+    from hpo.finetune_search import search_finetune
+    from hpo.selection import SelectionSettings
+
+    base = _cv_base(tiny_bert, sentiment_files, tmp_path).with_overrides(
+        {"model.init": "scratch", "model.hidden_size": 64, "model.num_attention_heads": 2, "method.name": "full"}
+    )
+    search = search_finetune(
+        base,
+        run_dir=tmp_path / "search",
+        sampler="random",
+        scheduler="none",
+        budget=Budget(trials=3),
+        also_tune=["architecture"],
+        selection=SelectionSettings(seeds=0),
+        progress=False,
+    )
+    searched = [t for t in search.result.trials if t.extra.get("role") != "untuned"]
+    assert len(searched) == 2 and all(t.state == "COMPLETE" for t in search.result.trials)
+    for trial in searched:
+        assert {"model.num_hidden_layers", "model.hidden_size", "model.hidden_act"} <= set(trial.params)
+        assert 1e-4 <= trial.params["training.learning_rate"] <= 3e-3  # the from-scratch range
+        assert trial.params["model.hidden_size"] % trial.params["model.num_attention_heads"] == 0
