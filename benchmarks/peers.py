@@ -13,11 +13,16 @@ full-run equivalents of the untuned run (default 8). Contenders:
   random         random search over the same space, no pruning
   grid           a coarse grid (full cost reported, however much larger than B)
   tunelab        tunelab's default strategy (what `tunelab run` does when the user picks nothing)
+  tunelab:S/P    tunelab with sampler S and scheduler P (e.g. tunelab:gp/hyperband)
 
 Prints a table, writes benchmarks/peers_<method>.json and benchmarks/peers_<method>_anytime.png.
 
-    python benchmarks/peers.py --method lora [--budget 8] [--contenders untuned,tunelab,...]
+    python benchmarks/peers.py --method lora [--budget 8] [--train-rows 1000] [--contenders untuned,tunelab,...]
+    python benchmarks/peers.py --contenders untuned,tunelab:random/none,tunelab:tpe/sha,tunelab:gp/hyperband
     python benchmarks/peers.py --quick        # a small version to check it still works
+
+"tunelab" is the default strategy (TPE + Hyperband + noise-aware selection); "tunelab:SAMPLER/SCHEDULER"
+names another combination (samplers: random, qmc, tpe, gp; schedulers: none, median, sha, hyperband).
 """
 
 from __future__ import annotations
@@ -237,8 +242,17 @@ def grid_contender(untuned: FinetuneConfig, ledger: Ledger, scratch: Path, metho
     return best_config
 
 
-def tunelab_contender(untuned: FinetuneConfig, ledger: Ledger, scratch: Path, budget: float) -> FinetuneConfig:
-    search = search_finetune(untuned, run_dir=scratch / "tunelab", full_run_equivalents=budget, progress=True)
+def tunelab_contender(
+    untuned: FinetuneConfig, ledger: Ledger, scratch: Path, budget: float, sampler: str, scheduler: str
+) -> FinetuneConfig:
+    search = search_finetune(
+        untuned,
+        run_dir=scratch / "tunelab",
+        full_run_equivalents=budget,
+        sampler=sampler,
+        scheduler=scheduler,
+        progress=True,
+    )
     for trial in search.result.trials:
         ledger.add(trial.steps, trial.value if trial.state == "COMPLETE" else None, trial.state)
     if search.selection:  # the re-runs are part of its budget
@@ -268,9 +282,17 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=8.0, help="full-run equivalents per search")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--contenders", default=",".join(CONTENDERS))
-    parser.add_argument("--quick", action="store_true", help="600 training rows, budget 7, 2 seeds")
+    parser.add_argument(
+        "--train-rows",
+        type=int,
+        default=1000,
+        help="training rows (of the recipe's 3,500; validation stays the recipe's 500): 1,000 fits an hour on 2 cores",
+    )
+    parser.add_argument("--quick", action="store_true", help="600 training rows, 200 validation, budget 7, 2 seeds")
     args = parser.parse_args()
-    overrides = ["data.max_train_samples=600", "data.validation_size=200"] if args.quick else []
+    overrides = [f"data.max_train_samples={args.train_rows}"]
+    if args.quick:
+        overrides = ["data.max_train_samples=600", "data.validation_size=200"]
     if args.quick:
         args.budget, args.seeds = 7.0, 2
     recipe = load_recipe(ROOT / "recipes" / "configs" / RECIPES[args.method], overrides)
@@ -298,8 +320,10 @@ def main() -> None:
                 chosen = optuna_contender(untuned, ledger, folder, sampler, pruner, args.method, eval_steps)
             elif name == "grid":
                 chosen = grid_contender(untuned, ledger, folder, args.method)
-            elif name == "tunelab":
-                chosen = tunelab_contender(untuned, ledger, folder, args.budget)
+            elif name == "tunelab" or name.startswith("tunelab:"):
+                # "tunelab" is the default strategy; "tunelab:SAMPLER/SCHEDULER" a named combination.
+                sampler, _, scheduler = (name.partition(":")[2] or "tpe/hyperband").partition("/")
+                chosen = tunelab_contender(untuned, ledger, folder, args.budget, sampler, scheduler or "none")
             else:
                 raise SystemExit(f"unknown contender {name!r}; choose from {CONTENDERS}")
             record = ledger.summary()
@@ -314,7 +338,8 @@ def report(results: dict, args, full_run: int, budget_steps: int) -> None:
         return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
     print(
-        f"\nSST-2 MiniLM {args.method}: budget {args.budget:g} full runs = {budget_steps} steps; {args.seeds} seeds\n"
+        f"\nSST-2 MiniLM {args.method}, {600 if args.quick else args.train_rows} training rows: budget "
+        f"{args.budget:g} full runs = {budget_steps} steps; {args.seeds} seeds\n"
     )
     print(
         "| contender | best validation in search | validation retrained | test accuracy | steps (x B) | s | "
