@@ -331,3 +331,41 @@ def test_search_tunes_a_from_scratch_architecture(tiny_bert, sentiment_files, tm
         assert {"model.num_hidden_layers", "model.hidden_size", "model.hidden_act"} <= set(trial.params)
         assert 1e-4 <= trial.params["training.learning_rate"] <= 3e-3  # the from-scratch range
         assert trial.params["model.hidden_size"] % trial.params["model.num_attention_heads"] == 0
+
+
+def test_fold_reports_are_the_running_mean_across_folds_at_equal_steps():
+    from hpo.cross_validation import FoldReporter
+
+    class Inner:
+        stop_reason, trial = None, None
+
+        def __init__(self):
+            self.reports, self.steps = [], 0
+
+        def report(self, step, value):
+            self.reports.append((step, value))
+
+        def add_steps(self, steps):
+            self.steps = steps
+
+        def should_stop(self):
+            return False
+
+    inner, curves = Inner(), [[], [], []]
+    first = FoldReporter(inner, 0, curves, 0)
+    first.report(5, 0.6)
+    first.report(10, 0.8)
+    first.add_steps(11)
+    second = FoldReporter(inner, 11, curves, 1)
+    second.report(5, 0.4)
+    second.report(10, 0.6)
+    third = FoldReporter(inner, 22, curves, 2)
+    third.report(7, 0.5)  # between evaluations: the earlier folds' values at step 5
+    assert inner.reports == [
+        (5, 0.6),
+        (10, 0.8),
+        (16, pytest.approx(0.5)),
+        (21, pytest.approx(0.7)),
+        (29, pytest.approx((0.6 + 0.4 + 0.5) / 3)),
+    ]
+    assert inner.steps == 11
