@@ -289,7 +289,14 @@ def main() -> None:
         help="training rows (of the recipe's 3,500; validation stays the recipe's 500): 1,000 fits an hour on 2 cores",
     )
     parser.add_argument("--quick", action="store_true", help="600 training rows, 200 validation, budget 7, 2 seeds")
+    parser.add_argument("--report-only", action="store_true", help="redraw the table and plot from the JSON")
     args = parser.parse_args()
+    if args.report_only:
+        if args.quick:
+            args.budget, args.seeds = 7.0, 2
+        stored = json.loads(output_path(args).read_text())
+        report(stored["results"], args, stored["full_run_steps"], stored["budget_steps"])
+        return
     overrides = [f"data.max_train_samples={args.train_rows}"]
     if args.quick:
         overrides = ["data.max_train_samples=600", "data.validation_size=200"]
@@ -330,7 +337,14 @@ def main() -> None:
             record["final"] = retrain(chosen, seeds, scratch, cache)
             record["config"] = {"training": chosen.training.__dict__, "method": chosen.method.__dict__}
             results[name] = record
+            # Each finished contender is kept at once: a later crash loses nothing (--report-only redraws).
+            partial = {"budget_steps": budget_steps, "full_run_steps": full_run, "results": results}
+            output_path(args).write_text(json.dumps(partial, indent=2, default=str))
     report(results, args, full_run, budget_steps)
+
+
+def output_path(args) -> Path:
+    return ROOT / "benchmarks" / f"peers_{args.method}{'_quick' if args.quick else ''}.json"
 
 
 def report(results: dict, args, full_run: int, budget_steps: int) -> None:
@@ -355,7 +369,7 @@ def report(results: dict, args, full_run: int, budget_steps: int) -> None:
             f"| {name} | {best} | {val:.4f} | {test_mean:.4f} +/- {test_std:.4f} | {r['steps']} "
             f"({r['steps'] / budget_steps:.2f}) | {r['seconds']:.0f} | {t['COMPLETE']}/{t['PRUNED']}/{t['FAIL']} |"
         )
-    out = ROOT / "benchmarks" / f"peers_{args.method}{'_quick' if args.quick else ''}.json"
+    out = output_path(args)
     out.write_text(
         json.dumps(
             {"budget_steps": budget_steps, "full_run_steps": full_run, "results": results}, indent=2, default=str
@@ -379,11 +393,16 @@ def targets(results: dict) -> None:
             f"({test('tunelab'):.4f} vs {test('hf_default'):.4f})"
         )
     if "grid" in results:
-        gap = (max(v for _, v in results["grid"]["anytime"]) - (results["tunelab"]["best_validation"] or 0)) * 100
-        ratio = results["tunelab"]["steps"] / results["grid"]["steps"]
+        # Read on the anytime curve: the steps tunelab had spent when its best validation first came within
+        # 0.5 points of the grid's best, against the grid's total steps.
+        grid_best = max(v for _, v in results["grid"]["anytime"])
+        reached = next((s for s, v in results["tunelab"]["anytime"] if v >= grid_best - 0.005), math.inf)
+        ratio = reached / results["grid"]["steps"]
+        gap = (grid_best - (results["tunelab"]["best_validation"] or 0)) * 100
         lines.append(
-            f"tunelab within 0.5 points of the grid's best validation with <= 1/5 of its steps: "
-            f"{gap <= 0.5 and ratio <= 0.2} (gap {gap:+.2f} points, steps ratio {ratio:.2f})"
+            f"tunelab within 0.5 points of the grid's best validation with <= 1/5 of its steps: {ratio <= 0.2} "
+            f"(reached after {reached} steps = {ratio:.2f} of the grid's {results['grid']['steps']}; final gap "
+            f"{gap:+.2f} points)"
         )
     if "random" in results:
         target = statistics.mean(results["untuned"]["final"]["validation"])
