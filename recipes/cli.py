@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from finetune.errors import TunelabError
+from finetune.errors import ConfigError, TunelabError
 from recipes.recipe import load_finetune_config
 
 
@@ -100,7 +100,8 @@ def _search(args: argparse.Namespace) -> int:
         scheduler=args.scheduler,
         budget=budget,
         full_run_equivalents=fre,
-        objective=Objective(metric=args.metric, use=args.use),
+        objective=Objective(metric=args.metric, use=args.use, cv_folds=_cv_folds(args.cv_folds)),
+        also_tune=args.also_tune.split(",") if args.also_tune else (),
         selection=SelectionSettings(top_k=args.top_k, seeds=args.selection_seeds),
         storage=args.storage,
         seed=args.seed,
@@ -192,6 +193,10 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--budget-minutes", type=float)
     search.add_argument("--metric", default="auto", help="accuracy, macro_f1, loss... (default by task)")
     search.add_argument("--use", default="best", choices=["best", "last"], help="which evaluation scores a trial")
+    search.add_argument(
+        "--cv-folds", default="auto", help="k-fold cross-validation: k >= 2, auto (small validation splits) or none"
+    )
+    search.add_argument("--also-tune", help="groups added to the default space: optimizer,head,architecture")
     search.add_argument("--storage", help="journal file path or SQLAlchemy URL (default: in the run folder)")
     search.add_argument("--run-dir", help="default: <training.output_dir>_search")
     search.add_argument("--seed", type=int, default=0, help="sampler seed")
@@ -239,6 +244,17 @@ def build_parser() -> argparse.ArgumentParser:
     trials.add_argument("run_dir")
     trials.set_defaults(func=_trials)
     return parser
+
+
+def _cv_folds(text: str) -> int | str | None:
+    if text in ("none", "null", "0", "1"):
+        return None
+    if text == "auto":
+        return "auto"
+    try:
+        return int(text)
+    except ValueError as exc:
+        raise ConfigError(f"--cv-folds: expected an integer >= 2, auto or none, got {text!r}") from exc
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -369,3 +369,21 @@ def test_fold_reports_are_the_running_mean_across_folds_at_equal_steps():
         (29, pytest.approx((0.6 + 0.4 + 0.5) / 3)),
     ]
     assert inner.steps == 11
+
+
+def test_cli_search_refuses_bad_cv_folds_and_also_tune_with_a_space(tiny_bert, sentiment_files, tmp_path, capsys):
+    import yaml
+
+    from recipes.cli import main
+
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(classification_config(tiny_bert, sentiment_files, tmp_path / "run")))
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump({"training.learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2}}))
+    assert main(["search", str(path), "--cv-folds", "three", "--run-dir", str(tmp_path / "s")]) == 2
+    assert "--cv-folds: expected an integer >= 2" in capsys.readouterr().err
+    assert (
+        main(["search", str(path), "--space", str(space), "--also-tune", "head", "--run-dir", str(tmp_path / "s")]) == 2
+    )
+    assert "also_tune" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
