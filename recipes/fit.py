@@ -6,9 +6,10 @@ sample of the training split (finetune.train_metrics). At the last evaluation of
     gap   = train - validation (points of the metric; for a loss, validation - train)
     trend = last validation - best earlier validation (positive: still improving)
 
-    overfitting   gap > GAP_OVERFIT and the validation fell from its best by more than TREND_POINTS
+    overfitting   gap > GAP_LARGE, or gap > GAP_OVERFIT and the validation fell from its best by more
+                  than TREND_POINTS
     underfitting  gap < GAP_UNDERFIT and (the validation was still improving by more than TREND_POINTS,
-                  or the training score is no better than always guessing one label + GAP_OVERFIT)
+                  or the training accuracy is below TRAIN_FLOOR or within GAP_OVERFIT of guessing one label)
     good fit      otherwise
 
 An arm's label is the one most of its seeds get; its variance is the spread of its test score across seeds.
@@ -21,16 +22,19 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-GAP_OVERFIT = 0.05  # 5 points of accuracy (or 0.05 nats of loss)
-GAP_UNDERFIT = 0.02
+GAP_LARGE = 0.10  # 10 points of accuracy (or 0.1 nats of loss): the model learned its training rows
+GAP_OVERFIT = 0.05
+GAP_UNDERFIT = 0.03
 TREND_POINTS = 0.01
+TRAIN_FLOOR = 0.80  # accuracy: a model below this on its own training rows has not fit them
 
 RULE = (
     f"At a run's last evaluation, gap = train - validation and trend = last validation - best earlier "
-    f"validation. Overfitting: gap > {GAP_OVERFIT:g} and trend < -{TREND_POINTS:g} (validation fell from its "
-    f"best). Underfitting: gap < {GAP_UNDERFIT:g} and either trend > {TREND_POINTS:g} (still improving when "
-    f"training stopped) or the training score is within {GAP_OVERFIT:g} of guessing one label. Otherwise: "
-    "good fit. An arm's label is its seeds' majority; for loss-only tasks the gap is validation - train loss."
+    f"validation. Overfitting: gap > {GAP_LARGE:g}, or gap > {GAP_OVERFIT:g} with trend < -{TREND_POINTS:g} "
+    f"(validation fell from its best). Underfitting: gap < {GAP_UNDERFIT:g} and either trend > {TREND_POINTS:g} "
+    f"(still improving when training stopped) or a training accuracy below {TRAIN_FLOOR:g} or within "
+    f"{GAP_OVERFIT:g} of guessing one label. Otherwise: good fit. An arm's label is its seeds' majority; for "
+    "loss-only tasks the gap is validation - train loss and only the trend marks underfitting."
 )
 
 
@@ -46,10 +50,10 @@ def diagnose_run(evaluations: list[dict[str, float]], metric: str, higher_is_bet
     earlier = [sign * e[f"eval_{key}"] for e in points[:-1]]
     trend = sign * validation - max(earlier) if earlier else 0.0
     chance = 1.0 / labels if labels and key == "accuracy" else None
-    near_chance = chance is not None and train <= chance + GAP_OVERFIT
-    if gap > GAP_OVERFIT and trend < -TREND_POINTS:
+    poor_fit = key == "accuracy" and (train < TRAIN_FLOOR or (chance is not None and train <= chance + GAP_OVERFIT))
+    if gap > GAP_LARGE or (gap > GAP_OVERFIT and trend < -TREND_POINTS):
         label = "overfitting"
-    elif gap < GAP_UNDERFIT and (trend > TREND_POINTS or near_chance):
+    elif gap < GAP_UNDERFIT and (trend > TREND_POINTS or poor_fit):
         label = "underfitting"
     else:
         label = "good fit"

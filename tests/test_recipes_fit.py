@@ -16,7 +16,9 @@ def _evals(train, validation, key="accuracy"):
     ("train", "validation", "label"),
     [
         ([0.80, 0.95, 0.99], [0.82, 0.86, 0.83], "overfitting"),  # gap 16 points, validation fell 3
-        ([0.80, 0.95, 0.99], [0.82, 0.86, 0.87], "good fit"),  # large gap but validation still at its best
+        ([0.80, 0.95, 0.99], [0.82, 0.86, 0.87], "overfitting"),  # a 12-point gap, validation still at its best
+        ([0.80, 0.90, 0.93], [0.82, 0.86, 0.87], "good fit"),  # a 6-point gap, validation still at its best
+        ([0.60, 0.63, 0.63], [0.61, 0.64, 0.635], "underfitting"),  # flat, but not even fitting its training rows
         ([0.52, 0.53, 0.55], [0.51, 0.52, 0.54], "underfitting"),  # near chance for 2 labels
         ([0.60, 0.70, 0.80], [0.60, 0.70, 0.79], "underfitting"),  # no gap, still climbing at the end
         ([0.85, 0.88, 0.89], [0.86, 0.88, 0.885], "good fit"),  # no gap, flat at the end, far above chance
