@@ -309,6 +309,11 @@ def main() -> None:
     eval_steps = max(1, round(full_run / 9))
     seeds = list(range(args.seeds))
     results, cache = {}, {}
+    stored = output_path(args)
+    if stored.is_file():  # contenders measured earlier on the same budget are kept (run the others only)
+        earlier = json.loads(stored.read_text())
+        if (earlier["budget_steps"], earlier["full_run_steps"]) == (budget_steps, full_run):
+            results = {k: v for k, v in earlier["results"].items() if k not in args.contenders.split(",")}
     with tempfile.TemporaryDirectory() as scratch_name:
         scratch = Path(scratch_name)
         for name in args.contenders.split(","):
