@@ -25,11 +25,13 @@ class TrainSplitMetrics(TrainerCallback):
         # The same rows at every evaluation (and for every seed of a config): a fixed yardstick.
         self.sample = train.shuffle(seed=seed).select(range(rows)) if rows < len(train) else train
         self.collator, self.batch_size, self.task = collator, batch_size, task
+        self.measured_steps: set[int] = set()
 
     def on_evaluate(self, args, state, control, model=None, metrics=None, **kwargs):
         entry = state.log_history[-1] if state.log_history else None
-        if model is None or not entry or "eval_loss" not in entry or "train_loss" in entry:
-            return
+        if model is None or not entry or "eval_loss" not in entry or state.global_step in self.measured_steps:
+            return  # the final re-evaluation of the kept model repeats the last step: nothing new to record
+        self.measured_steps.add(state.global_step)
         entry.update(self.measure(model))
 
     @torch.no_grad()

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from finetune.errors import ConfigError
+from recipes.report import total_steps
 from recipes.stats import compare
 
 
@@ -63,11 +64,6 @@ def _cost(runs: list[dict], search: dict | None) -> str:
     params = runs[0].get("trainable_params")
     steps = sum(r["optimizer_steps"] for r in runs) / len(runs)
     seconds = sum(r["wall_seconds"] for r in runs) / len(runs)
-    searched = "-"
-    if search is not None:
-        searched = str(search["steps_spent"] + ((search.get("selection") or {}).get("steps") or 0))
-    return (
-        f"{params:,} | {steps:.0f} | {seconds:.0f} | {searched}"
-        if params
-        else f"- | {steps:.0f} | {seconds:.0f} | {searched}"
-    )
+    searched = str(total_steps(search)) if search is not None else "-"
+    shown = f"{params:,}" if params else "-"  # runs from before trainable_params was recorded
+    return f"{shown} | {steps:.0f} | {seconds:.0f} | {searched}"

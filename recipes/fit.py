@@ -40,17 +40,16 @@ RULE = (
 
 def diagnose_run(evaluations: list[dict[str, float]], metric: str, higher_is_better: bool, labels: int = 0) -> dict:
     """The rule above on one run's evaluations; ``labels`` (number of classes, 0 if unknown) sets chance."""
-    key = metric
-    points = [e for e in evaluations if f"eval_{key}" in e and f"train_{key}" in e]
+    points = [e for e in evaluations if f"eval_{metric}" in e and f"train_{metric}" in e]
     if not points:
-        return {"label": "unknown", "why": f"no evaluation recorded train_{key} and eval_{key}"}
+        return {"label": "unknown", "why": f"no evaluation recorded train_{metric} and eval_{metric}"}
     sign = 1.0 if higher_is_better else -1.0
-    train, validation = points[-1][f"train_{key}"], points[-1][f"eval_{key}"]
+    train, validation = points[-1][f"train_{metric}"], points[-1][f"eval_{metric}"]
     gap = sign * (train - validation)
-    earlier = [sign * e[f"eval_{key}"] for e in points[:-1]]
+    earlier = [sign * e[f"eval_{metric}"] for e in points[:-1]]
     trend = sign * validation - max(earlier) if earlier else 0.0
-    chance = 1.0 / labels if labels and key == "accuracy" else None
-    poor_fit = key == "accuracy" and (train < TRAIN_FLOOR or (chance is not None and train <= chance + GAP_OVERFIT))
+    chance = 1.0 / labels if labels and metric == "accuracy" else None
+    poor_fit = metric == "accuracy" and (train < TRAIN_FLOOR or (chance is not None and train <= chance + GAP_OVERFIT))
     if gap > GAP_LARGE or (gap > GAP_OVERFIT and trend < -TREND_POINTS):
         label = "overfitting"
     elif gap < GAP_UNDERFIT and (trend > TREND_POINTS or poor_fit):
@@ -80,13 +79,17 @@ def diagnose_arm(runs: list[dict[str, Any]], metric: str, higher_is_better: bool
     }
 
 
+def arm_diagnoses(results: dict[str, Any]) -> dict[str, dict]:
+    """diagnose_arm for the untuned and tuned arms of a `tunelab run`'s results."""
+    higher = results.get("direction", "maximize") == "maximize"
+    labels = len(results["untuned_config"]["data"].get("label_names") or [])
+    return {arm: diagnose_arm(results["runs"][arm], results["metric"], higher, labels) for arm in ("untuned", "tuned")}
+
+
 def fit_lines(results: dict[str, Any]) -> list[str]:
     """One sentence per arm for the report's text, then the rule."""
-    metric, higher = results["metric"], results.get("direction", "maximize") == "maximize"
-    labels = len(results["untuned_config"]["data"].get("label_names") or [])
     lines = []
-    for arm in ("untuned", "tuned"):
-        d = diagnose_arm(results["runs"][arm], metric, higher, labels)
+    for arm, d in arm_diagnoses(results).items():
         if d["label"] != "unknown":
             lines.append(
                 f"Fit of the {arm} arm: {d['label']} (train {d['train']:.4f} vs validation {d['validation']:.4f} "
@@ -97,11 +100,8 @@ def fit_lines(results: dict[str, Any]) -> list[str]:
 
 
 def fit_table(results: dict[str, Any]) -> list[list[str]]:
-    metric, higher = results["metric"], results.get("direction", "maximize") == "maximize"
-    labels = len(results["untuned_config"]["data"].get("label_names") or [])
     rows = [["arm", "label (seeds)", "train", "validation", "gap", "trend at end", "test std (variance)"]]
-    for arm in ("untuned", "tuned"):
-        d = diagnose_arm(results["runs"][arm], metric, higher, labels)
+    for arm, d in arm_diagnoses(results).items():
         if d["label"] == "unknown":
             rows.append([arm, "unknown (no training metrics recorded)", "-", "-", "-", "-", "-"])
             continue
@@ -137,23 +137,12 @@ def plot_fit(results: dict[str, Any], path: Path) -> str:
             if not points:
                 continue
             steps = [e["step"] for e in points]
-            first = i == 0
-            ax.plot(
-                steps,
-                [e[f"train_{metric}"] for e in points],
-                "--o",
-                color="tab:green",
-                alpha=0.7,
-                label="train" if first else None,
-            )
-            ax.plot(
-                steps,
-                [e[f"eval_{metric}"] for e in points],
-                "-o",
-                color="tab:purple",
-                alpha=0.7,
-                label="validation" if first else None,
-            )
+            for prefix, style, color, name in (
+                ("train", "--o", "tab:green", "train"),
+                ("eval", "-o", "tab:purple", "validation"),
+            ):
+                values = [e[f"{prefix}_{metric}"] for e in points]
+                ax.plot(steps, values, style, color=color, alpha=0.7, label=name if i == 0 else None)
         ax.set_title(arm)
         ax.set_xlabel("optimizer step")
         ax.legend()

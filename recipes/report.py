@@ -92,7 +92,7 @@ def _sections(results: dict[str, Any], search: SearchResult) -> list[tuple[str, 
     s = results["search"]
     budget = [
         ["", "value"],
-        ["optimizer steps spent (exploration + selection re-runs)", str(_total_steps(s))],
+        ["optimizer steps spent (exploration + selection re-runs)", str(total_steps(s))],
         ["full-run equivalents spent", f"{s['full_run_equivalents_spent']:.2f}"],
         ["selection reserve set aside up front", f"{s.get('selection_reserve_full_runs', 0)} full runs"],
         ["trial wall time (s)", f"{s['trial_seconds_spent']:.0f}"],
@@ -126,7 +126,7 @@ def _retrain_seconds(results: dict[str, Any]) -> float:
     return sum(r["wall_seconds"] for r in runs)
 
 
-def _total_steps(summary: dict[str, Any]) -> int:
+def total_steps(summary: dict[str, Any]) -> int:
     return summary["steps_spent"] + ((summary.get("selection") or {}).get("steps") or 0)
 
 
