@@ -21,7 +21,14 @@ from hpo.finetune_selection import follow_selection, select_finetune_winner
 from hpo.optimize import PlannedTrial, Reporter, optimize
 from hpo.outputs import write_search_outputs
 from hpo.results import SearchResult, TrialRecord
-from hpo.selection import Selection, SelectionSettings, pick_candidates, trial_score
+from hpo.selection import (
+    Selection,
+    SelectionSettings,
+    affordable_candidates,
+    pick_candidates,
+    rerun_steps,
+    trial_score,
+)
 from hpo.space import (
     DERIVED_KEYS,
     EFFECTIVE_BATCH_SIZE,
@@ -35,6 +42,7 @@ from hpo.trial_callback import ReportToTrial, broadcast, follow_trials
 from hpo.trial_runner import train_trial, train_trial_in_subprocess
 
 UNTUNED = "untuned"
+MAX_RESERVE_EXTENSIONS = 3  # rounds of giving unneeded reserve back to exploration
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -96,7 +104,9 @@ def search_finetune(
     The budget is a Budget, or ``full_run_equivalents`` multiples of the untuned run's optimizer steps.
     The winner is chosen by hpo.selection: the top candidates are re-run with fresh seeds and the untuned
     config is kept unless beaten beyond the noise. Those re-runs are paid from the step budget: a reserve
-    of top_k x seeds full runs is set aside up front, the rest is for exploration.
+    of top_k x seeds full runs is set aside up front, the rest is for exploration; once the candidates are
+    known, what their re-runs will not need (they are often shorter than the untuned run) goes back to
+    exploration, up to MAX_RESERVE_EXTENSIONS times.
     Only the top candidates' models stay on disk; the winner's folder is returned.
 
     ``isolation="subprocess"`` trains each trial in its own process (GPU memory is fully returned).
@@ -228,8 +238,9 @@ def search_finetune(
         return score.mean
 
     first = [PlannedTrial(untuned_params(space, base_values), role=UNTUNED)] if include_untuned else None
-    try:
-        result = optimize(
+
+    def explore(budget: Budget, seed: int) -> SearchResult:
+        return optimize(
             run_trial,
             space,
             sampler=sampler,
@@ -246,6 +257,26 @@ def search_finetune(
             on_trial_end=lambda r: keep_top_checkpoints(r, max(1, selection.top_k)),
             heartbeat_seconds=heartbeat_seconds,
         )
+
+    returned_steps = 0
+    try:
+        result = explore(budget, seed)
+        if selection.enabled and choose_winner and budget.steps is not None and sampler != "grid":
+            # The reserve was counted at the untuned run's length; the candidates actually picked are often
+            # shorter. What their re-runs will not need goes back to exploration (then the candidates are
+            # picked again), so a short winner does not leave budget unspent.
+            total_steps = budget.steps + reserve_runs * full_run_steps
+            for extension in range(1, MAX_RESERVE_EXTENSIONS + 1):
+                picked = pick_candidates(result, selection.top_k, UNTUNED)
+                room = total_steps - rerun_steps(picked, selection.seeds, full_run_steps, UNTUNED)
+                if (
+                    not (result.stop_reason or "").startswith("step budget")
+                    or room - result.steps_spent < full_run_steps / 2
+                ):
+                    break
+                returned_steps += room - budget.steps
+                budget = Budget(trials=budget.trials, steps=room, wall_seconds=budget.wall_seconds)
+                result = explore(budget, seed + extension)  # a fresh seed: a seeded sampler would repeat itself
     finally:
         if sync:
             broadcast(None)  # followers stop waiting for trials
@@ -258,6 +289,15 @@ def search_finetune(
     chosen, best = None, result.best_trial
     if selection.enabled and choose_winner:
         picked = pick_candidates(result, selection.top_k, UNTUNED)
+        if returned_steps:  # a longer trial found while exploring the returned steps may no longer fit
+            picked = affordable_candidates(
+                result,
+                selection.top_k,
+                UNTUNED,
+                seeds=selection.seeds,
+                full_run_steps=full_run_steps,
+                max_steps=total_steps - result.steps_spent,
+            )
         chosen = select_finetune_winner(
             result,
             # Re-runs evaluate on the search's schedule, so "best" means the same as in the search.
@@ -295,6 +335,7 @@ def search_finetune(
         "full_run_equivalents_spent": (result.steps_spent + (chosen.steps if chosen else 0)) / full_run_steps,
         "exploration_steps": result.steps_spent,
         "selection_reserve_full_runs": reserve_runs,
+        "selection_reserve_returned_steps": returned_steps,
         "selection": chosen.to_dict() if chosen else None,
         "winner_trial": best.number,
         "winner_role": best.extra.get("role"),

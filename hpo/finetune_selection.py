@@ -60,7 +60,8 @@ def select_finetune_winner(
         _say(f"trial {record.number} re-run {replicate + 1}: {metric}={score:.4g}")
         return score, steps
 
-    selection = select_winner(result, rerun, settings=settings, baseline_role=baseline_role)
+    picked = [next(t for t in result.trials if t.number == number) for number in configs]
+    selection = select_winner(result, rerun, settings=settings, baseline_role=baseline_role, picked=picked)
     _say(f"winner: trial {selection.winner}: {selection.reason}")
     process_state().wait_for_everyone()  # followers finished their part of the last re-run
     if process_state().is_main_process:

@@ -157,6 +157,37 @@ def pick_candidates(result: SearchResult, top_k: int, baseline_role: str) -> lis
     return [baseline[0], *challengers[: max(0, top_k - 1)]]
 
 
+def rerun_steps(picked: list[TrialRecord], seeds: int, full_run_steps: int, baseline_role: str) -> int:
+    """Optimizer steps the re-runs of ``picked`` will take: each candidate at its own length (a complete
+    trial's, or its planned length), the baseline at the full run's (its search trial may have been pruned)."""
+    total = 0
+    for trial in picked:
+        if trial.extra.get("role") == baseline_role:
+            length = full_run_steps
+        else:
+            length = int(trial.extra.get("planned_steps") or trial.steps)
+        total += seeds * length
+    return total
+
+
+def affordable_candidates(
+    result: SearchResult, top_k: int, baseline_role: str, *, seeds: int, full_run_steps: int, max_steps: int
+) -> list[TrialRecord]:
+    """The baseline, then the best challengers whose re-runs still fit in ``max_steps`` (a challenger too
+    long for what is left is passed over for the next one), ``top_k`` in all at most."""
+    ranked = pick_candidates(result, len(result.trials) + 1, baseline_role)
+    chosen = ranked[:1]
+    used = rerun_steps(chosen, seeds, full_run_steps, baseline_role)
+    for trial in ranked[1:]:
+        if len(chosen) == top_k:
+            break
+        cost = rerun_steps([trial], seeds, full_run_steps, baseline_role)
+        if used + cost <= max_steps:
+            chosen.append(trial)
+            used += cost
+    return chosen
+
+
 def trial_score(values: list[float], use: str, direction: str) -> float:
     """A run's score from its evaluations: the last one, or the best (``use``: "last" or "best")."""
     if use == "last":
@@ -203,13 +234,14 @@ def select_winner(
     *,
     settings: SelectionSettings,
     baseline_role: str,
+    picked: list[TrialRecord] | None = None,
 ) -> Selection:
     """Re-run the top candidates (``rerun(trial, replicate) -> (score, steps)``) and decide the winner.
 
     ``replicate`` counts 0..seeds-1; the caller maps it to fresh seeds (never the search's own), and runs
     the same replicate index identically for every candidate, so candidates are compared on equal terms.
     """
-    picked = pick_candidates(result, settings.top_k, baseline_role)
+    picked = picked or pick_candidates(result, settings.top_k, baseline_role)
     candidates = []
     for record in picked:
         candidate = Candidate(

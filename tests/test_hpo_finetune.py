@@ -43,9 +43,10 @@ def test_search_runs_untuned_first_then_selects_the_winner_over_fresh_seeds(tiny
     )
     result = search.result
     # 96 rows / batch 8, one epoch: the untuned run is 12 steps. 10 full runs = 120 steps, of which the
-    # selection reserve (top_k=3 x seeds=2 full runs) is 72: exploration gets 48.
+    # selection reserve (top_k=3 x seeds=2 full runs) is 72: exploration gets 48 at first, more when the
+    # candidates (batch 16: 6 steps) need less than the reserve; the whole stays within the budget.
     assert search.full_run_steps == 12
-    assert result.stop_reason.startswith("step budget spent") and 48 <= result.steps_spent <= 49
+    assert result.stop_reason.startswith("step budget spent") and 48 <= result.steps_spent <= 72
     assert result.trials[0].extra.get("role") == "untuned"
     assert result.trials[0].params["training.learning_rate"] == 5e-5
     selection = search.selection
@@ -65,6 +66,36 @@ def test_search_runs_untuned_first_then_selects_the_winner_over_fresh_seeds(tiny
     summary = json.loads((tmp_path / "search" / "summary.json").read_text())
     assert summary["selection_reserve_full_runs"] == 6 and summary["winner_trial"] == selection.winner
     assert summary["full_run_equivalents_spent"] == pytest.approx((result.steps_spent + selection.steps) / 12)
+    assert result.steps_spent + selection.steps <= 121  # a trial stops at the first report past the budget
+    assert summary["budget"]["steps"] == 48 + summary["selection_reserve_returned_steps"]
+
+
+def test_reserve_the_candidates_do_not_need_goes_back_to_exploration(tiny_bert, sentiment_files, tmp_path):
+    base = _base(tiny_bert, sentiment_files, tmp_path)
+    # Every challenger runs batch 16 (6 steps); the untuned run is batch 8 (12 steps). Budget 10 full runs =
+    # 120 steps; reserve 3 x 2 full runs = 72. The picked candidates' re-runs need 2 x 12 + 2 x 2 x 6 = 48,
+    # so 24 of the reserve go back to exploration: 72 exploration steps, 48 re-run steps, 120 in all.
+    space = SearchSpace(
+        {
+            "training.learning_rate": Float(low=1e-4, high=1e-2, log=True),
+            "training.effective_batch_size": Categorical(choices=(16,)),
+        }
+    )
+    search = search_finetune(
+        base,
+        run_dir=tmp_path / "search",
+        space=space,
+        sampler="random",
+        scheduler="none",
+        full_run_equivalents=10,
+        progress=False,
+    )
+    summary = json.loads((tmp_path / "search" / "summary.json").read_text())
+    assert summary["selection_reserve_returned_steps"] == 24
+    assert 72 <= search.result.steps_spent <= 73
+    assert search.selection.steps == 48 and len(search.selection.candidates) == 3
+    params = [tuple(sorted(t.params.items())) for t in search.result.trials]
+    assert len(set(params)) == len(params)  # the fresh seed of the extension samples new points
 
 
 def test_budget_without_room_for_the_selection_reserve_is_refused(tiny_bert, sentiment_files, tmp_path):
