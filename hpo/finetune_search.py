@@ -289,7 +289,7 @@ def search_finetune(
     chosen, best = None, result.best_trial
     if selection.enabled and choose_winner:
         picked = pick_candidates(result, selection.top_k, UNTUNED)
-        if returned_steps:  # a longer trial found while exploring the returned steps may no longer fit
+        if returned_steps:  # a longer trial found with the returned steps: others may no longer fit
             picked = affordable_candidates(
                 result,
                 selection.top_k,

@@ -173,13 +173,14 @@ def rerun_steps(picked: list[TrialRecord], seeds: int, full_run_steps: int, base
 def affordable_candidates(
     result: SearchResult, top_k: int, baseline_role: str, *, seeds: int, full_run_steps: int, max_steps: int
 ) -> list[TrialRecord]:
-    """The baseline, then the best challengers whose re-runs still fit in ``max_steps`` (a challenger too
-    long for what is left is passed over for the next one), ``top_k`` in all at most."""
+    """The baseline and the best challenger (always: without them there is no selection), then the next
+    best challengers whose re-runs still fit in ``max_steps`` (one too long is passed over), ``top_k`` in all
+    at most. Only the first two can take the re-runs past ``max_steps``."""
     ranked = pick_candidates(result, len(result.trials) + 1, baseline_role)
-    chosen = ranked[:1]
+    chosen = ranked[:2]
     used = rerun_steps(chosen, seeds, full_run_steps, baseline_role)
-    for trial in ranked[1:]:
-        if len(chosen) == top_k:
+    for trial in ranked[2:]:
+        if len(chosen) >= top_k:
             break
         cost = rerun_steps([trial], seeds, full_run_steps, baseline_role)
         if used + cost <= max_steps:

@@ -157,8 +157,12 @@ def test_rerun_cost_and_affordable_candidates():
     picked = pick_candidates(result, 3, "untuned")
     assert [t.number for t in picked] == [0, 1, 2]
     assert rerun_steps(picked, 2, 100, "untuned") == 2 * (100 + 300 + 50)
-    # 500 steps left: the baseline (200) and trial 2 (100) and trial 3 (120) fit; trial 1 (600) does not.
-    cheap = affordable_candidates(result, 3, "untuned", seeds=2, full_run_steps=100, max_steps=500)
-    assert [t.number for t in cheap] == [0, 2, 3]
+    # 1,000 steps left: the baseline (200) and the best challenger (trial 1: 600) always; then trial 2 (100)
+    # fits, trial 3 (120) does not, trial 4 (140) does not.
+    cheap = affordable_candidates(result, 4, "untuned", seeds=2, full_run_steps=100, max_steps=1000)
+    assert [t.number for t in cheap] == [0, 1, 2]
+    # 700 left: the first two go over it (800), nothing else is added.
+    tight = affordable_candidates(result, 3, "untuned", seeds=2, full_run_steps=100, max_steps=700)
+    assert [t.number for t in tight] == [0, 1]
     roomy = affordable_candidates(result, 3, "untuned", seeds=2, full_run_steps=100, max_steps=10_000)
     assert [t.number for t in roomy] == [0, 1, 2]
