@@ -259,20 +259,18 @@ def search_finetune(
         )
 
     returned_steps = 0
+    total_steps = None if budget.steps is None else budget.steps + reserve_runs * full_run_steps
     try:
         result = explore(budget, seed)
-        if selection.enabled and choose_winner and budget.steps is not None and sampler != "grid":
+        if selection.enabled and choose_winner and total_steps is not None and sampler != "grid":
             # The reserve was counted at the untuned run's length; the candidates actually picked are often
             # shorter. What their re-runs will not need goes back to exploration (then the candidates are
             # picked again), so a short winner does not leave budget unspent.
-            total_steps = budget.steps + reserve_runs * full_run_steps
             for extension in range(1, MAX_RESERVE_EXTENSIONS + 1):
                 picked = pick_candidates(result, selection.top_k, UNTUNED)
                 room = total_steps - rerun_steps(picked, selection.seeds, full_run_steps, UNTUNED)
-                if (
-                    not (result.stop_reason or "").startswith("step budget")
-                    or room - result.steps_spent < full_run_steps / 2
-                ):
+                stopped_by_steps = (result.stop_reason or "").startswith("step budget")  # not trials or time
+                if not stopped_by_steps or room - result.steps_spent < full_run_steps / 2:
                     break
                 returned_steps += room - budget.steps
                 budget = Budget(trials=budget.trials, steps=room, wall_seconds=budget.wall_seconds)
