@@ -106,7 +106,9 @@ class ReportAndPrune(TrainerCallback):
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         self.values.append(metrics[METRIC])
         self.trial.report(metrics[METRIC], state.global_step)
-        over_budget = self.ledger.steps + state.global_step >= self.ledger.budget_steps
+        # As in tunelab: at the run's last evaluation a budget stop saves nothing, so the trial completes.
+        run_ends = state.global_step >= state.max_steps
+        over_budget = self.ledger.steps + state.global_step >= self.ledger.budget_steps and not run_ends
         if self.trial.should_prune() or over_budget:
             self.pruned = True
             control.should_training_stop = True

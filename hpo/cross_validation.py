@@ -81,8 +81,9 @@ class FoldReporter:
     def add_steps(self, steps: int) -> None:
         self.reporter.add_steps(self.offset + int(steps))
 
-    def should_stop(self) -> bool:
-        return self.reporter.should_stop()
+    def should_stop(self, *, run_ends: bool = False) -> bool:
+        # Only the last fold's end is the trial's end: stopping after an earlier fold still saves the rest.
+        return self.reporter.should_stop(run_ends=run_ends and self.fold == len(self.curves) - 1)
 
 
 @dataclass(frozen=True)

@@ -78,8 +78,10 @@ class Reporter:
             self.trial.set_user_attr(STEPS_ATTR, self.steps)
             self._saved_steps = self.steps
 
-    def should_stop(self) -> bool:
-        if self.stop_reason is None:
+    def should_stop(self, *, run_ends: bool = False) -> bool:
+        """Whether the trial must stop now. At the run's last evaluation (``run_ends``) stopping saves nothing,
+        so no new decision is taken there: a trial that reached its end completes."""
+        if self.stop_reason is None and not run_ends:
             if self.trial.should_prune():
                 self.stop_reason = "pruned by the scheduler"
             elif self._budget.steps is not None or self._budget.wall_seconds is not None:
@@ -173,9 +175,17 @@ def optimize(
     study.set_user_attr(STOP_REASON_ATTR, stop_reason)
     result = SearchResult.from_study(study, stop_reason or "every trial failed", storage)
     if result.best_trial is None:
-        failures = [r for r in trial_records(study) if r.state == "FAIL"]
-        first = failures[0].failure if failures else "no trial finished"
-        raise SearchError(f"every trial failed ({len(failures)}); the first failure was: {first}")
+        records = trial_records(study)
+        failures = [r for r in records if r.state == "FAIL"]
+        if failures:
+            raise SearchError(f"every trial failed ({len(failures)}); the first failure was: {failures[0].failure}")
+        stopped = [r for r in records if r.state == "PRUNED"]
+        message = f"no trial finished: {len(stopped)} stopped before their end"
+        if stopped:
+            message += f" (the first: {stopped[0].stop_reason})"
+        if any("budget" in (r.stop_reason or "") for r in stopped):
+            message += "; the budget is smaller than one run: raise search.budget"
+        raise SearchError(message)
     tracker.finish(result)
     return result
 

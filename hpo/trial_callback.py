@@ -47,7 +47,7 @@ class ReportToTrial(TrainerCallback):
         self.seen_steps.add(state.global_step)
         decision = None
         if self.reporter is not None:
-            decision = self.decide(state.global_step, metrics or {})
+            decision = self.decide(state.global_step, metrics or {}, run_ends=state.global_step >= state.max_steps)
         if self.sync:
             decision = broadcast(decision)
         apply_decision(decision, control)
@@ -56,13 +56,14 @@ class ReportToTrial(TrainerCallback):
         if self.reporter is not None:
             self.reporter.add_steps(state.global_step)
 
-    def decide(self, step: int, metrics: dict[str, float]) -> tuple[str, str]:
-        """Report ``metrics`` at ``step``; ("go" | "stop" | "error", message)."""
+    def decide(self, step: int, metrics: dict[str, float], run_ends: bool = False) -> tuple[str, str]:
+        """Report ``metrics`` at ``step`` (the last when ``run_ends``); ("go" | "stop" | "error", message)."""
         if self.metric not in metrics:
             available = sorted(k for k in metrics if k.startswith("eval_"))
             return "error", f"search.objective.metric: {self.metric!r} is not among the evaluation metrics {available}"
         self.reporter.report(step, metrics[self.metric])
-        return ("stop", self.reporter.stop_reason) if self.reporter.should_stop() else ("go", "")
+        stop = self.reporter.should_stop(run_ends=run_ends)
+        return ("stop", self.reporter.stop_reason) if stop else ("go", "")
 
 
 def follow_trials(run: Any, metric: str) -> None:

@@ -97,7 +97,8 @@ class _PipeCallback(TrainerCallback):
         if state.global_step in self.seen_steps:
             return
         self.seen_steps.add(state.global_step)
-        self.connection.send(("eval", (state.global_step, dict(metrics or {}))))
+        run_ends = state.global_step >= state.max_steps
+        self.connection.send(("eval", (state.global_step, dict(metrics or {}), run_ends)))
         apply_decision(self.connection.recv(), control)
 
 

@@ -39,7 +39,7 @@ def curve_objective(max_steps: int = 81, eval_every: int = 1, sleep: float = 0.0
             if sleep:
                 time.sleep(sleep)
             reporter.report(step, value)
-            if reporter.should_stop():
+            if reporter.should_stop(run_ends=step + eval_every > max_steps):
                 break
         return value
 

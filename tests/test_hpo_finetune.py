@@ -286,13 +286,14 @@ def test_a_stopped_trial_saw_exactly_what_the_full_trial_saw(tiny_bert, sentimen
 
     class FakeReporter:
         def __init__(self, stop_at):
-            self.stop_at, self.step, self.stop_reason, self.values = stop_at, 0, None, []
+            self.stop_at, self.step, self.stop_reason, self.values, self.ends = stop_at, 0, None, [], []
 
         def report(self, step, value):
             self.step = step
             self.values.append((step, value))
 
-        def should_stop(self):
+        def should_stop(self, *, run_ends=False):
+            self.ends.append((self.step, run_ends))
             if self.stop_at is not None and self.step >= self.stop_at:
                 self.stop_reason = "pruned"
             return self.stop_reason is not None
@@ -311,4 +312,6 @@ def test_a_stopped_trial_saw_exactly_what_the_full_trial_saw(tiny_bert, sentimen
     )
     assert full_run.optimizer_steps == 24 and short_run.optimizer_steps == 6 and short_run.planned_steps == 24
     assert stopped.values == full.values[:2]  # evaluations at steps 3 and 6, identical
+    # Only the last evaluation is told the run ends there (where a budget stop would save nothing).
+    assert full.ends == [(step, step == 24) for step in range(3, 25, 3)]
     assert short_run.train_losses == [e for e in full_run.train_losses if e["step"] <= 6]

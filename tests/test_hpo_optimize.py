@@ -149,6 +149,31 @@ def test_step_budget_counts_only_steps_run_and_says_so():
     assert any(t.state == "PRUNED" and t.steps < 30 for t in result.trials)
 
 
+def test_a_trial_that_reaches_its_end_on_the_budget_completes():
+    # The budget is spent exactly at the first trial's last evaluation: stopping there would save nothing,
+    # so the trial completes (it used to be stopped, and a search of one run ended with no result).
+    result = optimize(
+        curve_objective(max_steps=30, eval_every=5),
+        SPACE,
+        sampler="random",
+        budget=Budget(steps=30),
+        progress=False,
+    )
+    assert [(t.state, t.steps) for t in result.trials] == [("COMPLETE", 30)]
+    assert result.best_trial is not None and result.stop_reason.startswith("step budget spent")
+
+
+def test_a_budget_smaller_than_one_run_says_so():
+    with pytest.raises(SearchError, match=r"no trial finished: 1 stopped before their end .*raise search.budget"):
+        optimize(
+            curve_objective(max_steps=30, eval_every=5),
+            SPACE,
+            sampler="random",
+            budget=Budget(steps=12),
+            progress=False,
+        )
+
+
 def test_wall_time_budget():
     result = optimize(
         curve_objective(max_steps=5, sleep=0.01),

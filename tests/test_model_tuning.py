@@ -348,7 +348,8 @@ def test_fold_reports_are_the_running_mean_across_folds_at_equal_steps():
         def add_steps(self, steps):
             self.steps = steps
 
-        def should_stop(self):
+        def should_stop(self, *, run_ends=False):
+            self.run_ends = run_ends
             return False
 
     inner, curves = Inner(), [[], [], []]
@@ -369,6 +370,11 @@ def test_fold_reports_are_the_running_mean_across_folds_at_equal_steps():
         (29, pytest.approx((0.6 + 0.4 + 0.5) / 3)),
     ]
     assert inner.steps == 11
+    # The end of an earlier fold is not the trial's end (stopping there saves the later folds); the last is.
+    second.should_stop(run_ends=True)
+    assert inner.run_ends is False
+    third.should_stop(run_ends=True)
+    assert inner.run_ends is True
 
 
 def test_cli_search_refuses_bad_cv_folds_and_also_tune_with_a_space(tiny_bert, sentiment_files, tmp_path, capsys):
