@@ -331,6 +331,8 @@ def search_finetune(
         "cross_validation_folds": folds,
         "validation": folds_why,
         "full_run_equivalents_spent": (result.steps_spent + (chosen.steps if chosen else 0)) / full_run_steps,
+        # The whole step budget (exploration + selection reserve) in full runs; None without a step budget.
+        "full_run_equivalents_budget": None if total_steps is None else total_steps / full_run_steps,
         "exploration_steps": result.steps_spent,
         "selection_reserve_full_runs": reserve_runs,
         "selection_reserve_returned_steps": returned_steps,

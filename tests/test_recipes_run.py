@@ -111,3 +111,15 @@ def test_recipe_without_test_split_is_refused(tmp_path, tiny_bert, sentiment_fil
     path = _recipe(tmp_path, tiny_bert, sentiment_files)
     assert main([str(path), "data.test_file=null", "--run-dir", str(tmp_path / "run")]) == 2
     assert not (tmp_path / "run").exists()
+
+
+def test_report_says_when_the_budget_was_overrun():
+    from recipes.report import spent_against_budget
+
+    assert spent_against_budget({"full_run_equivalents_spent": 7.95, "full_run_equivalents_budget": 8.0}) == (
+        "7.95 of 8.00"
+    )
+    over = spent_against_budget({"full_run_equivalents_spent": 9.12, "full_run_equivalents_budget": 8.0})
+    assert over.startswith("9.12 of 8.00 (over by 14%: the candidates are re-run")
+    # A search with no step budget (trials or wall time only): nothing to compare against.
+    assert spent_against_budget({"full_run_equivalents_spent": 3.0, "full_run_equivalents_budget": None}) == "3.00"
