@@ -43,12 +43,15 @@ class Spent:
     wall_seconds: float
 
 
-def spent(study: optuna.Study) -> Spent:
+def spent(study: optuna.Study, *, before: int | None = None) -> Spent:
     """What the study has used so far, over every session and worker; only steps actually run count.
 
     A trial lost with its worker and queued again (hpo.workers) is not counted: its retry is.
+    ``before``: only the trials numbered below it (what was started before that trial).
     """
     everything = study.get_trials(deepcopy=False)
+    if before is not None:
+        everything = [t for t in everything if t.number < before]
     retried = {t.user_attrs[RETRY_OF_ATTR] for t in everything if RETRY_OF_ATTR in t.user_attrs}
     counted = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)
     trials = [

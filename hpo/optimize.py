@@ -206,6 +206,16 @@ def _run_trial(
         trial.set_user_attr(DISCARDED_ATTR, True)
         study.tell(trial, state=TrialState.FAIL)
         return
+    if (
+        budget.trials is not None
+        and RETRY_OF_ATTR not in trial.user_attrs
+        and spent(study, before=trial.number).trials >= budget.trials
+    ):
+        # Workers check the budget, then ask: two can pass the check at once for the last trial. The one
+        # asked for later (higher number) gives way, so the trial budget holds across workers.
+        trial.set_user_attr(DISCARDED_ATTR, True)
+        study.tell(trial, state=TrialState.FAIL)
+        return
     reporter = Reporter(trial, study, budget)
     with heartbeat(study, trial):
         state, value, feasible = _objective_outcome(trial, study, objective, space, base, reporter)
@@ -296,4 +306,5 @@ def _worst_value(study: optuna.Study) -> float:
 def _all_failed(study: optuna.Study, limit: int) -> bool:
     """Stop early when the first ``limit`` trials all failed: the search is broken, not unlucky."""
     finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL))
+    finished = [t for t in finished if not t.user_attrs.get(DISCARDED_ATTR)]
     return len(finished) >= limit and all(t.state == TrialState.FAIL for t in finished)

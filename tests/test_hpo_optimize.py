@@ -174,6 +174,31 @@ def test_a_budget_smaller_than_one_run_says_so():
         )
 
 
+def test_the_later_of_two_workers_racing_for_the_last_trial_gives_way():
+    """Workers check the budget, then ask for a trial: two can pass the check for the last slot at once."""
+    import optuna
+
+    from hpo.optimize import _run_trial
+    from hpo.workers import DISCARDED_ATTR, RETRY_OF_ATTR
+
+    study = optuna.create_study(direction="maximize")
+    other = study.ask()  # another worker's trial, asked between our check and our ask: the budget's last slot
+    calls = []
+
+    def objective(params, reporter):
+        calls.append(params)
+        return 1.0
+
+    _run_trial(study, objective, SPACE, Budget(trials=1), base=None)
+    ours = study.trials[-1]
+    assert calls == [] and ours.user_attrs.get(DISCARDED_ATTR) and other.number < ours.number
+    assert [r.number for r in SearchResult.from_study(study, "", None).trials] == [other.number]
+    # A lost trial's retry still runs when the budget is full: it replaces the work that was lost.
+    study.enqueue_trial({"training.learning_rate": 1e-4}, user_attrs={RETRY_OF_ATTR: other.number})
+    _run_trial(study, objective, SPACE, Budget(trials=1), base=None)
+    assert len(calls) == 1 and study.trials[-1].state.name == "COMPLETE"
+
+
 def test_wall_time_budget():
     result = optimize(
         curve_objective(max_steps=5, sleep=0.01),
