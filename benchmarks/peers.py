@@ -52,6 +52,7 @@ from hpo.budget import Budget  # noqa: E402
 from hpo.default_spaces import default_space  # noqa: E402
 from hpo.finetune_search import flatten, search_finetune  # noqa: E402
 from hpo.space import to_overrides  # noqa: E402
+from hpo.trial_callback import at_run_end  # noqa: E402
 from recipes.recipe import load_recipe  # noqa: E402
 
 RECIPES = {"lora": "sst2_minilm_lora.yaml", "full": "sst2_minilm_full.yaml"}
@@ -110,8 +111,7 @@ class ReportAndPrune(TrainerCallback):
         self.values.append(metrics[METRIC])
         self.trial.report(metrics[METRIC], state.global_step)
         # As in tunelab: at the run's last evaluation a budget stop saves nothing, so the trial completes.
-        run_ends = state.global_step >= state.max_steps
-        over_budget = self.ledger.steps + state.global_step >= self.ledger.budget_steps and not run_ends
+        over_budget = self.ledger.steps + state.global_step >= self.ledger.budget_steps and not at_run_end(state)
         if self.trial.should_prune() or over_budget:
             self.pruned = True
             control.should_training_stop = True
@@ -305,33 +305,28 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="400 training rows, 300 validation, budget 7, 2 seeds")
     parser.add_argument("--report-only", action="store_true", help="redraw the table and plot from the JSON")
     args = parser.parse_args()
+    if args.quick:
+        args.train_rows, args.budget, args.seeds = 400, 7.0, 2
     if args.jobs > 1 and len(args.contenders.split(",")) > 1 and not args.report_only:
         run_in_parallel(args)
         return
     if args.report_only:
-        if args.quick:
-            args.budget, args.seeds = 7.0, 2
         stored = json.loads(output_path(args).read_text())
         report(stored["results"], args, stored["full_run_steps"], stored["budget_steps"])
         return
     overrides = [f"data.max_train_samples={args.train_rows}"]
     if args.quick:
         # 300 validation rows: one split (below 300, tunelab would cross-validate, 5 runs per trial).
-        overrides = ["data.max_train_samples=400", "data.validation_size=300"]
-    if args.quick:
-        args.budget, args.seeds = 7.0, 2
+        overrides.append("data.validation_size=300")
     recipe = load_recipe(ROOT / "recipes" / "configs" / RECIPES[args.method], overrides)
     untuned = recipe.untuned
     full_run = planned_steps(untuned, len(load_splits(untuned.data).train))
     budget_steps = int(round(args.budget * full_run))
     eval_steps = max(1, round(full_run / 9))
     seeds = list(range(args.seeds))
-    results, cache = {}, {}
-    stored = output_path(args)
-    if stored.is_file():  # contenders measured earlier on the same budget are kept (run the others only)
-        earlier = json.loads(stored.read_text())
-        if (earlier["budget_steps"], earlier["full_run_steps"]) == (budget_steps, full_run):
-            results = {k: v for k, v in earlier["results"].items() if k not in args.contenders.split(",")}
+    cache = {}
+    earlier = earlier_results(args, budget_steps, full_run)
+    results = {k: v for k, v in earlier.items() if k not in args.contenders.split(",")}  # run the others only
     with tempfile.TemporaryDirectory() as scratch_name:
         scratch = Path(scratch_name)
         for name in args.contenders.split(","):
@@ -370,6 +365,17 @@ def output_path(args) -> Path:
     if args.output is not None:
         return args.output
     return ROOT / "benchmarks" / f"peers_{args.method}_{'quick' if args.quick else args.train_rows}.json"
+
+
+def earlier_results(args, budget_steps: int, full_run: int) -> dict:
+    """Contenders already in the output JSON, measured on the same budget: kept beside the ones run now."""
+    path = output_path(args)
+    if not path.is_file():
+        return {}
+    earlier = json.loads(path.read_text())
+    if (earlier["budget_steps"], earlier["full_run_steps"]) != (budget_steps, full_run):
+        return {}
+    return earlier["results"]
 
 
 def run_in_parallel(args) -> None:
@@ -420,11 +426,7 @@ def run_in_parallel(args) -> None:
             merged.update(stored["results"])
     if budget_steps is None:
         raise SystemExit("no contender finished")
-    out = output_path(args)
-    if out.is_file():  # contenders measured earlier on the same budget are kept, as in one process
-        earlier = json.loads(out.read_text())
-        if (earlier["budget_steps"], earlier["full_run_steps"]) == (budget_steps, full_run):
-            merged = {**earlier["results"], **merged}
+    merged = {**earlier_results(args, budget_steps, full_run), **merged}
     ordered = {name: merged[name] for name in [*CONTENDERS, *sorted(merged)] if name in merged}
     report(ordered, args, full_run, budget_steps)
     print(f"whole benchmark: {(time.perf_counter() - started) / 60:.1f} min, {args.jobs} at a time", file=sys.stderr)
@@ -438,18 +440,9 @@ def expected_cost(name: str) -> int:
 
 def child_arguments(args) -> list[str]:
     """The options a contender's own process is started with (the same task, budget and seeds)."""
-    if args.quick:
-        return ["--method", args.method, "--quick"]
-    return [
-        "--method",
-        args.method,
-        "--budget",
-        str(args.budget),
-        "--seeds",
-        str(args.seeds),
-        "--train-rows",
-        str(args.train_rows),
-    ]
+    arguments = ["--method", args.method, "--budget", str(args.budget), "--seeds", str(args.seeds)]
+    arguments += ["--train-rows", str(args.train_rows)] + (["--quick"] if args.quick else [])
+    return arguments
 
 
 def report(results: dict, args, full_run: int, budget_steps: int) -> None:
@@ -457,7 +450,7 @@ def report(results: dict, args, full_run: int, budget_steps: int) -> None:
         return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
     print(
-        f"\nSST-2 MiniLM {args.method}, {400 if args.quick else args.train_rows} training rows: budget "
+        f"\nSST-2 MiniLM {args.method}, {args.train_rows} training rows: budget "
         f"{args.budget:g} full runs = {budget_steps} steps; {args.seeds} seeds\n"
     )
     print(

@@ -201,19 +201,15 @@ def _run_trial(
     with warnings.catch_warnings():  # Optuna warns that heartbeats are meant for Study.optimize; we send them
         warnings.filterwarnings("ignore", message="Heartbeat of storage")
         trial = study.ask()
-    if only_planned and not (trial.user_attrs.get(PLANNED_ATTR) or RETRY_OF_ATTR in trial.user_attrs):
-        # Another worker took the last queued grid point between our check and ask(): nothing to run.
-        trial.set_user_attr(DISCARDED_ATTR, True)
-        study.tell(trial, state=TrialState.FAIL)
-        return
-    if (
-        budget.trials is not None
-        and RETRY_OF_ATTR not in trial.user_attrs
-        and spent(study, before=trial.number).trials >= budget.trials
+    # Workers check, then ask: between the two another worker may take the last queued grid point, or the
+    # budget's last trial (then the one asked for later, with the higher number, gives way). A lost trial's
+    # retry always runs: it replaces work that was lost.
+    retry = RETRY_OF_ATTR in trial.user_attrs
+    grid_ran_out = only_planned and not (trial.user_attrs.get(PLANNED_ATTR) or retry)
+    if grid_ran_out or (
+        budget.trials is not None and not retry and spent(study, before=trial.number).trials >= budget.trials
     ):
-        # Workers check the budget, then ask: two can pass the check at once for the last trial. The one
-        # asked for later (higher number) gives way, so the trial budget holds across workers.
-        trial.set_user_attr(DISCARDED_ATTR, True)
+        trial.set_user_attr(DISCARDED_ATTR, True)  # nothing to run: not a trial at all
         study.tell(trial, state=TrialState.FAIL)
         return
     reporter = Reporter(trial, study, budget)

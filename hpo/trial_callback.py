@@ -18,6 +18,11 @@ def broadcast(value: Any) -> Any:
     return broadcast_object_list([value])[0]
 
 
+def at_run_end(state) -> bool:
+    """Whether a Trainer evaluation is the run's last: a stop decided there would save nothing."""
+    return state.global_step >= state.max_steps
+
+
 def apply_decision(decision: tuple[str, str], control) -> None:
     """Obey a ("go" | "stop" | "error", message) decision inside a Trainer callback."""
     kind, message = decision
@@ -47,7 +52,7 @@ class ReportToTrial(TrainerCallback):
         self.seen_steps.add(state.global_step)
         decision = None
         if self.reporter is not None:
-            decision = self.decide(state.global_step, metrics or {}, run_ends=state.global_step >= state.max_steps)
+            decision = self.decide(state.global_step, metrics or {}, run_ends=at_run_end(state))
         if self.sync:
             decision = broadcast(decision)
         apply_decision(decision, control)

@@ -14,7 +14,7 @@ from transformers import TrainerCallback
 import finetune
 from finetune import FinetuneConfig
 from hpo.optimize import InfeasibleTrial, Reporter
-from hpo.trial_callback import ReportToTrial, apply_decision
+from hpo.trial_callback import ReportToTrial, apply_decision, at_run_end
 
 
 def train_trial(config: FinetuneConfig, callback: TrainerCallback) -> finetune.RunResult:
@@ -97,8 +97,7 @@ class _PipeCallback(TrainerCallback):
         if state.global_step in self.seen_steps:
             return
         self.seen_steps.add(state.global_step)
-        run_ends = state.global_step >= state.max_steps
-        self.connection.send(("eval", (state.global_step, dict(metrics or {}), run_ends)))
+        self.connection.send(("eval", (state.global_step, dict(metrics or {}), at_run_end(state))))
         apply_decision(self.connection.recv(), control)
 
 

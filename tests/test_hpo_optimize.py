@@ -149,29 +149,23 @@ def test_step_budget_counts_only_steps_run_and_says_so():
     assert any(t.state == "PRUNED" and t.steps < 30 for t in result.trials)
 
 
+def _search_of_30_step_runs(budget_steps: int) -> SearchResult:
+    """Trials of 30 steps, evaluated every 5, under a step budget."""
+    objective = curve_objective(max_steps=30, eval_every=5)
+    return optimize(objective, SPACE, sampler="random", budget=Budget(steps=budget_steps), progress=False)
+
+
 def test_a_trial_that_reaches_its_end_on_the_budget_completes():
     # The budget is spent exactly at the first trial's last evaluation: stopping there would save nothing,
     # so the trial completes (it used to be stopped, and a search of one run ended with no result).
-    result = optimize(
-        curve_objective(max_steps=30, eval_every=5),
-        SPACE,
-        sampler="random",
-        budget=Budget(steps=30),
-        progress=False,
-    )
+    result = _search_of_30_step_runs(30)
     assert [(t.state, t.steps) for t in result.trials] == [("COMPLETE", 30)]
     assert result.best_trial is not None and result.stop_reason.startswith("step budget spent")
 
 
 def test_a_budget_smaller_than_one_run_says_so():
     with pytest.raises(SearchError, match=r"no trial finished: 1 stopped before their end .*raise search.budget"):
-        optimize(
-            curve_objective(max_steps=30, eval_every=5),
-            SPACE,
-            sampler="random",
-            budget=Budget(steps=12),
-            progress=False,
-        )
+        _search_of_30_step_runs(12)
 
 
 def test_the_later_of_two_workers_racing_for_the_last_trial_gives_way():
