@@ -90,7 +90,7 @@ class Ledger:
         return points
 
     def summary(self) -> dict:
-        counts = {s: sum(t["state"] == s for t in self.trials) for s in ("COMPLETE", "PRUNED", "FAIL")}
+        counts = {s: sum(t["state"] == s for t in self.trials) for s in ("COMPLETE", "PRUNED", "FAIL", "NOT_RUN")}
         curve = self.anytime()
         return {
             "steps": self.steps,
@@ -261,7 +261,10 @@ def tunelab_contender(
         progress=True,
     )
     for trial in search.result.trials:
-        ledger.add(trial.steps, trial.value if trial.state == "COMPLETE" else None, trial.state)
+        if trial.extra.get("not_run"):  # proposed, but its re-runs would not have fit: 0 steps, no score
+            ledger.add(0, None, "NOT_RUN")
+        else:
+            ledger.add(trial.steps, trial.value if trial.state == "COMPLETE" else None, trial.state)
     if search.selection:  # the re-runs are part of its budget
         ledger.add(search.selection.steps, None, "SELECTION")
     return search.best_config
@@ -455,7 +458,7 @@ def report(results: dict, args, full_run: int, budget_steps: int) -> None:
     )
     print(
         "| contender | best validation in search | validation retrained | test accuracy | steps (x B) | s | "
-        "trials complete/pruned/failed |"
+        "trials complete/pruned/failed (+ not run) |"
     )
     print("|---|---|---|---|---|---|---|")
     for name, r in results.items():
@@ -465,7 +468,9 @@ def report(results: dict, args, full_run: int, budget_steps: int) -> None:
         t = r["trials"]
         print(
             f"| {name} | {best} | {val:.4f} | {test_mean:.4f} +/- {test_std:.4f} | {r['steps']} "
-            f"({r['steps'] / budget_steps:.2f}) | {r['seconds']:.0f} | {t['COMPLETE']}/{t['PRUNED']}/{t['FAIL']} |"
+            f"({r['steps'] / budget_steps:.2f}) | {r['seconds']:.0f} | {t['COMPLETE']}/{t['PRUNED']}/{t['FAIL']}"
+            + (f" (+ {t['NOT_RUN']} not run)" if t.get("NOT_RUN") else "")
+            + " |"
         )
     out = output_path(args)
     out.write_text(

@@ -1,7 +1,7 @@
 """hpo: search the hyperparameters of finetune runs (Optuna underneath)."""
 
 from hpo.budget import Budget
-from hpo.optimize import InfeasibleTrial, Reporter, SearchError, TrialPruned, optimize
+from hpo.optimize import InfeasibleTrial, Reporter, SearchDone, SearchError, TrialPruned, optimize
 from hpo.results import SearchResult, TrialRecord
 from hpo.samplers import SAMPLERS, SCHEDULERS
 from hpo.selection import Selection, SelectionSettings, select_winner
@@ -17,6 +17,7 @@ __all__ = [
     "InfeasibleTrial",
     "Int",
     "Reporter",
+    "SearchDone",
     "SearchError",
     "SearchResult",
     "SearchSpace",

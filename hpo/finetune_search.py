@@ -20,15 +20,9 @@ from hpo.default_spaces import default_space
 from hpo.finetune_selection import follow_selection, select_finetune_winner
 from hpo.optimize import PlannedTrial, Reporter, optimize
 from hpo.outputs import write_search_outputs
+from hpo.rerun_budget import NOT_RUN_ATTR, RerunBudget
 from hpo.results import SearchResult, TrialRecord
-from hpo.selection import (
-    Selection,
-    SelectionSettings,
-    affordable_candidates,
-    pick_candidates,
-    rerun_steps,
-    trial_score,
-)
+from hpo.selection import Selection, SelectionSettings, pick_candidates, trial_score
 from hpo.space import (
     DERIVED_KEYS,
     EFFECTIVE_BATCH_SIZE,
@@ -42,7 +36,6 @@ from hpo.trial_callback import ReportToTrial, broadcast, follow_trials
 from hpo.trial_runner import train_trial, train_trial_in_subprocess
 
 UNTUNED = "untuned"
-MAX_RESERVE_EXTENSIONS = 3  # rounds of giving unneeded reserve back to exploration
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -103,10 +96,8 @@ def search_finetune(
 
     The budget is a Budget, or ``full_run_equivalents`` multiples of the untuned run's optimizer steps.
     The winner is chosen by hpo.selection: the top candidates are re-run with fresh seeds and the untuned
-    config is kept unless beaten beyond the noise. Those re-runs are paid from the step budget: a reserve
-    of top_k x seeds full runs is set aside up front, the rest is for exploration; once the candidates are
-    known, what their re-runs will not need (they are often shorter than the untuned run) goes back to
-    exploration, up to MAX_RESERVE_EXTENSIONS times.
+    config is kept unless beaten beyond the noise. Those re-runs are paid from the step budget, which is
+    never exceeded: a trial starts only if the candidates' re-runs still fit after it (hpo.rerun_budget).
     Only the top candidates' models stay on disk; the winner's folder is returned.
 
     ``isolation="subprocess"`` trains each trial in its own process (GPU memory is fully returned).
@@ -141,33 +132,40 @@ def search_finetune(
     space.check_combinations(base_values)
     folds, folds_why = resolve_folds(objective.cv_folds, base)
     if folds is None:
-        run_steps = planned_steps(base, len(load_splits(base.data).train), world_size)
-        full_run_steps = run_steps
+        trial_rows = len(load_splits(base.data).train)
     else:  # the unit of the budget is the untuned trial: all its folds
-        fold_rows = len(load_splits(fold_config(base, folds, 0, "unused").data).train)
-        run_steps = planned_steps(base, fold_rows, world_size)
-        full_run_steps = folds * run_steps
+        trial_rows = len(load_splits(fold_config(base, folds, 0, "unused").data).train)
+    run_steps = planned_steps(base, trial_rows, world_size)
+    full_run_steps = (folds or 1) * run_steps
     selection = selection or SelectionSettings()
     if not include_untuned:
         selection = SelectionSettings(top_k=selection.top_k, seeds=0)  # nothing to keep unless beaten
-    reserve_runs = selection.reserve_runs()
     if full_run_equivalents is not None:
         selection.check_budget(full_run_equivalents)
         budget = Budget.from_full_runs(
-            full_run_equivalents - reserve_runs,
+            full_run_equivalents,
             full_run_steps,
             trials=budget.trials if budget else None,
             wall_seconds=budget.wall_seconds if budget else None,
         )
-    elif budget is not None and budget.steps is not None and reserve_runs:
+    elif budget is not None and budget.steps is not None and selection.enabled:
         selection.check_budget(budget.steps / full_run_steps)
-        budget = Budget(
-            trials=budget.trials, steps=budget.steps - reserve_runs * full_run_steps, wall_seconds=budget.wall_seconds
-        )
     if budget is None:
         raise ConfigError("search.budget: give a budget (trials, steps, wall_seconds) or full_run_equivalents")
     # Evaluations every rung unit: SHA/Hyperband rungs (min_steps x 3^k) then always fall on an evaluation.
     min_steps = max(1, round(run_steps / 9))
+    total_steps = budget.steps
+    rerun_budget = None
+    if selection.enabled and total_steps is not None:
+        rerun_budget = RerunBudget(
+            total_steps=total_steps,
+            full_run_steps=full_run_steps,
+            top_k=selection.top_k,
+            seeds=selection.seeds,
+            baseline_role=UNTUNED,
+            shortest_useful_steps=min_steps,
+        )
+        budget = Budget(trials=budget.trials, steps=rerun_budget.exploration_steps(), wall_seconds=budget.wall_seconds)
     if sampler == "grid" and budget.steps is not None:
         grid = space.grid_size(base_values)
         if grid * full_run_steps > budget.steps * 3:
@@ -203,6 +201,9 @@ def search_finetune(
             {"training.output_dir": str(trials_dir / f"trial_{number:04d}"), "training.eval_steps": min_steps}
         )
         config = base.with_overrides(overrides)
+        if rerun_budget is not None and not untuned:  # the untuned run is the baseline: always run
+            length = (folds or 1) * planned_steps(config, trial_rows, world_size)
+            rerun_budget.admit(reporter.search_so_far(), length, reporter.trial)
         if folds is not None:
             return run_cv_trial(config, reporter)
         result = train_one(config, reporter)
@@ -239,8 +240,8 @@ def search_finetune(
 
     first = [PlannedTrial(untuned_params(space, base_values), role=UNTUNED)] if include_untuned else None
 
-    def explore(budget: Budget, seed: int) -> SearchResult:
-        return optimize(
+    try:
+        result = optimize(
             run_trial,
             space,
             sampler=sampler,
@@ -257,24 +258,6 @@ def search_finetune(
             on_trial_end=lambda r: keep_top_checkpoints(r, max(1, selection.top_k)),
             heartbeat_seconds=heartbeat_seconds,
         )
-
-    returned_steps = 0
-    total_steps = None if budget.steps is None else budget.steps + reserve_runs * full_run_steps
-    try:
-        result = explore(budget, seed)
-        if selection.enabled and choose_winner and total_steps is not None and sampler != "grid":
-            # The reserve was counted at the untuned run's length; the candidates actually picked are often
-            # shorter. What their re-runs will not need goes back to exploration (then the candidates are
-            # picked again), so a short winner does not leave budget unspent.
-            for extension in range(1, MAX_RESERVE_EXTENSIONS + 1):
-                picked = pick_candidates(result, selection.top_k, UNTUNED)
-                room = total_steps - rerun_steps(picked, selection.seeds, full_run_steps, UNTUNED)
-                stopped_by_steps = (result.stop_reason or "").startswith("step budget")  # not trials or time
-                if not stopped_by_steps or room - result.steps_spent < full_run_steps / 2:
-                    break
-                returned_steps += room - budget.steps
-                budget = Budget(trials=budget.trials, steps=room, wall_seconds=budget.wall_seconds)
-                result = explore(budget, seed + extension)  # a fresh seed: a seeded sampler would repeat itself
     finally:
         if sync:
             broadcast(None)  # followers stop waiting for trials
@@ -286,16 +269,10 @@ def search_finetune(
 
     chosen, best = None, result.best_trial
     if selection.enabled and choose_winner:
-        picked = pick_candidates(result, selection.top_k, UNTUNED)
-        if returned_steps:  # a longer trial found with the returned steps: others may no longer fit
-            picked = affordable_candidates(
-                result,
-                selection.top_k,
-                UNTUNED,
-                seeds=selection.seeds,
-                full_run_steps=full_run_steps,
-                max_steps=total_steps - result.steps_spent,
-            )
+        if rerun_budget is not None:
+            picked = rerun_budget.candidates(result)
+        else:
+            picked = pick_candidates(result, selection.top_k, UNTUNED)
         chosen = select_finetune_winner(
             result,
             # Re-runs evaluate on the search's schedule, so "best" means the same as in the search.
@@ -331,11 +308,11 @@ def search_finetune(
         "cross_validation_folds": folds,
         "validation": folds_why,
         "full_run_equivalents_spent": (result.steps_spent + (chosen.steps if chosen else 0)) / full_run_steps,
-        # The whole step budget (exploration + selection reserve) in full runs; None without a step budget.
+        # The whole step budget (exploration + selection re-runs) in full runs; None without a step budget.
         "full_run_equivalents_budget": None if total_steps is None else total_steps / full_run_steps,
         "exploration_steps": result.steps_spent,
-        "selection_reserve_full_runs": reserve_runs,
-        "selection_reserve_returned_steps": returned_steps,
+        # Trials the sampler proposed that were not run: their re-runs would not have fit the budget.
+        "trials_not_run": sum(bool(t.extra.get(NOT_RUN_ATTR)) for t in result.trials),
         "selection": chosen.to_dict() if chosen else None,
         "winner_trial": best.number,
         "winner_role": best.extra.get("role"),

@@ -45,6 +45,11 @@ class InfeasibleTrial(Exception):
     """Raise when a configuration cannot run at all (e.g. out of memory even at half batch)."""
 
 
+class SearchDone(Exception):
+    """Raise from an objective when no further trial can be of use (e.g. none would fit what the budget has
+    left): the trial is discarded and the search ends, with the message as its stop reason."""
+
+
 class SearchError(RuntimeError):
     """The search could not produce any result (e.g. every trial failed)."""
 
@@ -77,6 +82,10 @@ class Reporter:
         if self.steps != self._saved_steps:
             self.trial.set_user_attr(STEPS_ATTR, self.steps)
             self._saved_steps = self.steps
+
+    def search_so_far(self) -> SearchResult:
+        """Every trial of the study as it stands (this one included, running), over all workers."""
+        return SearchResult.from_study(self._study, "", None)
 
     def should_stop(self, *, run_ends: bool = False) -> bool:
         """Whether the trial must stop now. At the run's last evaluation (``run_ends``) stopping saves nothing,
@@ -153,11 +162,11 @@ def optimize(
         wait_until_queued(study)
         planned = study.user_attrs.get("planned_trials")
     tracker = Progress(budget=budget, planned_trials=planned, direction=direction, enabled=progress)
-    stop_reason = None
+    stop_reason = done = None
     while True:
         fail_lost_trials(study)
         waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
-        stop_reason = exhausted(budget, spent(study))
+        stop_reason = exhausted(budget, spent(study)) or done
         if sampler == "grid" and not waiting:
             stop_reason = stop_reason or "grid complete"
         # A lost trial's retry runs even when the budget is spent: it replaces work that was lost.
@@ -166,7 +175,7 @@ def optimize(
                 time.sleep(2.0)  # their trials may still win, or be lost and need a retry
                 continue
             break
-        _run_trial(study, objective, space, budget, base, only_planned=sampler == "grid")
+        done = _run_trial(study, objective, space, budget, base, only_planned=sampler == "grid")
         tracker.update(study)
         if on_trial_end is not None:
             on_trial_end(SearchResult.from_study(study, "", storage))
@@ -197,7 +206,8 @@ def _run_trial(
     budget: Budget,
     base: dict[str, Any] | None,
     only_planned: bool = False,
-) -> None:
+) -> str | None:
+    """Run one trial; returns why the search is done when the objective said so (SearchDone)."""
     with warnings.catch_warnings():  # Optuna warns that heartbeats are meant for Study.optimize; we send them
         warnings.filterwarnings("ignore", message="Heartbeat of storage")
         trial = study.ask()
@@ -209,17 +219,26 @@ def _run_trial(
     if grid_ran_out or (
         budget.trials is not None and not retry and spent(study, before=trial.number).trials >= budget.trials
     ):
-        trial.set_user_attr(DISCARDED_ATTR, True)  # nothing to run: not a trial at all
-        study.tell(trial, state=TrialState.FAIL)
-        return
+        _discard(study, trial)
+        return None
     reporter = Reporter(trial, study, budget)
-    with heartbeat(study, trial):
-        state, value, feasible = _objective_outcome(trial, study, objective, space, base, reporter)
+    try:
+        with heartbeat(study, trial):
+            state, value, feasible = _objective_outcome(trial, study, objective, space, base, reporter)
+    except SearchDone as done:
+        _discard(study, trial)
+        return str(done)
     reporter.save_steps()
     if state == TrialState.COMPLETE:
         # Every complete trial carries the constraint (GP needs it on all of them); > 0 is infeasible.
         trial.set_constraint(CONSTRAINT_NAME, 0.0 if feasible else 1.0)
     study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
+    return None
+
+
+def _discard(study: optuna.Study, trial: optuna.Trial) -> None:
+    trial.set_user_attr(DISCARDED_ATTR, True)  # nothing was run: not a trial at all
+    study.tell(trial, state=TrialState.FAIL)
 
 
 def _objective_outcome(
@@ -245,6 +264,8 @@ def _objective_outcome(
     except TrialPruned as stop:
         state = TrialState.PRUNED
         trial.set_user_attr("stop_reason", str(stop) or "pruned")
+    except SearchDone:
+        raise
     except InfeasibleTrial as exc:
         # Recorded as complete with a violated constraint so TPE/GP learn to avoid the region.
         trial.set_user_attr(FAILURE_ATTR, f"infeasible: {exc}")

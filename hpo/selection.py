@@ -157,38 +157,6 @@ def pick_candidates(result: SearchResult, top_k: int, baseline_role: str) -> lis
     return [baseline[0], *challengers[: max(0, top_k - 1)]]
 
 
-def rerun_steps(picked: list[TrialRecord], seeds: int, full_run_steps: int, baseline_role: str) -> int:
-    """Optimizer steps the re-runs of ``picked`` will take: each candidate at its own length (a complete
-    trial's, or its planned length), the baseline at the full run's (its search trial may have been pruned)."""
-    total = 0
-    for trial in picked:
-        if trial.extra.get("role") == baseline_role:
-            length = full_run_steps
-        else:
-            length = int(trial.extra.get("planned_steps") or trial.steps)
-        total += seeds * length
-    return total
-
-
-def affordable_candidates(
-    result: SearchResult, top_k: int, baseline_role: str, *, seeds: int, full_run_steps: int, max_steps: int
-) -> list[TrialRecord]:
-    """The baseline and the best challenger (always: without them there is no selection), then the next
-    best challengers whose re-runs still fit in ``max_steps`` (one too long is passed over), ``top_k`` in all
-    at most. Only the first two can take the re-runs past ``max_steps``."""
-    ranked = pick_candidates(result, len(result.trials) + 1, baseline_role)
-    chosen = ranked[:2]
-    used = rerun_steps(chosen, seeds, full_run_steps, baseline_role)
-    for trial in ranked[2:]:
-        if len(chosen) >= top_k:
-            break
-        cost = rerun_steps([trial], seeds, full_run_steps, baseline_role)
-        if used + cost <= max_steps:
-            chosen.append(trial)
-            used += cost
-    return chosen
-
-
 def trial_score(values: list[float], use: str, direction: str) -> float:
     """A run's score from its evaluations: the last one, or the best (``use``: "last" or "best")."""
     if use == "last":

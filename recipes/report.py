@@ -94,10 +94,9 @@ def _sections(results: dict[str, Any], search: SearchResult) -> list[tuple[str, 
         ["", "value"],
         ["optimizer steps spent (exploration + selection re-runs)", str(total_steps(s))],
         ["full-run equivalents spent", spent_against_budget(s)],
-        ["selection reserve set aside up front", f"{s.get('selection_reserve_full_runs', 0)} full runs"],
         [
-            "reserve given back to exploration (the candidates' re-runs did not need it)",
-            f"{s.get('selection_reserve_returned_steps', 0)} steps",
+            "trials proposed but not run (with their re-runs they would not have fit the budget)",
+            str(s.get("trials_not_run", 0)),
         ],
         ["trial wall time (s)", f"{s['trial_seconds_spent']:.0f}"],
         ["trials complete / pruned / failed", "{COMPLETE} / {PRUNED} / {FAIL}".format(**s["trials"])],
@@ -138,8 +137,8 @@ def spent_against_budget(summary: dict[str, Any]) -> str:
     text = f"{spent:.2f} of {budget:.2f}"
     if spent > budget * 1.02:  # one evaluation interval of overshoot is not worth a word
         text += (
-            f" (over by {100 * (spent / budget - 1):.0f}%: the candidates are re-run with fresh seeds "
-            "whatever their length, and they needed more than the reserve left for them)"
+            f" (over by {100 * (spent / budget - 1):.0f}%: trials that several workers started at the same time "
+            "each counted on the same steps left)"
         )
     return text
 

@@ -42,7 +42,7 @@ def run_worker(recipe_path: str, overrides: list[str], storage: str | None, stud
         seed=worker_seed(s.seed),
         choose_winner=False,  # `tunelab run` chooses, once the budget is spent
     )
-    # The selection reserve stays out of the exploration budget, exactly as in `tunelab run`.
+    # Trials start only if the candidates' re-runs still fit after them, exactly as in `tunelab run`.
     return rejoin_on_connection_loss(lambda: search_finetune(recipe.untuned, run_dir=run_dir, **arguments))
 
 

@@ -42,11 +42,10 @@ def test_search_runs_untuned_first_then_selects_the_winner_over_fresh_seeds(tiny
         progress=False,
     )
     result = search.result
-    # 96 rows / batch 8, one epoch: the untuned run is 12 steps. 10 full runs = 120 steps, of which the
-    # selection reserve (top_k=3 x seeds=2 full runs) is 72: exploration gets 48 at first, more when the
-    # candidates (batch 16: 6 steps) need less than the reserve; the whole stays within the budget.
+    # 96 rows / batch 8, one epoch: the untuned run is 12 steps. 10 full runs = 120 steps for exploring and
+    # for the re-runs (top_k=3 candidates x seeds=2); the whole stays within the budget.
     assert search.full_run_steps == 12
-    assert result.stop_reason.startswith("step budget spent") and 48 <= result.steps_spent <= 72
+    assert result.stop_reason.startswith("step budget spent") and 48 <= result.steps_spent <= 96
     assert result.trials[0].extra.get("role") == "untuned"
     assert result.trials[0].params["training.learning_rate"] == 5e-5
     selection = search.selection
@@ -64,21 +63,22 @@ def test_search_runs_untuned_first_then_selects_the_winner_over_fresh_seeds(tiny
     assert search.best_config.training.output_dir != search.best_checkpoint
     assert search.metric == "eval_accuracy" and result.direction == "maximize"
     summary = json.loads((tmp_path / "search" / "summary.json").read_text())
-    assert summary["selection_reserve_full_runs"] == 6 and summary["winner_trial"] == selection.winner
+    assert summary["winner_trial"] == selection.winner
     assert summary["full_run_equivalents_spent"] == pytest.approx((result.steps_spent + selection.steps) / 12)
-    assert result.steps_spent + selection.steps <= 121  # a trial stops at the first report past the budget
-    assert summary["budget"]["steps"] == 48 + summary["selection_reserve_returned_steps"]
+    assert result.steps_spent + selection.steps <= 120
+    assert summary["full_run_equivalents_budget"] == 10
+    assert summary["budget"]["steps"] == 96  # exploration never gets the untuned run's 2 re-runs
 
 
-def test_reserve_the_candidates_do_not_need_goes_back_to_exploration(tiny_bert, sentiment_files, tmp_path):
+def test_trials_whose_reruns_would_not_fit_are_not_run_and_the_budget_holds(tiny_bert, sentiment_files, tmp_path):
     base = _base(tiny_bert, sentiment_files, tmp_path)
-    # Every challenger runs batch 16 (6 steps); the untuned run is batch 8 (12 steps). Budget 10 full runs =
-    # 120 steps; reserve 3 x 2 full runs = 72. The picked candidates' re-runs need 2 x 12 + 2 x 2 x 6 = 48,
-    # so 24 of the reserve go back to exploration: 72 exploration steps, 48 re-run steps, 120 in all.
+    # The untuned run: 1 epoch at batch 8 = 12 steps; budget 10 full runs = 120 steps. A challenger of E
+    # epochs is 12 x E steps and costs as much again twice if it becomes a candidate: after the untuned run
+    # (12 + its 2 re-runs, 24) a 4-epoch trial (48 + 96) cannot fit, a 1-epoch one can.
     space = SearchSpace(
         {
             "training.learning_rate": Float(low=1e-4, high=1e-2, log=True),
-            "training.effective_batch_size": Categorical(choices=(16,)),
+            "training.num_train_epochs": Categorical(choices=(1, 4)),
         }
     )
     search = search_finetune(
@@ -88,14 +88,20 @@ def test_reserve_the_candidates_do_not_need_goes_back_to_exploration(tiny_bert, 
         sampler="random",
         scheduler="none",
         full_run_equivalents=10,
+        seed=3,
         progress=False,
     )
+    result, selection = search.result, search.selection
+    not_run = [t for t in result.trials if t.extra.get("not_run")]
+    ran = [t for t in result.trials if not t.extra.get("not_run")]
+    assert not_run and all(t.params["training.num_train_epochs"] == 4 and t.steps == 0 for t in not_run)
+    assert all(t.failure.startswith("infeasible: not run: 48 steps") for t in not_run)
+    assert all(t.steps == 12 for t in ran)  # the untuned run and 1-epoch challengers only
+    assert result.steps_spent + selection.steps <= 120
+    assert len(selection.candidates) == 3 and all(len(c.values) == 2 for c in selection.candidates)
+    assert result.stop_reason.startswith("step budget spent")
     summary = json.loads((tmp_path / "search" / "summary.json").read_text())
-    assert summary["selection_reserve_returned_steps"] == 24
-    assert 72 <= search.result.steps_spent <= 73
-    assert search.selection.steps == 48 and len(search.selection.candidates) == 3
-    params = [tuple(sorted(t.params.items())) for t in search.result.trials]
-    assert len(set(params)) == len(params)  # the fresh seed of the extension samples new points
+    assert summary["trials_not_run"] == len(not_run)
 
 
 def test_budget_without_room_for_the_selection_reserve_is_refused(tiny_bert, sentiment_files, tmp_path):

@@ -11,14 +11,10 @@ from scipy import stats
 from finetune.errors import ConfigError
 from hpo import Budget, Float, SearchSpace, optimize
 from hpo.optimize import PlannedTrial
-from hpo.results import SearchResult, TrialRecord
 from hpo.selection import (
     Candidate,
     SelectionSettings,
-    affordable_candidates,
     decide,
-    pick_candidates,
-    rerun_steps,
     select_winner,
 )
 
@@ -131,38 +127,3 @@ def test_a_real_gap_is_found():
     runs = [_select(gap=6.0 * NOISE, seed=seed) for seed in range(50)]
     better = sum(_true_score(r.candidate(r.winner).params[X], 6.0) > 0 for r in runs)
     assert better >= 45, f"better configuration chosen in {better}/50 runs"
-
-
-def test_rerun_cost_and_affordable_candidates():
-    def trial(number, value, steps, role=None, state="COMPLETE"):
-        extra = {"role": role} if role else {"planned_steps": steps}
-        return TrialRecord(number=number, state=state, value=value, params={}, steps=steps, seconds=0.0, extra=extra)
-
-    trials = [
-        trial(0, 0.70, 40, role="untuned", state="PRUNED"),  # pruned in the search: re-run at the full length
-        trial(1, 0.90, 300),  # the best, but long
-        trial(2, 0.85, 50),
-        trial(3, 0.80, 60),
-        trial(4, 0.75, 70),
-    ]
-    result = SearchResult(
-        study_name="s",
-        storage=None,
-        direction="maximize",
-        stop_reason="",
-        trials=trials,
-        steps_spent=0,
-        wall_seconds_spent=0,
-    )
-    picked = pick_candidates(result, 3, "untuned")
-    assert [t.number for t in picked] == [0, 1, 2]
-    assert rerun_steps(picked, 2, 100, "untuned") == 2 * (100 + 300 + 50)
-    # 1,000 steps left: the baseline (200) and the best challenger (trial 1: 600) always; then trial 2 (100)
-    # fits, trial 3 (120) does not, trial 4 (140) does not.
-    cheap = affordable_candidates(result, 4, "untuned", seeds=2, full_run_steps=100, max_steps=1000)
-    assert [t.number for t in cheap] == [0, 1, 2]
-    # 700 left: the first two go over it (800), nothing else is added.
-    tight = affordable_candidates(result, 3, "untuned", seeds=2, full_run_steps=100, max_steps=700)
-    assert [t.number for t in tight] == [0, 1]
-    roomy = affordable_candidates(result, 3, "untuned", seeds=2, full_run_steps=100, max_steps=10_000)
-    assert [t.number for t in roomy] == [0, 1, 2]

@@ -120,6 +120,6 @@ def test_report_says_when_the_budget_was_overrun():
         "7.95 of 8.00"
     )
     over = spent_against_budget({"full_run_equivalents_spent": 9.12, "full_run_equivalents_budget": 8.0})
-    assert over.startswith("9.12 of 8.00 (over by 14%: the candidates are re-run")
+    assert over.startswith("9.12 of 8.00 (over by 14%: trials that several workers started")
     # A search with no step budget (trials or wall time only): nothing to compare against.
     assert spent_against_budget({"full_run_equivalents_spent": 3.0, "full_run_equivalents_budget": None}) == "3.00"

@@ -1,0 +1,130 @@
+"""One step budget for exploring and for re-running the candidates (hpo.selection), never exceeded.
+
+The winner is chosen by re-running the top candidates with fresh seeds, and those re-runs are paid from
+the same budget as the search. A candidate's re-runs cost its own length, which is only known once the
+sampler has proposed it (a 5-epoch trial costs 5/3 of a 3-epoch untuned run, each time it is re-run). So
+before a trial starts, its planned length is checked: it may start only if, once it has finished, the
+re-runs of the candidates then picked still fit in what is left, whether it becomes a candidate or not.
+A trial that does not fit is not run; it is recorded as infeasible, so TPE and GP learn to propose
+shorter runs as the budget runs down. Exploration ends when what is left after the current candidates'
+re-runs is shorter than any useful trial, or when the sampler keeps proposing trials that do not fit.
+
+Earlier versions set a fixed reserve aside at the untuned run's length and gave the unneeded part back;
+a longer best trial found with it was re-run whatever its length, and searches ended 14-49% over budget.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import optuna
+
+from hpo.optimize import InfeasibleTrial, SearchDone
+from hpo.results import SearchResult, TrialRecord
+from hpo.selection import pick_candidates
+
+NOT_RUN_ATTR = "not_run"  # a trial refused because its re-runs would not fit the budget
+MAX_REFUSED_IN_A_ROW = 20  # then the sampler is not finding anything that fits: exploration ends
+
+
+def rerun_steps(picked: list[TrialRecord], seeds: int, full_run_steps: int, baseline_role: str) -> int:
+    """Optimizer steps the re-runs of ``picked`` will take: each candidate at its own length (a complete
+    trial's, or its planned length), the baseline at the full run's (its search trial may have been pruned)."""
+    total = 0
+    for trial in picked:
+        if trial.extra.get("role") == baseline_role:
+            length = full_run_steps
+        else:
+            length = int(trial.extra.get("planned_steps") or trial.steps)
+        total += seeds * length
+    return total
+
+
+def affordable_candidates(
+    result: SearchResult, top_k: int, baseline_role: str, *, seeds: int, full_run_steps: int, max_steps: int
+) -> list[TrialRecord]:
+    """The baseline and the best challenger (always: without them there is no selection), then the next
+    best challengers whose re-runs still fit in ``max_steps`` (one too long is passed over), ``top_k`` in all
+    at most. Only the first two can take the re-runs past ``max_steps``."""
+    ranked = pick_candidates(result, len(result.trials) + 1, baseline_role)
+    chosen = ranked[:2]
+    used = rerun_steps(chosen, seeds, full_run_steps, baseline_role)
+    for trial in ranked[2:]:
+        if len(chosen) >= top_k:
+            break
+        cost = rerun_steps([trial], seeds, full_run_steps, baseline_role)
+        if used + cost <= max_steps:
+            chosen.append(trial)
+            used += cost
+    return chosen
+
+
+@dataclass(kw_only=True)
+class RerunBudget:
+    """The whole step budget of a search with re-runs; ``admit`` is asked before each trial starts."""
+
+    total_steps: int
+    full_run_steps: int
+    top_k: int
+    seeds: int
+    baseline_role: str
+    shortest_useful_steps: int  # e.g. one evaluation interval: a shorter room ends exploration
+    refused_in_a_row: int = 0
+
+    def exploration_steps(self) -> int:
+        """The most exploration can ever get: all but the baseline's re-runs (always needed)."""
+        return self.total_steps - self.seeds * self.full_run_steps
+
+    def rerun_steps_now(self, result: SearchResult) -> int:
+        return rerun_steps(
+            pick_candidates(result, self.top_k, self.baseline_role), self.seeds, self.full_run_steps, self.baseline_role
+        )
+
+    def rerun_steps_after(self, result: SearchResult, length: int) -> int:
+        """The candidates' re-runs once a trial of ``length`` steps has finished, at most: it may stay out
+        of the candidates, or replace the last challenger (taken as the costliest of the others)."""
+        picked = pick_candidates(result, self.top_k, self.baseline_role)
+        baseline = rerun_steps(picked[:1], self.seeds, self.full_run_steps, self.baseline_role)
+        challengers = sorted(
+            (rerun_steps([t], self.seeds, self.full_run_steps, self.baseline_role) for t in picked[1:]), reverse=True
+        )
+        staying = challengers if len(challengers) < self.top_k - 1 else challengers[: self.top_k - 2]
+        joined = baseline + sum(staying) + self.seeds * length
+        return max(baseline + sum(challengers), joined)
+
+    def admit(self, result: SearchResult, length: int, trial: optuna.Trial) -> None:
+        """Return if a trial of ``length`` planned steps fits with every re-run it may cause; otherwise raise
+        InfeasibleTrial (not run), or SearchDone when nothing useful can fit any more."""
+        spent = result.steps_spent
+        needed = spent + length + self.rerun_steps_after(result, length)
+        if needed <= self.total_steps:
+            self.refused_in_a_row = 0
+            return
+        self.refused_in_a_row += 1
+        left = self.total_steps - spent - self.rerun_steps_now(result)
+        if left < self.shortest_useful_steps:
+            raise SearchDone(
+                f"step budget spent: {spent} of {self.total_steps} optimizer steps explored, the rest is kept "
+                "for the candidates' re-runs"
+            )
+        if self.refused_in_a_row >= MAX_REFUSED_IN_A_ROW:
+            raise SearchDone(
+                f"step budget spent: the last {self.refused_in_a_row} trials proposed were too long to fit, with "
+                f"their re-runs, in the {left} steps left after the candidates' re-runs"
+            )
+        trial.set_user_attr(NOT_RUN_ATTR, True)
+        raise InfeasibleTrial(
+            f"not run: {length} steps, then its re-runs, would take the search to {needed} optimizer steps, over "
+            f"the budget of {self.total_steps}"
+        )
+
+    def candidates(self, result: SearchResult) -> list[TrialRecord]:
+        """The candidates to re-run: those picked, less any that no longer fit (only after workers raced)."""
+        return affordable_candidates(
+            result,
+            self.top_k,
+            self.baseline_role,
+            seeds=self.seeds,
+            full_run_steps=self.full_run_steps,
+            max_steps=self.total_steps - result.steps_spent,
+        )

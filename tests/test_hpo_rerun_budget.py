@@ -1,0 +1,114 @@
+"""The step budget shared by exploration and the candidates' re-runs: what a trial may cost before it starts."""
+
+import pytest
+
+from hpo.optimize import InfeasibleTrial, SearchDone
+from hpo.rerun_budget import MAX_REFUSED_IN_A_ROW, NOT_RUN_ATTR, RerunBudget, affordable_candidates, rerun_steps
+from hpo.results import SearchResult, TrialRecord
+from hpo.selection import pick_candidates
+
+
+def _trial(number, value, steps, role=None, state="COMPLETE"):
+    extra = {"role": role} if role else {"planned_steps": steps}
+    return TrialRecord(number=number, state=state, value=value, params={}, steps=steps, seconds=0.0, extra=extra)
+
+
+def _result(trials):
+    return SearchResult(
+        study_name="s",
+        storage=None,
+        direction="maximize",
+        stop_reason="",
+        trials=trials,
+        steps_spent=sum(t.steps for t in trials),
+        wall_seconds_spent=0,
+    )
+
+
+class _Trial:
+    def __init__(self):
+        self.user_attrs = {}
+
+    def set_user_attr(self, key, value):
+        self.user_attrs[key] = value
+
+
+def _budget(total=1000, shortest=10):
+    return RerunBudget(
+        total_steps=total, full_run_steps=100, top_k=3, seeds=2, baseline_role="untuned", shortest_useful_steps=shortest
+    )
+
+
+def test_rerun_cost_and_affordable_candidates():
+    result = _result(
+        [
+            _trial(0, 0.70, 40, role="untuned", state="PRUNED"),  # pruned in the search: re-run at the full length
+            _trial(1, 0.90, 300),  # the best, but long
+            _trial(2, 0.85, 50),
+            _trial(3, 0.80, 60),
+            _trial(4, 0.75, 70),
+        ]
+    )
+    picked = pick_candidates(result, 3, "untuned")
+    assert [t.number for t in picked] == [0, 1, 2]
+    assert rerun_steps(picked, 2, 100, "untuned") == 2 * (100 + 300 + 50)
+    # 1,000 steps left: the baseline (200) and the best challenger (trial 1: 600) always; then trial 2 (100)
+    # fits, trial 3 (120) does not, trial 4 (140) does not.
+    cheap = affordable_candidates(result, 4, "untuned", seeds=2, full_run_steps=100, max_steps=1000)
+    assert [t.number for t in cheap] == [0, 1, 2]
+    # 700 left: the first two go over it (800), nothing else is added.
+    tight = affordable_candidates(result, 3, "untuned", seeds=2, full_run_steps=100, max_steps=700)
+    assert [t.number for t in tight] == [0, 1]
+    roomy = affordable_candidates(result, 3, "untuned", seeds=2, full_run_steps=100, max_steps=10_000)
+    assert [t.number for t in roomy] == [0, 1, 2]
+
+
+def test_a_trial_starts_only_if_every_rerun_it_may_cause_still_fits():
+    budget = _budget(total=1000)
+    # Spent 150; candidates: the untuned run and one 50-step challenger (re-runs: 2 x 100 + 2 x 50 = 300).
+    result = _result([_trial(0, 0.5, 100, role="untuned"), _trial(1, 0.6, 50)])
+    assert budget.rerun_steps_now(result) == 300
+    # A second challenger joins without replacing anyone: 300 + 2 x L.
+    assert budget.rerun_steps_after(result, 100) == 500
+    budget.admit(result, 100, _Trial())  # 150 + 100 + 500 = 750 <= 1000
+    budget.admit(result, 183, _Trial())  # the longest that fits: 150 + 183 + 666 = 999
+    with pytest.raises(InfeasibleTrial):
+        budget.admit(result, 184, _Trial())  # 150 + 184 + 668 = 1002
+    trial = _Trial()
+    with pytest.raises(InfeasibleTrial, match="not run: 250 steps, then its re-runs, would take the search to 1200"):
+        budget.admit(result, 250, trial)  # 150 + 250 + (300 + 500) = 1200 > 1000
+    assert trial.user_attrs == {NOT_RUN_ATTR: True}
+
+
+def test_a_full_candidate_list_counts_the_new_trial_in_place_of_the_costliest_other():
+    budget = _budget(total=2000)
+    result = _result([_trial(0, 0.5, 100, role="untuned"), _trial(1, 0.7, 300), _trial(2, 0.6, 50)])
+    # Now: 2 x (100 + 300 + 50) = 900. If a 20-step trial finishes, it either stays out (900) or replaces one
+    # challenger; counted as keeping the costlier one (300): 2 x (100 + 300 + 20) = 840. The larger counts.
+    assert budget.rerun_steps_after(result, 20) == 900
+    # A 400-step trial: 2 x (100 + 300 + 400) = 1600 > 900.
+    assert budget.rerun_steps_after(result, 400) == 1600
+    budget.admit(result, 100, _Trial())  # 450 + 100 + 1000 = 1550
+    with pytest.raises(InfeasibleTrial):
+        budget.admit(result, 400, _Trial())  # 450 + 400 + 1600 = 2450
+
+
+def test_exploration_ends_when_nothing_useful_fits_or_the_sampler_keeps_missing():
+    result = _result([_trial(0, 0.5, 100, role="untuned"), _trial(1, 0.6, 50)])
+    # 1000 - 150 spent - 300 re-runs = 550 left: a 5-step trial would be useless (shortest useful: 600).
+    with pytest.raises(SearchDone, match="step budget spent: 150 of 1000"):
+        _budget(total=1000, shortest=600).admit(result, 500, _Trial())
+    budget = _budget(total=1000)
+    for _ in range(MAX_REFUSED_IN_A_ROW - 1):
+        with pytest.raises(InfeasibleTrial):
+            budget.admit(result, 400, _Trial())
+    budget.admit(result, 10, _Trial())  # one that fits starts the count again
+    for _ in range(MAX_REFUSED_IN_A_ROW - 1):
+        with pytest.raises(InfeasibleTrial):
+            budget.admit(result, 400, _Trial())
+    with pytest.raises(SearchDone, match=f"the last {MAX_REFUSED_IN_A_ROW} trials proposed were too long"):
+        budget.admit(result, 400, _Trial())
+
+
+def test_exploration_never_gets_the_baselines_reruns():
+    assert _budget(total=1000).exploration_steps() == 800
