@@ -1,16 +1,20 @@
 """One step budget for exploring and for re-running the candidates (hpo.selection), never exceeded.
 
 The winner is chosen by re-running the top candidates with fresh seeds, and those re-runs are paid from
-the same budget as the search. A candidate's re-runs cost its own length, which is only known once the
-sampler has proposed it (a 5-epoch trial costs 5/3 of a 3-epoch untuned run, each time it is re-run). So
-before a trial starts, its planned length is checked: it may start only if, once it has finished, the
-re-runs of the candidates then picked still fit in what is left, whether it becomes a candidate or not.
+the same budget as the search. Two must always be re-run: the baseline (the untuned run) and the best
+challenger; further challengers (up to top_k candidates) are re-run only if they fit in what exploration
+left. A candidate's re-runs cost its own length, which is only known once the sampler has proposed it (a
+5-epoch trial costs 5/3 of a 3-epoch untuned run, each time it is re-run). So before a trial starts, its
+planned length is checked: it may start only if, once it has finished, the baseline's and the best
+challenger's re-runs still fit in what is left, whether it becomes the best challenger or not.
 A trial that does not fit is not run; it is recorded as infeasible, so TPE and GP learn to propose
 shorter runs as the budget runs down. Exploration ends when what is left after the current candidates'
 re-runs is shorter than any useful trial, or when the sampler keeps proposing trials that do not fit.
 
 Earlier versions set a fixed reserve aside at the untuned run's length and gave the unneeded part back;
 a longer best trial found with it was re-run whatever its length, and searches ended 14-49% over budget.
+Holding room for all top_k candidates instead let a poor but long second challenger stop exploration
+(benchmarks/RESULTS.md, 2026-11-28).
 """
 
 from __future__ import annotations
@@ -76,21 +80,18 @@ class RerunBudget:
         return self.total_steps - self.seeds * self.full_run_steps
 
     def rerun_steps_now(self, result: SearchResult) -> int:
-        return rerun_steps(
-            pick_candidates(result, self.top_k, self.baseline_role), self.seeds, self.full_run_steps, self.baseline_role
-        )
+        """The re-runs that must happen: the baseline's and the best challenger's (without them, no selection)."""
+        picked = pick_candidates(result, 2, self.baseline_role)
+        return rerun_steps(picked, self.seeds, self.full_run_steps, self.baseline_role)
 
     def rerun_steps_after(self, result: SearchResult, length: int) -> int:
-        """The candidates' re-runs once a trial of ``length`` steps has finished, at most: it may stay out
-        of the candidates, or replace the last challenger (taken as the costliest of the others)."""
-        picked = pick_candidates(result, self.top_k, self.baseline_role)
-        baseline = rerun_steps(picked[:1], self.seeds, self.full_run_steps, self.baseline_role)
-        challengers = sorted(
-            (rerun_steps([t], self.seeds, self.full_run_steps, self.baseline_role) for t in picked[1:]), reverse=True
+        """The re-runs that must happen once a trial of ``length`` steps has finished, at most: it may stay
+        behind the best challenger, or take its place."""
+        baseline, *best = pick_candidates(result, 2, self.baseline_role)
+        best_length = rerun_steps(best, 1, self.full_run_steps, self.baseline_role)
+        return rerun_steps([baseline], self.seeds, self.full_run_steps, self.baseline_role) + self.seeds * max(
+            length, best_length
         )
-        staying = challengers if len(challengers) < self.top_k - 1 else challengers[: self.top_k - 2]
-        joined = baseline + sum(staying) + self.seeds * length
-        return max(baseline + sum(challengers), joined)
 
     def admit(self, result: SearchResult, length: int, trial: optuna.Trial) -> None:
         """Return if a trial of ``length`` planned steps fits with every re-run it may cause; otherwise raise
@@ -119,7 +120,7 @@ class RerunBudget:
         )
 
     def candidates(self, result: SearchResult) -> list[TrialRecord]:
-        """The candidates to re-run: those picked, less any that no longer fit (only after workers raced)."""
+        """The baseline and the best challenger, then the next challengers whose re-runs fit what is left."""
         return affordable_candidates(
             result,
             self.top_k,

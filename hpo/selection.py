@@ -35,7 +35,7 @@ from hpo.results import SearchResult, TrialRecord
 
 @dataclass(frozen=True, kw_only=True)
 class SelectionSettings:
-    top_k: int = 3  # candidates re-run, the baseline included
+    top_k: int = 3  # candidates re-run at most, the baseline included (hpo.rerun_budget: beyond 2, if they fit)
     seeds: int = 2  # fresh seeds per candidate (>= 2 to measure the noise)
     confidence: float = 0.98  # one-sided, over all challengers together
 

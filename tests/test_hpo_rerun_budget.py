@@ -63,34 +63,35 @@ def test_rerun_cost_and_affordable_candidates():
     assert [t.number for t in roomy] == [0, 1, 2]
 
 
-def test_a_trial_starts_only_if_every_rerun_it_may_cause_still_fits():
+def test_a_trial_starts_only_if_the_reruns_it_may_cause_still_fit():
     budget = _budget(total=1000)
-    # Spent 150; candidates: the untuned run and one 50-step challenger (re-runs: 2 x 100 + 2 x 50 = 300).
+    # Spent 150; the untuned run and one 50-step challenger must be re-run: 2 x 100 + 2 x 50 = 300.
     result = _result([_trial(0, 0.5, 100, role="untuned"), _trial(1, 0.6, 50)])
     assert budget.rerun_steps_now(result) == 300
-    # A second challenger joins without replacing anyone: 300 + 2 x L.
-    assert budget.rerun_steps_after(result, 100) == 500
-    budget.admit(result, 100, _Trial())  # 150 + 100 + 500 = 750 <= 1000
-    budget.admit(result, 183, _Trial())  # the longest that fits: 150 + 183 + 666 = 999
+    # A trial of L steps may become the best challenger: then 2 x 100 + 2 x L; else it stays 300.
+    assert budget.rerun_steps_after(result, 100) == 400
+    assert budget.rerun_steps_after(result, 20) == 300
+    budget.admit(result, 216, _Trial())  # the longest that fits: 150 + 216 + 632 = 998
     with pytest.raises(InfeasibleTrial):
-        budget.admit(result, 184, _Trial())  # 150 + 184 + 668 = 1002
+        budget.admit(result, 217, _Trial())  # 150 + 217 + 634 = 1001
     trial = _Trial()
-    with pytest.raises(InfeasibleTrial, match="not run: 250 steps, then its re-runs, would take the search to 1200"):
-        budget.admit(result, 250, trial)  # 150 + 250 + (300 + 500) = 1200 > 1000
+    with pytest.raises(InfeasibleTrial, match="not run: 250 steps, then its re-runs, would take the search to 1100"):
+        budget.admit(result, 250, trial)
     assert trial.user_attrs == {NOT_RUN_ATTR: True}
 
 
-def test_a_full_candidate_list_counts_the_new_trial_in_place_of_the_costliest_other():
-    budget = _budget(total=2000)
+def test_only_the_best_challenger_must_be_rerun_further_ones_when_they_fit():
     result = _result([_trial(0, 0.5, 100, role="untuned"), _trial(1, 0.7, 300), _trial(2, 0.6, 50)])
-    # Now: 2 x (100 + 300 + 50) = 900. If a 20-step trial finishes, it either stays out (900) or replaces one
-    # challenger; counted as keeping the costlier one (300): 2 x (100 + 300 + 20) = 840. The larger counts.
-    assert budget.rerun_steps_after(result, 20) == 900
-    # A 400-step trial: 2 x (100 + 300 + 400) = 1600 > 900.
-    assert budget.rerun_steps_after(result, 400) == 1600
-    budget.admit(result, 100, _Trial())  # 450 + 100 + 1000 = 1550
+    budget = _budget(total=2000)
+    # The second challenger (trial 2) holds no room: 2 x (100 + 300) = 800 must be re-run.
+    assert budget.rerun_steps_now(result) == 800
+    assert budget.rerun_steps_after(result, 400) == 1000
+    budget.admit(result, 400, _Trial())  # 450 + 400 + 1000 = 1850
     with pytest.raises(InfeasibleTrial):
-        budget.admit(result, 400, _Trial())  # 450 + 400 + 1600 = 2450
+        budget.admit(result, 700, _Trial())  # 450 + 700 + 1600 = 2750
+    # At the end trial 2 is re-run only if its 100 steps fit in what is left.
+    assert [t.number for t in budget.candidates(result)] == [0, 1, 2]  # 2000 - 450 = 1550 left, 900 needed
+    assert [t.number for t in _budget(total=1300).candidates(result)] == [0, 1]  # 850 left
 
 
 def test_exploration_ends_when_nothing_useful_fits_or_the_sampler_keeps_missing():
