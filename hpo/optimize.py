@@ -175,7 +175,7 @@ def optimize(
                 time.sleep(2.0)  # their trials may still win, or be lost and need a retry
                 continue
             break
-        done = _run_trial(study, objective, space, budget, base, only_planned=sampler == "grid")
+        done = _run_trial(study, objective, space, budget, base, only_planned=sampler == "grid") or done
         tracker.update(study)
         if on_trial_end is not None:
             on_trial_end(SearchResult.from_study(study, "", storage))

@@ -11,7 +11,7 @@ import pytest
 from synthetic import SPACE, curve_objective, quality
 
 from finetune import ConfigError
-from hpo import SAMPLERS, Budget, Categorical, Float, SearchError, SearchSpace, optimize
+from hpo import SAMPLERS, Budget, Categorical, Float, SearchDone, SearchError, SearchSpace, optimize
 from hpo.results import SearchResult
 
 HERE = Path(__file__).resolve().parent
@@ -202,6 +202,18 @@ def test_wall_time_budget():
         progress=False,
     )
     assert result.stop_reason.startswith("time budget spent") and result.wall_seconds_spent >= 0.5
+
+
+def test_an_objective_can_end_the_search_and_keeps_what_finished():
+    def until_four(params, reporter):
+        if reporter.trial.number == 4:
+            raise SearchDone("nothing more fits")
+        return quality(params)
+
+    result = optimize(until_four, SPACE, sampler="random", budget=Budget(trials=50), progress=False)
+    assert result.stop_reason == "nothing more fits"
+    assert [t.number for t in result.trials] == [0, 1, 2, 3]  # the trial that ended it is not a trial
+    assert all(t.state == "COMPLETE" for t in result.trials)
 
 
 def test_every_trial_failing_is_an_error_with_the_first_failure():
