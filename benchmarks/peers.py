@@ -248,7 +248,7 @@ def grid_contender(untuned: FinetuneConfig, ledger: Ledger, scratch: Path, metho
 
 
 def tunelab_contender(
-    untuned: FinetuneConfig, ledger: Ledger, scratch: Path, sampler: str, scheduler: str
+    untuned: FinetuneConfig, ledger: Ledger, scratch: Path, sampler: str, scheduler: str, seed: int
 ) -> FinetuneConfig:
     search = search_finetune(
         untuned,
@@ -258,6 +258,7 @@ def tunelab_contender(
         budget=Budget(steps=ledger.budget_steps),
         sampler=sampler,
         scheduler=scheduler,
+        seed=seed,
         progress=True,
     )
     for trial in search.result.trials:
@@ -291,6 +292,13 @@ def main() -> None:
     parser.add_argument("--method", choices=("lora", "full"), default="lora")
     parser.add_argument("--budget", type=float, default=8.0, help="full-run equivalents per search")
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument(
+        "--search-seed",
+        type=int,
+        default=0,
+        help="the searches' own seed (samplers), to measure how much one search's path matters; not "
+        "Trainer.hyperparameter_search's, which runs as its defaults are",
+    )
     parser.add_argument("--contenders", default=",".join(CONTENDERS))
     parser.add_argument(
         "--train-rows",
@@ -341,17 +349,17 @@ def main() -> None:
             elif name == "hf_default":
                 chosen = hf_default_contender(untuned, ledger, folder, args.budget)
             elif name == "optuna_tpe_hb":
-                sampler, pruner = optuna.samplers.TPESampler(seed=0), optuna.pruners.HyperbandPruner()
+                sampler, pruner = optuna.samplers.TPESampler(seed=args.search_seed), optuna.pruners.HyperbandPruner()
                 chosen = optuna_contender(untuned, ledger, folder, sampler, pruner, args.method, eval_steps)
             elif name == "random":
-                sampler, pruner = optuna.samplers.RandomSampler(seed=0), optuna.pruners.NopPruner()
+                sampler, pruner = optuna.samplers.RandomSampler(seed=args.search_seed), optuna.pruners.NopPruner()
                 chosen = optuna_contender(untuned, ledger, folder, sampler, pruner, args.method, eval_steps)
             elif name == "grid":
                 chosen = grid_contender(untuned, ledger, folder, args.method)
             elif name == "tunelab" or name.startswith("tunelab:"):
                 # "tunelab" is the default strategy; "tunelab:SAMPLER/SCHEDULER" a named combination.
                 sampler, _, scheduler = (name.partition(":")[2] or "tpe/hyperband").partition("/")
-                chosen = tunelab_contender(untuned, ledger, folder, sampler, scheduler or "none")
+                chosen = tunelab_contender(untuned, ledger, folder, sampler, scheduler or "none", args.search_seed)
             else:
                 raise SystemExit(f"unknown contender {name!r}; choose from {CONTENDERS}")
             record = ledger.summary()
@@ -367,7 +375,8 @@ def main() -> None:
 def output_path(args) -> Path:
     if args.output is not None:
         return args.output
-    return ROOT / "benchmarks" / f"peers_{args.method}_{'quick' if args.quick else args.train_rows}.json"
+    seed = f"_seed{args.search_seed}" if args.search_seed else ""
+    return ROOT / "benchmarks" / f"peers_{args.method}_{'quick' if args.quick else args.train_rows}{seed}.json"
 
 
 def earlier_results(args, budget_steps: int, full_run: int) -> dict:
@@ -444,6 +453,7 @@ def expected_cost(name: str) -> int:
 def child_arguments(args) -> list[str]:
     """The options a contender's own process is started with (the same task, budget and seeds)."""
     arguments = ["--method", args.method, "--budget", str(args.budget), "--seeds", str(args.seeds)]
+    arguments += ["--search-seed", str(args.search_seed)]
     arguments += ["--train-rows", str(args.train_rows)] + (["--quick"] if args.quick else [])
     return arguments
 
