@@ -51,6 +51,7 @@ from finetune.train import planned_steps  # noqa: E402
 from hpo.budget import Budget  # noqa: E402
 from hpo.default_spaces import default_space  # noqa: E402
 from hpo.finetune_search import flatten, search_finetune  # noqa: E402
+from hpo.rerun_budget import NOT_RUN_ATTR  # noqa: E402
 from hpo.space import to_overrides  # noqa: E402
 from hpo.trial_callback import at_run_end  # noqa: E402
 from recipes.recipe import load_recipe  # noqa: E402
@@ -262,7 +263,7 @@ def tunelab_contender(
         progress=True,
     )
     for trial in search.result.trials:
-        if trial.extra.get("not_run"):  # proposed, but its re-runs would not have fit: 0 steps, no score
+        if trial.extra.get(NOT_RUN_ATTR):  # proposed, but its re-runs would not have fit: 0 steps, no score
             ledger.add(0, None, "NOT_RUN")
         else:
             ledger.add(trial.steps, trial.value if trial.state == "COMPLETE" else None, trial.state)
