@@ -1,7 +1,7 @@
 """hpo: search the hyperparameters of finetune runs (Optuna underneath)."""
 
 from hpo.budget import Budget
-from hpo.optimize import InfeasibleTrial, Reporter, SearchDone, SearchError, TrialPruned, optimize
+from hpo.optimize import InfeasibleTrial, ReplaceTrial, Reporter, SearchDone, SearchError, TrialPruned, optimize
 from hpo.results import SearchResult, TrialRecord
 from hpo.samplers import SAMPLERS, SCHEDULERS
 from hpo.selection import Selection, SelectionSettings, select_winner
@@ -16,6 +16,7 @@ __all__ = [
     "Float",
     "InfeasibleTrial",
     "Int",
+    "ReplaceTrial",
     "Reporter",
     "SearchDone",
     "SearchError",

@@ -18,11 +18,12 @@ from hpo.budget import Budget
 from hpo.cross_validation import CvFolds, FoldReporter, cv_score, fold_config, resolve_folds
 from hpo.default_spaces import default_space
 from hpo.finetune_selection import follow_selection, select_finetune_winner
-from hpo.optimize import PlannedTrial, Reporter, optimize
+from hpo.optimize import PlannedTrial, ReplaceTrial, Reporter, optimize
 from hpo.outputs import write_search_outputs
 from hpo.rerun_budget import NOT_RUN_ATTR, RerunBudget
 from hpo.results import SearchResult, TrialRecord
 from hpo.selection import Selection, SelectionSettings, pick_candidates, trial_score
+from hpo.shortening import SHORTENED_ATTR, longest_fitting
 from hpo.space import (
     DERIVED_KEYS,
     EFFECTIVE_BATCH_SIZE,
@@ -202,8 +203,7 @@ def search_finetune(
         )
         config = base.with_overrides(overrides)
         if rerun_budget is not None and not untuned:  # the untuned run is the baseline: always run
-            length = (folds or 1) * planned_steps(config, trial_rows, world_size)
-            rerun_budget.admit(reporter.search_so_far(), length, reporter.trial)
+            admit_or_shorten(params, config, reporter)
         if folds is not None:
             return run_cv_trial(config, reporter)
         result = train_one(config, reporter)
@@ -214,6 +214,29 @@ def search_finetune(
         if not values:
             raise ConfigError(f"trial {number}: no evaluation reported {metric}")
         return trial_score(values, objective.use, direction)
+
+    def trial_length(config: FinetuneConfig) -> int:
+        return (folds or 1) * planned_steps(config, trial_rows, world_size)
+
+    def admit_or_shorten(params: dict[str, Any], config: FinetuneConfig, reporter: Reporter) -> None:
+        """Start the trial if its re-runs fit; else run its longest shorter variant that fits instead
+        (hpo.shortening); else not at all (rerun_budget.admit raises)."""
+        so_far, length = reporter.search_so_far(), trial_length(config)
+        if not rerun_budget.fits(so_far, length) and sampler != "grid":  # a grid runs its own points only
+            shorter = longest_fitting(
+                params,
+                space,
+                length=lambda variant: trial_length(
+                    base.with_overrides(to_overrides(variant, base_values, max_per_device_batch, world_size))
+                ),
+                fits=lambda steps: rerun_budget.fits(so_far, steps),
+            )
+            if shorter is not None:
+                variant, steps = shorter
+                changed = {k: params[k] for k in variant if variant[k] != params[k]}
+                why = f"proposed {changed} ({length} steps): its re-runs would not fit; {steps} steps do"
+                raise ReplaceTrial(variant, {SHORTENED_ATTR: why})
+        rerun_budget.admit(so_far, length, reporter.trial)
 
     def run_cv_trial(config: FinetuneConfig, reporter: Reporter) -> float:
         """Fold after fold until done or stopped; the score is the mean of the folds' scores."""
@@ -313,6 +336,8 @@ def search_finetune(
         "exploration_steps": result.steps_spent,
         # Trials the sampler proposed that were not run: their re-runs would not have fit the budget.
         "trials_not_run": sum(bool(t.extra.get(NOT_RUN_ATTR)) for t in result.trials),
+        # Trials that ran shorter than proposed (fewer epochs or a larger batch) so their re-runs would fit.
+        "trials_shortened": sum(bool(t.extra.get(SHORTENED_ATTR)) for t in result.trials),
         "selection": chosen.to_dict() if chosen else None,
         "winner_trial": best.number,
         "winner_role": best.extra.get("role"),

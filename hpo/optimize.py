@@ -50,6 +50,16 @@ class SearchDone(Exception):
     left): the trial is discarded and the search ends, with the message as its stop reason."""
 
 
+class ReplaceTrial(Exception):
+    """Raise from an objective, before running anything, to run other params instead (e.g. a shorter
+    variant that fits the budget): this trial is discarded, the sampler never sees it, and ``params`` run as
+    the next trial with ``attrs`` among its user attributes."""
+
+    def __init__(self, params: dict[str, Any], attrs: dict[str, Any]):
+        super().__init__(f"replaced by {params}")
+        self.params, self.attrs = params, attrs
+
+
 class SearchError(RuntimeError):
     """The search could not produce any result (e.g. every trial failed)."""
 
@@ -228,6 +238,10 @@ def _run_trial(
     except SearchDone as done:
         _discard(study, trial)
         return str(done)
+    except ReplaceTrial as replace:
+        _discard(study, trial)
+        study.enqueue_trial(replace.params, user_attrs=replace.attrs)  # the next ask() takes it
+        return None
     reporter.save_steps()
     if state == TrialState.COMPLETE:
         # Every complete trial carries the constraint (GP needs it on all of them); > 0 is infeasible.
@@ -264,7 +278,7 @@ def _objective_outcome(
     except TrialPruned as stop:
         state = TrialState.PRUNED
         trial.set_user_attr("stop_reason", str(stop) or "pruned")
-    except SearchDone:
+    except (SearchDone, ReplaceTrial):
         raise
     except InfeasibleTrial as exc:
         # Recorded as complete with a violated constraint so TPE/GP learn to avoid the region.

@@ -7,9 +7,10 @@ left. A candidate's re-runs cost its own length, which is only known once the sa
 5-epoch trial costs 5/3 of a 3-epoch untuned run, each time it is re-run). So before a trial starts, its
 planned length is checked: it may start only if, once it has finished, the baseline's and the best
 challenger's re-runs still fit in what is left, whether it becomes the best challenger or not.
-A trial that does not fit is not run; it is recorded as infeasible, so TPE and GP learn to propose
-shorter runs as the budget runs down. Exploration ends when what is left after the current candidates'
-re-runs is shorter than any useful trial, or when the sampler keeps proposing trials that do not fit.
+A trial that does not fit runs shortened when it can (hpo.shortening: fewer epochs or a larger batch);
+when no shorter version fits either, it is not run and is recorded as infeasible. Exploration ends when
+what is left after the current candidates' re-runs is shorter than any useful trial, or when the sampler
+keeps proposing trials that do not fit.
 
 Earlier versions set a fixed reserve aside at the untuned run's length and gave the unneeded part back;
 a longer best trial found with it was re-run whatever its length, and searches ended 14-49% over budget.
@@ -93,14 +94,18 @@ class RerunBudget:
             length, best_length
         )
 
+    def fits(self, result: SearchResult, length: int) -> bool:
+        """Whether a trial of ``length`` planned steps may start now (its re-runs included)."""
+        return result.steps_spent + length + self.rerun_steps_after(result, length) <= self.total_steps
+
     def admit(self, result: SearchResult, length: int, trial: optuna.Trial) -> None:
         """Return if a trial of ``length`` planned steps fits with every re-run it may cause; otherwise raise
         InfeasibleTrial (not run), or SearchDone when nothing useful can fit any more."""
         spent = result.steps_spent
-        needed = spent + length + self.rerun_steps_after(result, length)
-        if needed <= self.total_steps:
+        if self.fits(result, length):
             self.refused_in_a_row = 0
             return
+        needed = spent + length + self.rerun_steps_after(result, length)
         self.refused_in_a_row += 1
         left = self.total_steps - spent - self.rerun_steps_now(result)
         if left < self.shortest_useful_steps:

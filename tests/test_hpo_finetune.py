@@ -71,13 +71,13 @@ def test_search_runs_untuned_first_then_selects_the_winner_over_fresh_seeds(tiny
     assert summary["budget"]["steps"] == 96  # exploration never gets the untuned run's 2 re-runs
 
 
-def test_trials_whose_reruns_would_not_fit_are_not_run_and_the_budget_holds(tiny_bert, sentiment_files, tmp_path):
+def test_trials_whose_reruns_would_not_fit_run_shortened_and_the_budget_holds(tiny_bert, sentiment_files, tmp_path):
     base = _base(tiny_bert, sentiment_files, tmp_path)
     # The untuned run: 1 epoch at batch 8 = 12 steps; budget 10 full runs = 120 steps. A challenger of E
     # epochs is 12 x E steps and costs as much again twice if it becomes the best: after the untuned run
-    # (12 + its 2 re-runs, 24) a 4-epoch trial (48 + 96) never fits. 1-epoch ones (12 + 24) fit until 72
-    # steps are spent (72 + 12 + 24 + 24 = 132 > 120); then what is left (120 - 72 - 48 = 0) ends the search,
-    # with no room for a third candidate.
+    # (12 + its 2 re-runs, 24) a 4-epoch trial (48 + 96) never fits, so it runs at 1 epoch, its learning rate
+    # kept. 1-epoch runs (12 + 24) fit until 72 steps are spent (72 + 12 + 24 + 24 = 132 > 120); then what
+    # is left (120 - 72 - 48 = 0) ends the search, with no room for a third candidate.
     space = SearchSpace(
         {
             "training.learning_rate": Float(low=1e-4, high=1e-2, log=True),
@@ -95,16 +95,45 @@ def test_trials_whose_reruns_would_not_fit_are_not_run_and_the_budget_holds(tiny
         progress=False,
     )
     result, selection = search.result, search.selection
-    not_run = [t for t in result.trials if t.extra.get("not_run")]
-    ran = [t for t in result.trials if not t.extra.get("not_run")]
-    assert not_run and all(t.params["training.num_train_epochs"] == 4 and t.steps == 0 for t in not_run)
-    assert all(t.failure.startswith("infeasible: not run: 48 steps") for t in not_run)
-    assert all(t.steps == 12 for t in ran)  # the untuned run and 1-epoch challengers only
+    shortened = [t for t in result.trials if t.extra.get("shortened")]
+    assert shortened and not any(t.extra.get("not_run") for t in result.trials)
+    for trial in shortened:
+        assert trial.params["training.num_train_epochs"] == 1 and trial.steps == 12
+        assert trial.extra["shortened"].startswith("proposed {'training.num_train_epochs': 4} (48 steps)")
+    assert all(t.steps == 12 for t in result.trials)  # every trial ran, at 1 epoch
     assert result.steps_spent == 72 and selection.steps == 48
     assert len(selection.candidates) == 2 and all(len(c.values) == 2 for c in selection.candidates)
     assert result.stop_reason.startswith("step budget spent: 72 of 120")
     summary = json.loads((tmp_path / "search" / "summary.json").read_text())
-    assert summary["trials_not_run"] == len(not_run)
+    assert summary["trials_shortened"] == len(shortened) and summary["trials_not_run"] == 0
+
+
+def test_trials_with_no_shorter_version_that_fits_are_not_run(tiny_bert, sentiment_files, tmp_path):
+    base = _base(tiny_bert, sentiment_files, tmp_path)
+    # Only 4-epoch challengers (48 steps, 144 with their re-runs) after the untuned run (12 + 24 re-run):
+    # none fits in 120, and the space has nothing shorter; each is recorded as not run, and after 20 in a
+    # row the search ends. The untuned configuration is kept.
+    space = SearchSpace(
+        {
+            "training.learning_rate": Float(low=1e-4, high=1e-2, log=True),
+            "training.num_train_epochs": Categorical(choices=(4,)),
+        }
+    )
+    search = search_finetune(
+        base,
+        run_dir=tmp_path / "search",
+        space=space,
+        sampler="random",
+        scheduler="none",
+        full_run_equivalents=10,
+        progress=False,
+    )
+    result = search.result
+    not_run = [t for t in result.trials if t.extra.get("not_run")]
+    assert len(not_run) == 19 and all(t.steps == 0 for t in not_run)  # the 20th ends the search, discarded
+    assert all(t.failure.startswith("infeasible: not run: 48 steps") for t in not_run)
+    assert result.steps_spent == 12 and "the last 20 trials proposed were too long" in result.stop_reason
+    assert search.selection.kept_baseline
 
 
 def test_budget_without_room_for_the_selection_reserve_is_refused(tiny_bert, sentiment_files, tmp_path):

@@ -11,7 +11,7 @@ import pytest
 from synthetic import SPACE, curve_objective, quality
 
 from finetune import ConfigError
-from hpo import SAMPLERS, Budget, Categorical, Float, SearchDone, SearchError, SearchSpace, optimize
+from hpo import SAMPLERS, Budget, Categorical, Float, ReplaceTrial, SearchDone, SearchError, SearchSpace, optimize
 from hpo.results import SearchResult
 
 HERE = Path(__file__).resolve().parent
@@ -213,6 +213,30 @@ def test_an_objective_can_end_the_search_and_keeps_what_finished():
     result = optimize(until_four, SPACE, sampler="random", budget=Budget(trials=50), progress=False)
     assert result.stop_reason == "nothing more fits"
     assert [t.number for t in result.trials] == [0, 1, 2, 3]  # the trial that ended it is not a trial
+    assert all(t.state == "COMPLETE" for t in result.trials)
+
+
+@pytest.mark.parametrize("sampler", ["random", "tpe"])
+def test_an_objective_can_replace_its_trial_with_other_params(sampler):
+    # Trial 2's proposal is replaced (e.g. by a shorter run): it is not a trial, the replacement runs
+    # next with the given params and attributes, and only what ran counts and is seen by the sampler.
+    replacement = {
+        "training.learning_rate": 1e-3,
+        "training.num_train_epochs": 1,
+        "training.lr_scheduler_type": "linear",
+    }
+    proposals = []
+
+    def replace_second(params, reporter):
+        proposals.append(params)
+        if len(proposals) == 3:
+            raise ReplaceTrial(replacement, {"shortened": "too long"})
+        return quality(params)
+
+    result = optimize(replace_second, SPACE, sampler=sampler, budget=Budget(trials=5), seed=1, progress=False)
+    assert [t.number for t in result.trials] == [0, 1, 3, 4, 5]  # trial 2 was replaced: not a trial
+    assert proposals[3] == replacement and result.trials[2].params == replacement
+    assert result.trials[2].extra["shortened"] == "too long"
     assert all(t.state == "COMPLETE" for t in result.trials)
 
 

@@ -1,0 +1,51 @@
+"""A proposal too long for the step budget runs as its longest shorter variant that fits (hpo.shortening)."""
+
+from hpo.shortening import EPOCHS, longest_fitting, shorter_variants
+from hpo.space import EFFECTIVE_BATCH_SIZE, Categorical, Float, Int, SearchSpace
+
+SPACE = SearchSpace(
+    {
+        "training.learning_rate": Float(low=1e-5, high=1e-2, log=True),
+        EPOCHS: Int(low=1, high=5),
+        EFFECTIVE_BATCH_SIZE: Categorical(choices=(8, 16, 32)),
+    }
+)
+PROPOSAL = {"training.learning_rate": 1.9e-3, EPOCHS: 5, EFFECTIVE_BATCH_SIZE: 8}
+
+
+def _steps(params, rows=500):
+    """Optimizer steps of a run: epochs x ceil(rows / batch)."""
+    return params[EPOCHS] * -(-rows // params[EFFECTIVE_BATCH_SIZE])
+
+
+def test_variants_have_fewer_epochs_or_a_larger_batch_and_keep_everything_else():
+    variants = shorter_variants(PROPOSAL, SPACE)
+    assert len(variants) == 5 * 3 - 1  # every (epochs <= 5, batch >= 8) pair but the proposal itself
+    assert all(v["training.learning_rate"] == 1.9e-3 for v in variants)
+    assert all(_steps(v) < _steps(PROPOSAL) for v in variants)
+
+
+def test_the_longest_variant_that_fits_is_chosen():
+    # 5 epochs at batch 8 = 315 steps; room for 260: 4 epochs at batch 8 (252) beats 5 at 16 (160).
+    variant, steps = longest_fitting(PROPOSAL, SPACE, length=_steps, fits=lambda n: n <= 260)
+    assert (variant[EPOCHS], variant[EFFECTIVE_BATCH_SIZE], steps) == (4, 8, 252)
+    # Room for 90: 5 epochs at batch 32 (80) is the longest that fits (3 at batch 16 is 96).
+    variant, steps = longest_fitting(PROPOSAL, SPACE, length=_steps, fits=lambda n: n <= 90)
+    assert (variant[EPOCHS], variant[EFFECTIVE_BATCH_SIZE], steps) == (5, 32, 80)
+
+
+def test_equal_lengths_keep_the_proposed_batch():
+    # 256 rows: 4 epochs at batch 8 = 128 steps; room for 64: 2 epochs at batch 8 and 4 at batch 16 are
+    # both 64 steps, each one value changed: the proposed batch is kept.
+    def steps(params):
+        return _steps(params, rows=256)
+
+    proposal = {**PROPOSAL, EPOCHS: 4}
+    variant, length = longest_fitting(proposal, SPACE, length=steps, fits=lambda n: n <= 64)
+    assert length == 64 and (variant[EPOCHS], variant[EFFECTIVE_BATCH_SIZE]) == (2, 8)
+
+
+def test_nothing_shorter_when_nothing_fits_or_the_length_is_not_searched():
+    assert longest_fitting(PROPOSAL, SPACE, length=_steps, fits=lambda n: n < 16) is None
+    only_lr = SearchSpace({"training.learning_rate": Float(low=1e-5, high=1e-2, log=True)})
+    assert shorter_variants({"training.learning_rate": 1e-3}, only_lr) == []
