@@ -52,6 +52,7 @@ from hpo.budget import Budget  # noqa: E402
 from hpo.default_spaces import default_space  # noqa: E402
 from hpo.finetune_search import flatten, search_finetune  # noqa: E402
 from hpo.rerun_budget import NOT_RUN_ATTR  # noqa: E402
+from hpo.shortening import SHORTENED_ATTR  # noqa: E402
 from hpo.space import to_overrides  # noqa: E402
 from hpo.trial_callback import at_run_end  # noqa: E402
 from recipes.recipe import load_recipe  # noqa: E402
@@ -68,6 +69,7 @@ class Ledger:
     def __init__(self, budget_steps: int) -> None:
         self.budget_steps = budget_steps
         self.trials: list[dict] = []
+        self.shortened = 0  # tunelab: trials run shorter than proposed, to fit the budget
         self.started = time.perf_counter()
 
     @property
@@ -92,6 +94,7 @@ class Ledger:
 
     def summary(self) -> dict:
         counts = {s: sum(t["state"] == s for t in self.trials) for s in ("COMPLETE", "PRUNED", "FAIL", "NOT_RUN")}
+        counts["SHORTENED"] = self.shortened
         curve = self.anytime()
         return {
             "steps": self.steps,
@@ -262,6 +265,7 @@ def tunelab_contender(
         seed=seed,
         progress=True,
     )
+    ledger.shortened = sum(bool(t.extra.get(SHORTENED_ATTR)) for t in search.result.trials)
     for trial in search.result.trials:
         if trial.extra.get(NOT_RUN_ATTR):  # proposed, but its re-runs would not have fit: 0 steps, no score
             ledger.add(0, None, "NOT_RUN")
@@ -469,7 +473,7 @@ def report(results: dict, args, full_run: int, budget_steps: int) -> None:
     )
     print(
         "| contender | best validation in search | validation retrained | test accuracy | steps (x B) | s | "
-        "trials complete/pruned/failed (+ not run) |"
+        "trials complete/pruned/failed (+ not run; shortened) |"
     )
     print("|---|---|---|---|---|---|---|")
     for name, r in results.items():
@@ -481,6 +485,7 @@ def report(results: dict, args, full_run: int, budget_steps: int) -> None:
             f"| {name} | {best} | {val:.4f} | {test_mean:.4f} +/- {test_std:.4f} | {r['steps']} "
             f"({r['steps'] / budget_steps:.2f}) | {r['seconds']:.0f} | {t['COMPLETE']}/{t['PRUNED']}/{t['FAIL']}"
             + (f" (+ {t['NOT_RUN']} not run)" if t.get("NOT_RUN") else "")
+            + (f" ({t['SHORTENED']} shortened)" if t.get("SHORTENED") else "")
             + " |"
         )
     out = output_path(args)
