@@ -95,7 +95,11 @@ def _sections(results: dict[str, Any], search: SearchResult) -> list[tuple[str, 
         ["optimizer steps spent (exploration + selection re-runs)", str(total_steps(s))],
         ["full-run equivalents spent", spent_against_budget(s)],
         [
-            "trials proposed but not run (with their re-runs they would not have fit the budget)",
+            "trials run shorter than proposed (fewer epochs or a larger batch, so their re-runs fit)",
+            str(s.get("trials_shortened", 0)),
+        ],
+        [
+            "trials proposed but not run (even shortened, with their re-runs they would not have fit the budget)",
             str(s.get("trials_not_run", 0)),
         ],
         ["trial wall time (s)", f"{s['trial_seconds_spent']:.0f}"],
