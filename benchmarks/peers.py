@@ -252,11 +252,11 @@ def grid_contender(untuned: FinetuneConfig, ledger: Ledger, scratch: Path, metho
 
 
 def tunelab_contender(
-    untuned: FinetuneConfig, ledger: Ledger, scratch: Path, sampler: str, scheduler: str, seed: int
+    untuned: FinetuneConfig, ledger: Ledger, run_dir: Path, sampler: str, scheduler: str, seed: int
 ) -> FinetuneConfig:
     search = search_finetune(
         untuned,
-        run_dir=scratch / "tunelab",
+        run_dir=run_dir,
         # In steps, not full-run equivalents: where tunelab cross-validates (validation < 300 rows) its
         # "full run" is all the folds, and the budget must still be the peers'.
         budget=Budget(steps=ledger.budget_steps),
@@ -319,6 +319,11 @@ def main() -> None:
     )
     parser.add_argument("--output", type=Path, help="the JSON to write (default benchmarks/peers_<method>_<rows>.json)")
     parser.add_argument("--quick", action="store_true", help="400 training rows, 300 validation, budget 7, 2 seeds")
+    parser.add_argument(
+        "--keep-runs",
+        type=Path,
+        help="keep each tunelab contender's run folder (trials.csv, summary.json, study journal) under this folder",
+    )
     parser.add_argument("--report-only", action="store_true", help="redraw the table and plot from the JSON")
     args = parser.parse_args()
     if args.quick:
@@ -364,7 +369,8 @@ def main() -> None:
             elif name == "tunelab" or name.startswith("tunelab:"):
                 # "tunelab" is the default strategy; "tunelab:SAMPLER/SCHEDULER" a named combination.
                 sampler, _, scheduler = (name.partition(":")[2] or "tpe/hyperband").partition("/")
-                chosen = tunelab_contender(untuned, ledger, folder, sampler, scheduler or "none", args.search_seed)
+                run_dir = args.keep_runs / name.replace("/", "_") if args.keep_runs else folder / "tunelab"
+                chosen = tunelab_contender(untuned, ledger, run_dir, sampler, scheduler or "none", args.search_seed)
             else:
                 raise SystemExit(f"unknown contender {name!r}; choose from {CONTENDERS}")
             record = ledger.summary()
@@ -460,7 +466,7 @@ def child_arguments(args) -> list[str]:
     arguments = ["--method", args.method, "--budget", str(args.budget), "--seeds", str(args.seeds)]
     arguments += ["--search-seed", str(args.search_seed)]
     arguments += ["--train-rows", str(args.train_rows)] + (["--quick"] if args.quick else [])
-    return arguments
+    return arguments + (["--keep-runs", str(args.keep_runs)] if args.keep_runs else [])
 
 
 def report(results: dict, args, full_run: int, budget_steps: int) -> None:
