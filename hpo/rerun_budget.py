@@ -94,18 +94,21 @@ class RerunBudget:
             length, best_length
         )
 
+    def steps_needed(self, result: SearchResult, length: int) -> int:
+        """Where a trial of ``length`` planned steps would take the search: spent, itself, and its re-runs."""
+        return result.steps_spent + length + self.rerun_steps_after(result, length)
+
     def fits(self, result: SearchResult, length: int) -> bool:
         """Whether a trial of ``length`` planned steps may start now (its re-runs included)."""
-        return result.steps_spent + length + self.rerun_steps_after(result, length) <= self.total_steps
+        return self.steps_needed(result, length) <= self.total_steps
 
     def admit(self, result: SearchResult, length: int, trial: optuna.Trial) -> None:
         """Return if a trial of ``length`` planned steps fits with every re-run it may cause; otherwise raise
         InfeasibleTrial (not run), or SearchDone when nothing useful can fit any more."""
-        spent = result.steps_spent
-        if self.fits(result, length):
+        spent, needed = result.steps_spent, self.steps_needed(result, length)
+        if needed <= self.total_steps:
             self.refused_in_a_row = 0
             return
-        needed = spent + length + self.rerun_steps_after(result, length)
         self.refused_in_a_row += 1
         left = self.total_steps - spent - self.rerun_steps_now(result)
         if left < self.shortest_useful_steps:

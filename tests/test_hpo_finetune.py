@@ -71,6 +71,26 @@ def test_search_runs_untuned_first_then_selects_the_winner_over_fresh_seeds(tiny
     assert summary["budget"]["steps"] == 96  # exploration never gets the untuned run's 2 re-runs
 
 
+def _strict_budget_search(base, tmp_path, *, epochs, seed):
+    """Random search over the learning rate and ``epochs``, 10 untuned runs of budget, re-runs included."""
+    space = SearchSpace(
+        {
+            "training.learning_rate": Float(low=1e-4, high=1e-2, log=True),
+            "training.num_train_epochs": Categorical(choices=epochs),
+        }
+    )
+    return search_finetune(
+        base,
+        run_dir=tmp_path / "search",
+        space=space,
+        sampler="random",
+        scheduler="none",
+        full_run_equivalents=10,
+        seed=seed,
+        progress=False,
+    )
+
+
 def test_trials_whose_reruns_would_not_fit_run_shortened_and_the_budget_holds(tiny_bert, sentiment_files, tmp_path):
     base = _base(tiny_bert, sentiment_files, tmp_path)
     # The untuned run: 1 epoch at batch 8 = 12 steps; budget 10 full runs = 120 steps. A challenger of E
@@ -78,22 +98,7 @@ def test_trials_whose_reruns_would_not_fit_run_shortened_and_the_budget_holds(ti
     # (12 + its 2 re-runs, 24) a 4-epoch trial (48 + 96) never fits, so it runs at 1 epoch, its learning rate
     # kept. 1-epoch runs (12 + 24) fit until 72 steps are spent (72 + 12 + 24 + 24 = 132 > 120); then what
     # is left (120 - 72 - 48 = 0) ends the search, with no room for a third candidate.
-    space = SearchSpace(
-        {
-            "training.learning_rate": Float(low=1e-4, high=1e-2, log=True),
-            "training.num_train_epochs": Categorical(choices=(1, 4)),
-        }
-    )
-    search = search_finetune(
-        base,
-        run_dir=tmp_path / "search",
-        space=space,
-        sampler="random",
-        scheduler="none",
-        full_run_equivalents=10,
-        seed=3,
-        progress=False,
-    )
+    search = _strict_budget_search(base, tmp_path, epochs=(1, 4), seed=3)
     result, selection = search.result, search.selection
     shortened = [t for t in result.trials if t.extra.get("shortened")]
     assert shortened and not any(t.extra.get("not_run") for t in result.trials)
@@ -113,21 +118,7 @@ def test_trials_with_no_shorter_version_that_fits_are_not_run(tiny_bert, sentime
     # Only 4-epoch challengers (48 steps, 144 with their re-runs) after the untuned run (12 + 24 re-run):
     # none fits in 120, and the space has nothing shorter; each is recorded as not run, and after 20 in a
     # row the search ends. The untuned configuration is kept.
-    space = SearchSpace(
-        {
-            "training.learning_rate": Float(low=1e-4, high=1e-2, log=True),
-            "training.num_train_epochs": Categorical(choices=(4,)),
-        }
-    )
-    search = search_finetune(
-        base,
-        run_dir=tmp_path / "search",
-        space=space,
-        sampler="random",
-        scheduler="none",
-        full_run_equivalents=10,
-        progress=False,
-    )
+    search = _strict_budget_search(base, tmp_path, epochs=(4,), seed=0)
     result = search.result
     not_run = [t for t in result.trials if t.extra.get("not_run")]
     assert len(not_run) == 19 and all(t.steps == 0 for t in not_run)  # the 20th ends the search, discarded
