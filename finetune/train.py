@@ -165,6 +165,10 @@ def train(config: FinetuneConfig, callbacks: list[TrainerCallback] | None = None
 
     output_dir = Path(config.training.output_dir)
     checkpoint_dir = output_dir / "checkpoints"
+    train_split = []
+    if config.training.train_split_metrics:
+        batch = config.training.per_device_eval_batch_size
+        train_split.append(TrainSplitMetrics(inputs.train, inputs.collator, batch, config.model.task))
     trainer = Trainer(
         model=model,
         args=training_arguments(config, checkpoint_dir),
@@ -176,9 +180,7 @@ def train(config: FinetuneConfig, callbacks: list[TrainerCallback] | None = None
         callbacks=[
             NanLossGuard(),
             ProgressLog(),
-            TrainSplitMetrics(
-                inputs.train, inputs.collator, config.training.per_device_eval_batch_size, config.model.task
-            ),
+            *train_split,
             *(callbacks or []),
         ],
     )

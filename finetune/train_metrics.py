@@ -40,7 +40,11 @@ class TrainSplitMetrics(TrainerCallback):
         model.eval()
         device = next(model.parameters()).device
         losses, weights, logits, labels = [], [], [], []
-        loader = DataLoader(self.sample, batch_size=self.batch_size, collate_fn=self.collator)
+        # Its own generator: iterating a DataLoader draws a seed, which from the global RNG would shift
+        # the run's dropout and data order; measuring must leave the training run exactly as it was.
+        loader = DataLoader(
+            self.sample, batch_size=self.batch_size, collate_fn=self.collator, generator=torch.Generator()
+        )
         for batch in loader:
             batch = {k: v.to(device) for k, v in batch.items()}
             output = model(**batch)

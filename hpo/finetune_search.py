@@ -199,7 +199,11 @@ def search_finetune(
         untuned = reporter.trial.user_attrs.get("role") == UNTUNED
         overrides = {} if untuned else to_overrides(params, base_values, max_per_device_batch, world_size)
         overrides.update(
-            {"training.output_dir": str(trials_dir / f"trial_{number:04d}"), "training.eval_steps": min_steps}
+            {
+                "training.output_dir": str(trials_dir / f"trial_{number:04d}"),
+                "training.eval_steps": min_steps,
+                "training.train_split_metrics": False,  # a trial is scored on validation only
+            }
         )
         config = base.with_overrides(overrides)
         if rerun_budget is not None and not untuned:  # the untuned run is the baseline: always run
@@ -299,7 +303,12 @@ def search_finetune(
         chosen = select_finetune_winner(
             result,
             # Re-runs evaluate on the search's schedule, so "best" means the same as in the search.
-            {t.number: config_of(t).with_overrides({"training.eval_steps": min_steps}) for t in picked},
+            {
+                t.number: config_of(t).with_overrides(
+                    {"training.eval_steps": min_steps, "training.train_split_metrics": False}
+                )
+                for t in picked
+            },
             folder=run_dir / "selection",
             settings=selection,
             metric=metric,

@@ -230,6 +230,9 @@ def test_trial_folders_are_separate(tiny_bert, sentiment_files, tmp_path):
     folders = sorted(Path(tmp_path / "s" / "trials").iterdir())
     assert [f.name for f in folders] == ["trial_0000", "trial_0001", "trial_0002"]
     assert all((f / "run_result.json").is_file() for f in folders)
+    # Trials are scored on validation: the train-split metrics (the final report's plot) are not measured.
+    evaluations = [e for f in folders for e in json.loads((f / "run_result.json").read_text())["evaluations"]]
+    assert evaluations and not any(key.startswith("train_") for e in evaluations for key in e)
 
 
 def test_cli_search_writes_outputs_and_resumes(tiny_bert, sentiment_files, tmp_path, capsys):

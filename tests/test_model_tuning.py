@@ -292,6 +292,17 @@ def test_each_evaluation_records_training_metrics_next_to_validation(
     assert all({"train_loss", "train_perplexity", "eval_loss"} <= set(e) for e in causal.evaluations)
 
 
+def test_training_metrics_can_be_turned_off_without_changing_the_run(tiny_bert, sentiment_files, tmp_path):
+    measured = finetune.train(_config(tiny_bert, sentiment_files, tmp_path / "on"))
+    config = _config(tiny_bert, sentiment_files, tmp_path / "off").with_overrides(
+        {"training.train_split_metrics": False}
+    )
+    skipped = finetune.train(config)
+    assert not any(key.startswith("train_") for e in skipped.evaluations for key in e)
+    # Measuring runs in eval mode on a fixed sample: it must not move the training run at all.
+    assert [e["eval_loss"] for e in skipped.evaluations] == [e["eval_loss"] for e in measured.evaluations]
+
+
 def test_training_metrics_are_measured_in_eval_mode_on_a_fixed_sample(tiny_bert, sentiment_files, tmp_path):
     from finetune.inputs import prepare_inputs
     from finetune.models import build_model, load_tokenizer, resolve_source
