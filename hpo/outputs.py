@@ -11,6 +11,14 @@ import optuna
 from hpo.results import SearchResult
 
 
+def trial_counts(result: SearchResult) -> dict[str, int]:
+    """Trials by outcome. INFEASIBLE trials are stored COMPLETE with a violated constraint (not run for the
+    budget, or out of memory even at a smaller batch) so TPE/GP avoid them; they never trained to the end."""
+    infeasible = sum(t.state == "COMPLETE" and not t.feasible for t in result.trials)
+    counts = {state: result.count(state) for state in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")}
+    return {**counts, "COMPLETE": counts["COMPLETE"] - infeasible, "INFEASIBLE": infeasible}
+
+
 def write_search_outputs(
     result: SearchResult, folder: str | Path, *, best_config: Any | None = None, extra: dict[str, Any] | None = None
 ) -> dict[str, str]:
@@ -26,7 +34,7 @@ def write_search_outputs(
         "best_value": result.best_value,
         "best_trial": best.number if best else None,
         "best_params": result.best_params,
-        "trials": {state: result.count(state) for state in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")},
+        "trials": trial_counts(result),
         "steps_spent": result.steps_spent,
         "trial_seconds_spent": result.wall_seconds_spent,
         **(extra or {}),

@@ -125,6 +125,8 @@ def test_trials_with_no_shorter_version_that_fits_are_not_run(tiny_bert, sentime
     assert all(t.failure.startswith("infeasible: not run: 48 steps") for t in not_run)
     assert result.steps_spent == 12 and "the last 20 trials proposed were too long" in result.stop_reason
     assert search.selection.kept_baseline
+    summary = json.loads((tmp_path / "search" / "summary.json").read_text())
+    assert summary["trials"] == {"COMPLETE": 1, "PRUNED": 0, "FAIL": 0, "RUNNING": 0, "INFEASIBLE": 19}
 
 
 def test_budget_without_room_for_the_selection_reserve_is_refused(tiny_bert, sentiment_files, tmp_path):
