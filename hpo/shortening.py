@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from hpo.space import EFFECTIVE_BATCH_SIZE, Categorical, Int, SearchSpace
+from hpo.space import EFFECTIVE_BATCH_SIZE, SearchSpace, finite_values
 
 EPOCHS = "training.num_train_epochs"
 SHORTENED_ATTR = "shortened"  # on the trial that replaced a proposal: what was proposed, and why it did not run
@@ -65,10 +65,7 @@ def _options(space: SearchSpace, params: dict[str, Any], key: str, *, shorter: C
     parameter = space.parameters.get(key)
     if key not in params or parameter is None:
         return [None]
-    if isinstance(parameter, Categorical):
-        values = list(parameter.choices)
-    elif isinstance(parameter, Int) and not parameter.log:
-        values = list(range(parameter.low, parameter.high + 1, parameter.step))
-    else:
+    values = finite_values(parameter)
+    if values is None:
         return [params[key]]  # a float or log range: keep the proposed value
     return [value for value in values if shorter(value)]

@@ -196,13 +196,23 @@ class SearchSpace:
         parameter = self.parameters.get(key)
         if parameter is None:
             return [base.get(key)]  # None: the model's own value, checked when the model is built
-        if isinstance(parameter, Categorical):
-            return list(parameter.choices)
-        if isinstance(parameter, Fixed):
-            return [parameter.value]
-        if isinstance(parameter, Int) and not parameter.log:
-            return list(range(parameter.low, parameter.high + 1, parameter.step))
-        raise ConfigError(f"search.space.{key}: give it as categorical or a stepped int, so every value can be checked")
+        values = finite_values(parameter)
+        if values is None:
+            raise ConfigError(
+                f"search.space.{key}: give it as categorical or a stepped int, so every value can be checked"
+            )
+        return values
+
+
+def finite_values(parameter: Parameter) -> list[Any] | None:
+    """Every value a categorical, fixed or stepped (not log) int parameter can take; None for a range."""
+    if isinstance(parameter, Categorical):
+        return list(parameter.choices)
+    if isinstance(parameter, Fixed):
+        return [parameter.value]
+    if isinstance(parameter, Int) and not parameter.log:
+        return list(range(parameter.low, parameter.high + 1, parameter.step))
+    return None
 
 
 def derive_batch(effective: int, max_per_device: int, world_size: int = 1) -> tuple[int, int]:
