@@ -155,6 +155,8 @@ def search_finetune(
         raise ConfigError("search.budget: give a budget (trials, steps, wall_seconds) or full_run_equivalents")
     # Evaluations every rung unit: SHA/Hyperband rungs (min_steps x 3^k) then always fall on an evaluation.
     min_steps = max(1, round(run_steps / 9))
+    # Trials and their re-runs are scored on validation only: the train-split metrics are not measured.
+    search_evaluations = {"training.eval_steps": min_steps, "training.train_split_metrics": False}
     total_steps = budget.steps
     rerun_budget = None
     if selection.enabled and total_steps is not None:
@@ -198,13 +200,7 @@ def search_finetune(
         number = reporter.trial.number
         untuned = reporter.trial.user_attrs.get("role") == UNTUNED
         overrides = {} if untuned else to_overrides(params, base_values, max_per_device_batch, world_size)
-        overrides.update(
-            {
-                "training.output_dir": str(trials_dir / f"trial_{number:04d}"),
-                "training.eval_steps": min_steps,
-                "training.train_split_metrics": False,  # a trial is scored on validation only
-            }
-        )
+        overrides.update({"training.output_dir": str(trials_dir / f"trial_{number:04d}"), **search_evaluations})
         config = base.with_overrides(overrides)
         if rerun_budget is not None and not untuned:  # the untuned run is the baseline: always run
             admit_or_shorten(params, config, reporter)
@@ -303,12 +299,7 @@ def search_finetune(
         chosen = select_finetune_winner(
             result,
             # Re-runs evaluate on the search's schedule, so "best" means the same as in the search.
-            {
-                t.number: config_of(t).with_overrides(
-                    {"training.eval_steps": min_steps, "training.train_split_metrics": False}
-                )
-                for t in picked
-            },
+            {t.number: config_of(t).with_overrides(search_evaluations) for t in picked},
             folder=run_dir / "selection",
             settings=selection,
             metric=metric,
