@@ -54,12 +54,3 @@ def build_pruner(
             min_resource=min_steps, max_resource=max_steps or "auto", reduction_factor=reduction_factor
         )
     raise ConfigError(f"search.scheduler: unknown scheduler {name!r}; expected one of {', '.join(SCHEDULERS)}")
-
-
-def rung_steps(min_steps: int, max_steps: int, reduction_factor: int = 3) -> list[int]:
-    """Optimizer steps at which SHA/Hyperband compare trials: min_steps * eta^k up to max_steps."""
-    rungs, step = [], min_steps
-    while step < max_steps:
-        rungs.append(step)
-        step *= reduction_factor
-    return [*rungs, max_steps]
