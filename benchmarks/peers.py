@@ -31,7 +31,6 @@ import argparse
 import json
 import math
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -42,6 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import optuna  # noqa: E402
+from peers_report import plot_anytime, results_table, targets  # noqa: E402
 from transformers import Trainer, TrainerCallback, TrainingArguments  # noqa: E402
 
 import finetune  # noqa: E402
@@ -485,30 +485,12 @@ def child_arguments(args) -> list[str]:
 
 
 def report(results: dict, args, full_run: int, budget_steps: int) -> None:
-    def mean_std(values):
-        return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-    print(
-        f"\nSST-2 MiniLM {args.method}, {args.train_rows} training rows: budget "
-        f"{args.budget:g} full runs = {budget_steps} steps; {args.seeds} seeds\n"
+    """Print the table and the targets, write the JSON and the anytime plot."""
+    title = (
+        f"SST-2 MiniLM {args.method}, {args.train_rows} training rows: budget "
+        f"{args.budget:g} full runs = {budget_steps} steps; {args.seeds} seeds"
     )
-    print(
-        "| contender | best validation in search | validation retrained | test accuracy | steps (x B) | s | "
-        "trials complete/pruned/failed (+ not run; shortened) |"
-    )
-    print("|---|---|---|---|---|---|---|")
-    for name, r in results.items():
-        test_mean, test_std = mean_std(r["final"]["test"])
-        val = statistics.mean(r["final"]["validation"])
-        best = "-" if r["best_validation"] is None else f"{r['best_validation']:.4f}"
-        t = r["trials"]
-        print(
-            f"| {name} | {best} | {val:.4f} | {test_mean:.4f} +/- {test_std:.4f} | {r['steps']} "
-            f"({r['steps'] / budget_steps:.2f}) | {r['seconds']:.0f} | {t['COMPLETE']}/{t['PRUNED']}/{t['FAIL']}"
-            + (f" (+ {t['NOT_RUN']} not run)" if t.get("NOT_RUN") else "")
-            + (f" ({t['SHORTENED']} shortened)" if t.get("SHORTENED") else "")
-            + " |"
-        )
+    print(f"\n{title}\n\n{results_table(results, budget_steps)}")
     out = output_path(args)
     out.write_text(
         json.dumps(
@@ -518,66 +500,7 @@ def report(results: dict, args, full_run: int, budget_steps: int) -> None:
     plot_anytime(results, out.with_name(out.stem + "_anytime.png"), full_run)
     print(f"\nwritten: {out}")
     if "untuned" in results and "tunelab" in results:
-        targets(results)
-
-
-def targets(results: dict) -> None:
-    def test(name):
-        return statistics.mean(results[name]["final"]["test"])
-
-    lines = []
-    if "hf_default" in results:
-        met = test("tunelab") > test("hf_default")
-        lines.append(
-            f"tunelab beats Trainer.hyperparameter_search on test: {met} "
-            f"({test('tunelab'):.4f} vs {test('hf_default'):.4f})"
-        )
-    if "grid" in results:
-        # Read on the anytime curve: the steps tunelab had spent when its best validation first came within
-        # 0.5 points of the grid's best, against the grid's total steps.
-        grid_best = max(v for _, v in results["grid"]["anytime"])
-        reached = next((s for s, v in results["tunelab"]["anytime"] if v >= grid_best - 0.005), math.inf)
-        ratio = reached / results["grid"]["steps"]
-        gap = (grid_best - (results["tunelab"]["best_validation"] or 0)) * 100
-        lines.append(
-            f"tunelab within 0.5 points of the grid's best validation with <= 1/5 of its steps: {ratio <= 0.2} "
-            f"(reached after {reached} steps = {ratio:.2f} of the grid's {results['grid']['steps']}; final gap "
-            f"{gap:+.2f} points)"
-        )
-    if "random" in results:
-        target = statistics.mean(results["untuned"]["final"]["validation"])
-
-        def reach(name):
-            return next((s for s, v in results[name]["anytime"] if v >= target), math.inf)
-
-        lines.append(
-            f"steps to reach the untuned validation score: tunelab {reach('tunelab')}, random "
-            f"{reach('random')} (target: <= 1/3)"
-        )
-    lines.append(
-        f"tunelab never below untuned by more than one std: "
-        f"{test('tunelab') >= test('untuned') - statistics.stdev(results['untuned']['final']['test'])}"
-    )
-    print("\n" + "\n".join(lines))
-
-
-def plot_anytime(results: dict, path: Path, full_run: int) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for name, r in results.items():
-        if r["anytime"]:
-            steps, values = zip(*r["anytime"], strict=True)
-            ax.step([s / full_run for s in steps], values, where="post", label=name)
-    ax.set_xlabel("full-run equivalents spent")
-    ax.set_ylabel("best validation accuracy so far")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+        print("\n" + "\n".join(targets(results)))
 
 
 if __name__ == "__main__":
