@@ -190,9 +190,11 @@ def decide(candidates: list[Candidate], baseline: int, direction: str, confidenc
             f"more than the noise margin {margin:.4g}"
         )
         return Selection(candidates, best.trial, baseline, pooled, margin, reason)
+    # A challenger can also be worse than the baseline by more than the noise: say so, not "within".
+    verdict = "within" if gain >= -margin else "worse by more than"
     reason = (
         f"the best challenger (trial {best.trial}) is {gain:+.4g} from the baseline over fresh seeds, "
-        f"within the noise margin {margin:.4g}: the baseline is kept"
+        f"{verdict} the noise margin {margin:.4g}: the baseline is kept"
     )
     return Selection(candidates, baseline, baseline, pooled, margin, reason)
 

@@ -43,6 +43,18 @@ def test_margin_is_the_bonferroni_t_bound_on_pooled_noise():
     assert won.winner == 2 and won.winners_curse == pytest.approx(0.9 - 0.805)
 
 
+def test_the_reason_says_whether_a_kept_baseline_was_level_or_better():
+    def reason(challenger_values):
+        candidates = [
+            Candidate(trial=0, role="untuned", params={}, search_value=0.80, values=[0.80, 0.81]),
+            Candidate(trial=1, role=None, params={}, search_value=0.90, values=challenger_values),
+        ]
+        return decide(candidates, baseline=0, direction="maximize", confidence=0.95).reason
+
+    assert "within the noise margin" in reason([0.80, 0.82])
+    assert "worse by more than the noise margin" in reason([0.50, 0.51])
+
+
 def test_the_baseline_search_score_is_one_more_sample():
     base = Candidate(trial=0, role="untuned", params={}, search_value=0.7, values=[0.8, 0.9], counts_search_value=True)
     assert base.scores == [0.7, 0.8, 0.9] and base.mean == pytest.approx(0.8) and base.rerun_mean == pytest.approx(0.85)
