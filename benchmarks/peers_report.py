@@ -37,6 +37,11 @@ def results_table(results: dict, budget_steps: int) -> str:
     return "\n".join(rows)
 
 
+def steps_to_reach(anytime: list, score: float) -> float:
+    """Steps spent when an anytime curve (``[steps, best so far]`` pairs) first reached ``score``; inf if never."""
+    return next((steps for steps, value in anytime if value >= score), math.inf)
+
+
 def targets(results: dict) -> list[str]:
     """The issue's targets for the "tunelab" contender, one line each: met or not, and the numbers."""
 
@@ -54,7 +59,7 @@ def targets(results: dict) -> list[str]:
         # Read on the anytime curve: the steps tunelab had spent when its best validation first came within
         # 0.5 points of the grid's best, against the grid's total steps.
         grid_best = max(v for _, v in results["grid"]["anytime"])
-        reached = next((s for s, v in results["tunelab"]["anytime"] if v >= grid_best - 0.005), math.inf)
+        reached = steps_to_reach(results["tunelab"]["anytime"], grid_best - 0.005)
         ratio = reached / results["grid"]["steps"]
         gap = (grid_best - (results["tunelab"]["best_validation"] or 0)) * 100
         lines.append(
@@ -64,11 +69,8 @@ def targets(results: dict) -> list[str]:
         )
     if "random" in results:
         target = statistics.mean(results["untuned"]["final"]["validation"])
-
-        def reach(name):
-            return next((s for s, v in results[name]["anytime"] if v >= target), math.inf)
-
-        ours, theirs = reach("tunelab"), reach("random")
+        ours = steps_to_reach(results["tunelab"]["anytime"], target)
+        theirs = steps_to_reach(results["random"]["anytime"], target)
         met = ours <= theirs / 3 if ours < math.inf else False
         lines.append(
             f"tunelab reaches the untuned validation score in <= 1/3 of random search's steps: {met} "
