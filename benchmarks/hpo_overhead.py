@@ -21,7 +21,7 @@ sys.path.insert(0, str(ROOT))
 
 import optuna  # noqa: E402
 
-from hpo import Budget, Categorical, Float, Int, SearchSpace, optimize  # noqa: E402
+from hpo import Budget, Categorical, Float, Int, SearchSpace, StudySettings, optimize  # noqa: E402
 from hpo.samplers import build_sampler  # noqa: E402
 from hpo.storage import open_storage  # noqa: E402
 
@@ -45,7 +45,12 @@ def tunelab_run(trials: int, storage: str | None) -> float:
         return value(params)
 
     started = time.perf_counter()
-    optimize(objective, SPACE, sampler="tpe", budget=Budget(trials=trials), seed=0, storage=storage, progress=False)
+    optimize(
+        objective,
+        SPACE,
+        budget=Budget(trials=trials),
+        settings=StudySettings(sampler="tpe", seed=0, storage=storage, progress=False),
+    )
     return time.perf_counter() - started
 
 

@@ -108,7 +108,7 @@ class RecordRss(TrainerCallback):
 def run_tunelab(model: str, folder: Path, trials: int) -> list[int]:
     """hpo.optimize over finetune.train, as search_finetune runs it, recording RSS after each trial."""
     import finetune
-    from hpo import optimize
+    from hpo import StudySettings, optimize
 
     base = FinetuneConfig.from_dict(_config(model, folder))
     rss: list[int] = []
@@ -126,10 +126,9 @@ def run_tunelab(model: str, folder: Path, trials: int) -> list[int]:
     optimize(
         objective,
         SearchSpace({"training.learning_rate": Float(low=1e-5, high=1e-3, log=True)}),
-        sampler="random",
         budget=Budget(trials=trials),
-        progress=False,
         on_trial_end=after,
+        settings=StudySettings(sampler="random", progress=False),
     )
     return rss
 

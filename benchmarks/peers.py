@@ -48,13 +48,12 @@ import finetune  # noqa: E402
 from finetune import FinetuneConfig  # noqa: E402
 from finetune.data import load_splits  # noqa: E402
 from finetune.train import planned_steps  # noqa: E402
+from hpo import attributes  # noqa: E402
 from hpo.budget import Budget  # noqa: E402
-from hpo.default_spaces import default_space  # noqa: E402
-from hpo.finetune_search import flatten, search_finetune  # noqa: E402
-from hpo.rerun_budget import NOT_RUN_ATTR  # noqa: E402
-from hpo.shortening import SHORTENED_ATTR  # noqa: E402
-from hpo.space import to_overrides  # noqa: E402
-from hpo.trial_callback import at_run_end  # noqa: E402
+from hpo.finetune import SearchSettings, search_finetune  # noqa: E402
+from hpo.finetune.config_space import flatten, to_overrides  # noqa: E402
+from hpo.finetune.default_spaces import default_space  # noqa: E402
+from hpo.finetune.trial_training import at_run_end  # noqa: E402
 from recipes.recipe import load_recipe  # noqa: E402
 
 RECIPES = {"lora": "sst2_minilm_lora.yaml", "full": "sst2_minilm_full.yaml"}
@@ -263,20 +262,18 @@ def grid_contender(untuned: FinetuneConfig, ledger: Ledger, scratch: Path, metho
 def tunelab_contender(
     untuned: FinetuneConfig, ledger: Ledger, run_dir: Path, sampler: str, scheduler: str, seed: int
 ) -> FinetuneConfig:
-    search = search_finetune(
-        untuned,
-        run_dir=run_dir,
+    settings = SearchSettings(
         # In steps, not full-run equivalents: where tunelab cross-validates (validation < 300 rows) its
         # "full run" is all the folds, and the budget must still be the peers'.
         budget=Budget(steps=ledger.budget_steps),
         sampler=sampler,
         scheduler=scheduler,
         seed=seed,
-        progress=True,
     )
-    ledger.shortened = sum(bool(t.extra.get(SHORTENED_ATTR)) for t in search.result.trials)
+    search = search_finetune(untuned, settings, run_dir=run_dir)
+    ledger.shortened = sum(bool(t.extra.get(attributes.SHORTENED)) for t in search.result.trials)
     for trial in search.result.trials:
-        if trial.extra.get(NOT_RUN_ATTR):  # proposed, but its re-runs would not have fit: 0 steps, no score
+        if trial.extra.get(attributes.NOT_RUN):  # proposed, but its re-runs would not have fit: 0 steps, no score
             ledger.add(0, None, "NOT_RUN")
         else:
             ledger.add(trial.steps, trial.value if trial.state == "COMPLETE" else None, trial.state)

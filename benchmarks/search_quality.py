@@ -22,7 +22,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from hpo import Budget, Float, SearchSpace, optimize  # noqa: E402
+from hpo import Budget, Float, SearchSpace, StudySettings, optimize  # noqa: E402
 
 # Search spaces address config keys; the functions only read the values.
 KEYS = [
@@ -70,11 +70,8 @@ def regret(sampler: str, problem: str, evaluations: int, seed: int) -> float:
     result = optimize(
         lambda params, reporter: function(params),
         space,
-        sampler=sampler,
-        direction="minimize",
         budget=Budget(trials=evaluations),
-        seed=seed,
-        progress=False,
+        settings=StudySettings(sampler=sampler, direction="minimize", seed=seed, progress=False),
     )
     return result.best_value - optimum
 
@@ -97,14 +94,16 @@ def multi_fidelity_regret(sampler: str, scheduler: str, steps_budget: int, seed:
     result = optimize(
         objective,
         space,
-        sampler=sampler,
-        scheduler=scheduler,
-        direction="minimize",
         budget=Budget(steps=steps_budget),
-        seed=seed,
-        min_steps=10,
-        max_steps=max_steps,
-        progress=False,
+        settings=StudySettings(
+            sampler=sampler,
+            scheduler=scheduler,
+            direction="minimize",
+            seed=seed,
+            min_steps=10,
+            max_steps=max_steps,
+            progress=False,
+        ),
     )
     # Regret of the configuration chosen, at its true (full-fidelity, noise-free) value.
     return function(result.best_params) - optimum

@@ -13,7 +13,7 @@ import argparse
 
 import numpy as np
 
-from hpo.selection import Candidate, decide
+from hpo.winner_rule import Candidate, decide
 
 
 def rate(gap: float, seeds: int, confidence: float, runs: int, rng: np.random.Generator) -> float:

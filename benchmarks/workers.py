@@ -22,7 +22,7 @@ from pathlib import Path
 
 import optuna
 
-from hpo import Budget, Categorical, Float, SearchSpace, optimize
+from hpo import Budget, Categorical, Float, SearchSpace, StudySettings, optimize
 from hpo.storage import open_storage
 
 SPACE = SearchSpace(
@@ -53,12 +53,8 @@ def worker(storage: str, study: str, trials: int, step_seconds: float, seed: int
     optimize(
         objective_with(step_seconds),
         SPACE,
-        sampler="random",
         budget=Budget(trials=trials),
-        storage=storage,
-        study_name=study,
-        seed=seed,
-        progress=False,
+        settings=StudySettings(sampler="random", storage=storage, study_name=study, seed=seed, progress=False),
     )
 
 

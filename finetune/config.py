@@ -23,7 +23,6 @@ TARGET_MODULE_PRESETS = ("auto", "all-linear", "peft-default")
 SftFormat = Literal["auto", "text", "prompt_completion", "messages", "instruction"]
 # ModelConfig fields that reshape a from-scratch model (hidden_act included).
 ARCHITECTURE_KEYS = ("num_hidden_layers", "hidden_size", "intermediate_size", "num_attention_heads", "hidden_act")
-HEAD_ACTIVATIONS = ("relu", "gelu", "tanh", "silu")
 
 
 @dataclass

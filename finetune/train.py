@@ -162,32 +162,41 @@ def train(config: FinetuneConfig, callbacks: list[TrainerCallback] | None = None
     model = build_model(config, source, tokenizer, inputs.label_names)
     model = apply_method(model, config.method, config.model.task)
     trainable, total = count_parameters(model)
-
+    trainer = _trainer(config, model, tokenizer, inputs, callbacks or [])
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    train_output = trainer.train()
     output_dir = Path(config.training.output_dir)
-    checkpoint_dir = output_dir / "checkpoints"
+    result = _run_result(trainer, config, output_dir, train_output.metrics)
+    result.wall_seconds = time.perf_counter() - started
+    result.trainable_params, result.total_params = trainable, total
+    if trainer.is_world_process_zero():
+        _save_run(trainer, config, inputs.label_names, result, output_dir)
+    trainer.accelerator.wait_for_everyone()
+    return result
+
+
+def _trainer(config: FinetuneConfig, model, tokenizer, inputs, callbacks: list[TrainerCallback]) -> Trainer:
     train_split = []
     if config.training.train_split_metrics:
         batch = config.training.per_device_eval_batch_size
         train_split.append(TrainSplitMetrics(inputs.train, inputs.collator, batch, config.model.task))
     trainer = Trainer(
         model=model,
-        args=training_arguments(config, checkpoint_dir),
+        args=training_arguments(config, Path(config.training.output_dir) / "checkpoints"),
         train_dataset=inputs.train,
         eval_dataset=inputs.validation,
         processing_class=tokenizer,
         data_collator=inputs.collator,
         compute_metrics=classification_metrics if config.model.task == "classification" else None,
-        callbacks=[
-            NanLossGuard(),
-            ProgressLog(),
-            *train_split,
-            *(callbacks or []),
-        ],
+        callbacks=[NanLossGuard(), ProgressLog(), *train_split, *callbacks],
     )
     trainer.remove_callback(PrinterCallback)  # replaced by ProgressLog on stderr
-    if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
-    train_output = trainer.train()
+    return trainer
+
+
+def _run_result(trainer: Trainer, config: FinetuneConfig, output_dir: Path, train_metrics: dict) -> RunResult:
+    """What the run did, read off the trainer after training (wall time and parameter counts filled by train)."""
     state = trainer.state
     evaluations = [
         add_perplexity(_eval_entry(log), config.model.task) for log in state.log_history if "eval_loss" in log
@@ -196,7 +205,7 @@ def train(config: FinetuneConfig, callbacks: list[TrainerCallback] | None = None
     final = add_perplexity(clean_metrics(trainer.evaluate()), config.model.task)
     metric_key = "eval_" + trainer.args.metric_for_best_model.removeprefix("eval_")
     best = _best(evaluations, metric_key, trainer.args.greater_is_better) or final
-    result = RunResult(
+    return RunResult(
         output_dir=str(output_dir),
         evaluations=evaluations,
         final_metrics=final,
@@ -205,11 +214,11 @@ def train(config: FinetuneConfig, callbacks: list[TrainerCallback] | None = None
         optimizer_steps=state.global_step,
         planned_steps=state.max_steps,
         tokens_seen=int(state.num_input_tokens_seen),
-        wall_seconds=time.perf_counter() - started,
-        train_seconds=float(train_output.metrics["train_runtime"]),
+        wall_seconds=0.0,
+        train_seconds=float(train_metrics["train_runtime"]),
         peak_memory_bytes=_peak_memory(),
-        trainable_params=trainable,
-        total_params=total,
+        trainable_params=0,
+        total_params=0,
         stopped_early=state.global_step < state.max_steps,
         train_losses=[
             {"step": log["step"], "loss": log["loss"], "learning_rate": log.get("learning_rate")}
@@ -217,10 +226,6 @@ def train(config: FinetuneConfig, callbacks: list[TrainerCallback] | None = None
             if "loss" in log
         ],
     )
-    if trainer.is_world_process_zero():
-        _save_run(trainer, config, inputs.label_names, result, output_dir)
-    trainer.accelerator.wait_for_everyone()
-    return result
 
 
 def _save_run(

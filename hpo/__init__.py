@@ -1,32 +1,60 @@
-"""hpo: search the hyperparameters of finetune runs (Optuna underneath)."""
+"""hpo: search the hyperparameters of fine-tunes (Optuna underneath).
+
+The flow of `search_finetune(base, settings, run_dir=...)` (hpo/finetune/search.py):
+  1. plan     hpo.finetune.plan: the space (space.py), metric, folds, the untuned run's length, budgets
+  2. explore  optimize.py: ask / run / tell until the budget (budget.py) is spent; samplers and schedulers
+              (samplers.py) are Optuna's; the study lives in storage.py, shared by workers.py
+  3. trial    hpo.finetune.objective: admit under the budget (admission.py), train and report each
+              evaluation (reporter.py, trial_training.py) so schedulers can stop it early
+  4. winner   hpo.finetune.reruns re-runs the top candidates with fresh seeds; winner_rule.py keeps the
+              untuned config unless beaten beyond the noise
+  5. files    result_files.py: trials.csv/json, summary.json, best_config.yaml, plots (results.py reads them)
+Trial attribute keys: attributes.py. Errors and the signals an objective raises: errors.py.
+"""
 
 from hpo.budget import Budget
-from hpo.optimize import InfeasibleTrial, ReplaceTrial, Reporter, SearchDone, SearchError, TrialPruned, optimize
+from hpo.errors import (
+    InfeasibleTrial,
+    ReplaceTrial,
+    SearchConfigError,
+    SearchDone,
+    SearchError,
+    TrialPruned,
+)
+from hpo.finetune import FinetuneSearch, Objective, SearchSettings, search_finetune
+from hpo.optimize import PlannedTrial, StudySettings, optimize
+from hpo.reporter import Reporter
 from hpo.results import SearchResult, TrialRecord
 from hpo.samplers import SAMPLERS, SCHEDULERS
-from hpo.selection import Selection, SelectionSettings, select_winner
-from hpo.space import Categorical, Fixed, Float, Int, SearchSpace, derive_batch
+from hpo.space import Categorical, Fixed, Float, Int, SearchSpace
+from hpo.winner_rule import Selection, SelectionSettings, select_winner
 
 __all__ = [
     "SAMPLERS",
     "SCHEDULERS",
     "Budget",
     "Categorical",
+    "FinetuneSearch",
     "Fixed",
     "Float",
     "InfeasibleTrial",
     "Int",
+    "Objective",
+    "PlannedTrial",
     "ReplaceTrial",
     "Reporter",
+    "SearchConfigError",
     "SearchDone",
     "SearchError",
     "SearchResult",
+    "SearchSettings",
     "SearchSpace",
     "Selection",
     "SelectionSettings",
+    "StudySettings",
     "TrialPruned",
     "TrialRecord",
-    "derive_batch",
     "optimize",
+    "search_finetune",
     "select_winner",
 ]

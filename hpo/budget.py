@@ -8,10 +8,8 @@ from dataclasses import dataclass
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from finetune.errors import ConfigError
-from hpo.workers import DISCARDED_ATTR, RETRY_OF_ATTR
-
-STEPS_ATTR = "steps"  # optimizer steps a trial actually ran (updated at every report)
+from hpo import attributes
+from hpo.errors import SearchConfigError
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -22,17 +20,19 @@ class Budget:
 
     def __post_init__(self) -> None:
         if self.trials is None and self.steps is None and self.wall_seconds is None:
-            raise ConfigError("search.budget: give at least one of trials, steps, full_run_equivalents, wall_seconds")
+            raise SearchConfigError(
+                "search.budget: give at least one of trials, steps, full_run_equivalents, wall_seconds"
+            )
         for name in ("trials", "steps", "wall_seconds"):
             value = getattr(self, name)
             if value is not None and value <= 0:
-                raise ConfigError(f"search.budget.{name} must be > 0, got {value}")
+                raise SearchConfigError(f"search.budget.{name} must be > 0, got {value}")
 
     @classmethod
     def from_full_runs(cls, full_runs: float, steps_per_full_run: int, **others) -> Budget:
         """A step budget of ``full_runs`` times the untuned run's optimizer steps."""
         if full_runs <= 0:
-            raise ConfigError(f"search.budget.full_run_equivalents must be > 0, got {full_runs}")
+            raise SearchConfigError(f"search.budget.full_run_equivalents must be > 0, got {full_runs}")
         return cls(steps=int(round(full_runs * steps_per_full_run)), **others)
 
 
@@ -52,12 +52,14 @@ def spent(study: optuna.Study, *, before: int | None = None) -> Spent:
     everything = study.get_trials(deepcopy=False)
     if before is not None:
         everything = [t for t in everything if t.number < before]
-    retried = {t.user_attrs[RETRY_OF_ATTR] for t in everything if RETRY_OF_ATTR in t.user_attrs}
+    retried = {t.user_attrs[attributes.RETRY_OF] for t in everything if attributes.RETRY_OF in t.user_attrs}
     counted = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)
     trials = [
-        t for t in everything if t.state in counted and t.number not in retried and not t.user_attrs.get(DISCARDED_ATTR)
+        t
+        for t in everything
+        if t.state in counted and t.number not in retried and not t.user_attrs.get(attributes.DISCARDED)
     ]
-    steps = sum(int(t.user_attrs.get(STEPS_ATTR, 0)) for t in trials)
+    steps = sum(int(t.user_attrs.get(attributes.STEPS, 0)) for t in trials)
     seconds = sum(trial_seconds(t) for t in trials)
     return Spent(trials=len(trials), steps=steps, wall_seconds=seconds)
 

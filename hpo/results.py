@@ -1,21 +1,17 @@
-"""Search results: one record per trial, the best trial, and the files people open."""
+"""Search results: one record per trial (what Optuna stores, read back), the ranking and the best trial."""
 
 from __future__ import annotations
 
-import csv
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo.budget import STEPS_ATTR, spent, trial_seconds
-from hpo.workers import DISCARDED_ATTR
-
-FAILURE_ATTR = "failure"
-STOP_REASON_ATTR = "stop_reason"
+from hpo import attributes
+from hpo.budget import spent, trial_seconds
 
 
 @dataclass
@@ -34,16 +30,16 @@ class TrialRecord:
 
 def to_record(trial: FrozenTrial) -> TrialRecord:
     attrs = trial.user_attrs
-    known = {"params", "given_params", STEPS_ATTR, FAILURE_ATTR, "stop_reason"}
+    known = {attributes.PARAMS, attributes.GIVEN_PARAMS, attributes.STEPS, attributes.FAILURE, attributes.STOP_REASON}
     return TrialRecord(
         number=trial.number,
         state=trial.state.name,
         value=trial.value if trial.state == TrialState.COMPLETE else _last_value(trial),
-        params=attrs.get("params", dict(trial.params)),
-        steps=int(attrs.get(STEPS_ATTR, 0)),
+        params=attrs.get(attributes.PARAMS, dict(trial.params)),
+        steps=int(attrs.get(attributes.STEPS, 0)),
         seconds=trial_seconds(trial),
-        failure=attrs.get(FAILURE_ATTR),
-        stop_reason=attrs.get("stop_reason"),
+        failure=attrs.get(attributes.FAILURE),
+        stop_reason=attrs.get(attributes.STOP_REASON),
         feasible=not any(v > 0 for v in trial.constraints.values()),
         extra={k: v for k, v in attrs.items() if k not in known},
     )
@@ -53,7 +49,7 @@ def trial_records(study: optuna.Study) -> list[TrialRecord]:
     return [
         to_record(t)
         for t in study.get_trials(deepcopy=False)
-        if t.state != TrialState.WAITING and not t.user_attrs.get(DISCARDED_ATTR)
+        if t.state != TrialState.WAITING and not t.user_attrs.get(attributes.DISCARDED)
     ]
 
 
@@ -130,29 +126,6 @@ class SearchResult:
             if best is not None:
                 points.append((total, best))
         return points
-
-    def write_tables(self, folder: str | Path) -> None:
-        """trials.csv and trials.json (params, state, objective, steps, seconds, failure reason)."""
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        rows = [asdict(t) for t in self.trials]
-        (folder / "trials.json").write_text(json.dumps(rows, indent=2, default=str))
-        keys = sorted({k for t in self.trials for k in t.params})
-        with open(folder / "trials.csv", "w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["number", "state", "value", "steps", "seconds", *keys, "failure"])
-            for t in self.trials:
-                writer.writerow(
-                    [
-                        t.number,
-                        t.state,
-                        t.value,
-                        t.steps,
-                        round(t.seconds, 2),
-                        *[t.params.get(k, "") for k in keys],
-                        t.failure or t.stop_reason or "",
-                    ]
-                )
 
 
 def _last_value(trial: FrozenTrial) -> float | None:

@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import optuna
 
-from finetune.errors import ConfigError
+from hpo.errors import SearchConfigError
 
 SAMPLERS = ("grid", "random", "qmc", "tpe", "gp")
 SCHEDULERS = ("none", "median", "sha", "hyperband")
-# Trial.set_constraint name; > 0 means infeasible (e.g. out of memory even at half batch). TPE and GP
-# read trial constraints and learn to avoid infeasible regions.
-CONSTRAINT_NAME = "infeasible"
 
 
 def build_sampler(name: str, *, seed: int | None, n_startup_trials: int = 5) -> optuna.samplers.BaseSampler:
@@ -36,7 +33,7 @@ def build_sampler(name: str, *, seed: int | None, n_startup_trials: int = 5) -> 
             n_startup_trials=n_startup_trials,
             warn_independent_sampling=False,
         )
-    raise ConfigError(f"search.sampler: unknown sampler {name!r}; expected one of {', '.join(SAMPLERS)}")
+    raise SearchConfigError(f"search.sampler: unknown sampler {name!r}; expected one of {', '.join(SAMPLERS)}")
 
 
 def build_pruner(
@@ -53,4 +50,4 @@ def build_pruner(
         return optuna.pruners.HyperbandPruner(
             min_resource=min_steps, max_resource=max_steps or "auto", reduction_factor=reduction_factor
         )
-    raise ConfigError(f"search.scheduler: unknown scheduler {name!r}; expected one of {', '.join(SCHEDULERS)}")
+    raise SearchConfigError(f"search.scheduler: unknown scheduler {name!r}; expected one of {', '.join(SCHEDULERS)}")

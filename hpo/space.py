@@ -1,4 +1,8 @@
-"""Search spaces: typed parameters addressed by config key, with conditions, validated before training."""
+"""Search spaces: typed parameters addressed by dotted key, with conditions, validated before anything runs.
+
+What the keys mean (config keys, derived keys such as the effective batch) is the caller's business:
+for fine-tunes, hpo.finetune.config_space checks them and turns sampled values into config overrides.
+"""
 
 from __future__ import annotations
 
@@ -10,20 +14,7 @@ from typing import Any
 
 import optuna
 
-from finetune.config import SECTIONS
-from finetune.errors import ConfigError
-
-# Searched in place of per-device batch and accumulation, which are derived from it (see derive_batch).
-EFFECTIVE_BATCH_SIZE = "training.effective_batch_size"
-# Searched in place of lora_alpha: alpha = multiplier x lora_r keeps the "alpha = r or 2r" prior.
-LORA_ALPHA_MULTIPLIER = "method.lora_alpha_multiplier"
-DERIVED_KEYS = (EFFECTIVE_BATCH_SIZE, LORA_ALPHA_MULTIPLIER)
-# (divisor, multiple): every searched combination must divide exactly.
-DIVIDES = (("model.num_attention_heads", "model.hidden_size"),)
-NEVER_SEARCHED = {
-    "training.seed": "seeds are replicates, never a searched value (recipes run several seeds)",
-    "training.output_dir": "each trial gets its own output folder",
-}
+from hpo.errors import SearchConfigError
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -72,19 +63,19 @@ class SearchSpace:
     def from_dict(cls, raw: dict[str, Any]) -> SearchSpace:
         """From YAML: ``{key: {type: float, low: 1e-5, high: 1e-3, log: true, when: {method.name: lora}}}``."""
         if not isinstance(raw, dict) or not raw:
-            raise ConfigError("search.space must be a non-empty mapping of config keys to parameter specs")
+            raise SearchConfigError("search.space must be a non-empty mapping of config keys to parameter specs")
         parameters = {}
         for key, spec in raw.items():
             if not isinstance(spec, dict) or "type" not in spec:
-                raise ConfigError(f"search.space.{key}: expected a mapping with 'type' in {sorted(TYPES)}")
+                raise SearchConfigError(f"search.space.{key}: expected a mapping with 'type' in {sorted(TYPES)}")
             spec = dict(spec)
             kind = spec.pop("type")
             if kind not in TYPES:
-                raise ConfigError(f"search.space.{key}.type: expected one of {sorted(TYPES)}, got {kind!r}")
+                raise SearchConfigError(f"search.space.{key}.type: expected one of {sorted(TYPES)}, got {kind!r}")
             allowed = {f.name for f in dataclasses.fields(TYPES[kind])}
             unknown = set(spec) - allowed
             if unknown:
-                raise ConfigError(
+                raise SearchConfigError(
                     f"search.space.{key}: unknown field(s) {sorted(unknown)} for type {kind!r}; "
                     f"allowed: {sorted(allowed)}"
                 )
@@ -96,11 +87,13 @@ class SearchSpace:
                     try:
                         spec[name] = float(spec[name])
                     except ValueError as exc:
-                        raise ConfigError(f"search.space.{key}.{name}: expected a number, got {spec[name]!r}") from exc
+                        raise SearchConfigError(
+                            f"search.space.{key}.{name}: expected a number, got {spec[name]!r}"
+                        ) from exc
             try:
                 parameters[key] = TYPES[kind](**spec)
             except TypeError as exc:
-                raise ConfigError(f"search.space.{key}: {exc}") from exc
+                raise SearchConfigError(f"search.space.{key}: {exc}") from exc
         return cls(parameters)
 
     def to_dict(self) -> dict[str, Any]:
@@ -145,7 +138,7 @@ class SearchSpace:
         for key, parameter in self.parameters.items():
             if isinstance(parameter, Float):
                 if parameter.grid is None:
-                    raise ConfigError(
+                    raise SearchConfigError(
                         f"search.space.{key}: the grid sampler needs 'grid: [values]' for float parameters"
                     )
                 values[key] = list(parameter.grid)
@@ -170,39 +163,6 @@ class SearchSpace:
     def grid_size(self, base: dict[str, Any] | None = None) -> int:
         return len(self.grid_points(base))
 
-    def check_combinations(self, base: dict[str, Any]) -> None:
-        """Refuse, before anything trains, a space in which some sampled combination cannot be built
-        (attention heads that do not divide the hidden size); conditions (``when``) are respected."""
-        for divisor_key, multiple_key in DIVIDES:
-            if divisor_key not in self.parameters and multiple_key not in self.parameters:
-                continue
-            bad = []
-            for multiple in self._values(multiple_key, base):
-                point = {multiple_key: multiple}
-                divisor = self.parameters.get(divisor_key)
-                if divisor is not None and not is_active(divisor.when, point, base):
-                    continue
-                for value in self._values(divisor_key, base):
-                    if value is not None and multiple is not None and multiple % value:
-                        bad.append(f"{divisor_key}={value} with {multiple_key}={multiple}")
-            if bad:
-                raise ConfigError(
-                    f"search.space: {divisor_key} must divide {multiple_key}, and these combinations do not: "
-                    f"{', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}; choose values that divide every "
-                    f"{multiple_key}, or condition {divisor_key} on it with 'when'"
-                )
-
-    def _values(self, key: str, base: dict[str, Any]) -> list[Any]:
-        parameter = self.parameters.get(key)
-        if parameter is None:
-            return [base.get(key)]  # None: the model's own value, checked when the model is built
-        values = finite_values(parameter)
-        if values is None:
-            raise ConfigError(
-                f"search.space.{key}: give it as categorical or a stepped int, so every value can be checked"
-            )
-        return values
-
 
 def finite_values(parameter: Parameter) -> list[Any] | None:
     """Every value a categorical, fixed or stepped (not log) int parameter can take; None for a range."""
@@ -213,33 +173,6 @@ def finite_values(parameter: Parameter) -> list[Any] | None:
     if isinstance(parameter, Int) and not parameter.log:
         return list(range(parameter.low, parameter.high + 1, parameter.step))
     return None
-
-
-def derive_batch(effective: int, max_per_device: int, world_size: int = 1) -> tuple[int, int]:
-    """(per_device_train_batch_size, gradient_accumulation_steps) whose product x world size is ``effective``.
-
-    The per-device batch is the largest divisor of effective/world_size that fits ``max_per_device``.
-    """
-    if effective % world_size:
-        raise ConfigError(f"{EFFECTIVE_BATCH_SIZE}={effective} is not divisible by the {world_size} processes")
-    per_process = effective // world_size
-    per_device = max(d for d in range(1, min(per_process, max_per_device) + 1) if per_process % d == 0)
-    return per_device, per_process // per_device
-
-
-def to_overrides(
-    params: dict[str, Any], base: dict[str, Any], max_per_device: int, world_size: int = 1
-) -> dict[str, Any]:
-    """Config overrides for sampled params, with derived keys turned into real config keys."""
-    overrides = {k: v for k, v in params.items() if k not in DERIVED_KEYS}
-    if EFFECTIVE_BATCH_SIZE in params:
-        per_device, accumulation = derive_batch(params[EFFECTIVE_BATCH_SIZE], max_per_device, world_size)
-        overrides["training.per_device_train_batch_size"] = per_device
-        overrides["training.gradient_accumulation_steps"] = accumulation
-    if LORA_ALPHA_MULTIPLIER in params:
-        rank = overrides.get("method.lora_r", base.get("method.lora_r"))
-        overrides["method.lora_alpha"] = int(params[LORA_ALPHA_MULTIPLIER] * rank)
-    return overrides
 
 
 def _allowed(parameter: Parameter, value: Any) -> bool:
@@ -266,50 +199,27 @@ def is_active(when: dict[str, Any] | None, params: dict[str, Any], base: dict[st
 
 
 def _validate(key: str, parameter: Parameter) -> None:
-    if key in NEVER_SEARCHED:
-        raise ConfigError(f"search.space: {key} cannot be searched: {NEVER_SEARCHED[key]}")
-    if key not in DERIVED_KEYS:
-        _check_config_key(key, "search.space")
-    for when_key in parameter.when or {}:
-        _check_config_key(when_key, f"search.space.{key}.when")
     where = f"search.space.{key}"
     if isinstance(parameter, (Float, Int)):
         for name in ("low", "high"):
             value = getattr(parameter, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise ConfigError(f"{where}.{name}: expected a finite number, got {value!r}")
+                raise SearchConfigError(f"{where}.{name}: expected a finite number, got {value!r}")
         if isinstance(parameter, Int) and not all(isinstance(v, int) for v in (parameter.low, parameter.high)):
-            raise ConfigError(f"{where}: int parameter bounds must be integers, got {parameter.low}, {parameter.high}")
+            raise SearchConfigError(
+                f"{where}: int parameter bounds must be integers, got {parameter.low}, {parameter.high}"
+            )
         if parameter.low >= parameter.high:
-            raise ConfigError(f"{where}: empty range: low={parameter.low} must be < high={parameter.high}")
+            raise SearchConfigError(f"{where}: empty range: low={parameter.low} must be < high={parameter.high}")
         if parameter.log and parameter.low <= 0:
-            raise ConfigError(f"{where}: a log range needs low > 0, got low={parameter.low}")
+            raise SearchConfigError(f"{where}: a log range needs low > 0, got low={parameter.low}")
         if isinstance(parameter, Int) and parameter.step <= 0:
-            raise ConfigError(f"{where}.step must be > 0, got {parameter.step}")
+            raise SearchConfigError(f"{where}.step must be > 0, got {parameter.step}")
         if isinstance(parameter, Float) and parameter.grid is not None:
             outside = [v for v in parameter.grid if not parameter.low <= v <= parameter.high]
             if not parameter.grid or outside:
-                raise ConfigError(
+                raise SearchConfigError(
                     f"{where}.grid: values must lie in [{parameter.low}, {parameter.high}]; got {list(parameter.grid)}"
                 )
     if isinstance(parameter, Categorical) and not parameter.choices:
-        raise ConfigError(f"{where}: empty list of choices")
-    if key == EFFECTIVE_BATCH_SIZE:
-        values = (
-            parameter.choices
-            if isinstance(parameter, Categorical)
-            else ([parameter.value] if isinstance(parameter, Fixed) else [parameter.low, parameter.high])
-        )
-        if any(not isinstance(v, int) or v <= 0 for v in values):
-            raise ConfigError(f"{where}: effective batch sizes must be positive integers, got {list(values)}")
-
-
-def _check_config_key(key: str, where: str) -> None:
-    section, _, name = key.partition(".")
-    if section not in SECTIONS:
-        raise ConfigError(
-            f"{where}: unknown key {key!r}; keys look like section.key with section in {sorted(SECTIONS)}"
-        )
-    allowed = {f.name for f in dataclasses.fields(SECTIONS[section])}
-    if name not in allowed and key not in DERIVED_KEYS:
-        raise ConfigError(f"{where}: unknown key {key!r}; allowed keys in {section!r}: {sorted(allowed)}")
+        raise SearchConfigError(f"{where}: empty list of choices")

@@ -11,7 +11,7 @@ import optuna
 from optuna.storages import JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 
-from finetune.errors import ConfigError
+from hpo.errors import SearchConfigError
 from hpo.workers import retry_lost_trial
 
 DEFAULT_HEARTBEAT_SECONDS = 10  # databases only; a trial silent for GRACE_FACTOR x this is declared lost
@@ -39,7 +39,7 @@ def open_storage(url: str | None, *, heartbeat_seconds: int | None = None) -> op
             _require_driver(url)
             engine["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_SECONDS}
         return _open_rdb(url, engine, beat)
-    raise ConfigError(f"--storage {redact(url)!r}: expected a file path, sqlite:///..., or postgresql://...")
+    raise SearchConfigError(f"--storage {redact(url)!r}: expected a file path, sqlite:///..., or postgresql://...")
 
 
 def redact(url: str) -> str:
@@ -51,7 +51,7 @@ def _require_driver(url: str) -> None:
     try:
         import psycopg  # noqa: F401  (SQLAlchemy 2.1's default PostgreSQL driver)
     except ImportError as exc:
-        raise ConfigError(
+        raise SearchConfigError(
             f"--storage {redact(url)!r}: PostgreSQL needs the psycopg driver: pip install 'tunelab[postgres]'"
         ) from exc
 
@@ -79,5 +79,5 @@ def _open_rdb(url: str, engine_kwargs: dict, heartbeat_seconds: int) -> RDBStora
                 time.sleep(0.2 * (attempt + 1))
                 continue
             first_line = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
-            raise ConfigError(f"--storage {redact(url)!r}: cannot open it: {first_line}") from exc
+            raise SearchConfigError(f"--storage {redact(url)!r}: cannot open it: {first_line}") from exc
     raise AssertionError("unreachable")

@@ -22,15 +22,11 @@ from optuna.exceptions import DuplicatedStudyError
 from optuna.storages import fail_stale_trials
 from optuna.trial import FrozenTrial, TrialState
 
-from finetune.errors import ConfigError
+from hpo import attributes
+from hpo.errors import SearchConfigError
 
-QUEUED_ATTR = "queued"  # study attribute: the creator has queued the planned trials
-PLANNED_ATTR = "planned"  # trial attribute: queued up front (untuned, grid points)
-DISCARDED_ATTR = "discarded"  # trial attribute: asked for after the grid ran out; not a trial at all
-RETRY_OF_ATTR = "retry_of"
-RETRIES_ATTR = "retries"
 MAX_RETRIES = 2  # a trial that kills its worker three times is not retried again
-CARRIED_ATTRS = ("role", "given_params")  # what a retried trial keeps of the lost one
+CARRIED_ATTRS = (attributes.ROLE, attributes.GIVEN_PARAMS)  # what a retried trial keeps of the lost one
 
 
 def create_or_join(make_study: Callable[[bool], optuna.Study]) -> tuple[optuna.Study, bool]:
@@ -44,9 +40,9 @@ def create_or_join(make_study: Callable[[bool], optuna.Study]) -> tuple[optuna.S
 def wait_until_queued(study: optuna.Study, timeout: float = 300.0, poll: float = 0.5) -> None:
     """A joining worker waits for the creator to queue the planned trials (untuned first, grid points)."""
     deadline = time.monotonic() + timeout
-    while not study.user_attrs.get(QUEUED_ATTR):
+    while not study.user_attrs.get(attributes.QUEUED):
         if time.monotonic() > deadline:
-            raise ConfigError(
+            raise SearchConfigError(
                 f"study {study.study_name!r}: the worker that created it did not queue its planned trials "
                 f"within {timeout:.0f} s (did it fail? see its log)"
             )
@@ -82,12 +78,12 @@ def heartbeat(study: optuna.Study, trial: optuna.Trial) -> Iterator[None]:
 
 def retry_lost_trial(study: optuna.Study, trial: FrozenTrial) -> None:
     """Optuna calls this when it fails a trial whose heartbeat stopped: queue it again, same parameters."""
-    retries = int(trial.user_attrs.get(RETRIES_ATTR, 0))
+    retries = int(trial.user_attrs.get(attributes.RETRIES, 0))
     if retries >= MAX_RETRIES:
         return
     attrs = {k: v for k, v in trial.user_attrs.items() if k in CARRIED_ATTRS}
-    attrs.update({RETRY_OF_ATTR: trial.number, RETRIES_ATTR: retries + 1})
-    params = {} if "given_params" in attrs else dict(trial.params)
+    attrs.update({attributes.RETRY_OF: trial.number, attributes.RETRIES: retries + 1})
+    params = {} if attributes.GIVEN_PARAMS in attrs else dict(trial.params)
     study.enqueue_trial(params, user_attrs=attrs)
 
 

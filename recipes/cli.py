@@ -7,7 +7,11 @@ import json
 import sys
 
 from finetune.errors import ConfigError, TunelabError
-from recipes.recipe import load_finetune_config
+from hpo.errors import SearchConfigError
+from recipes.recipe import load_finetune_config, load_recipe
+
+# Bad input the user can fix: reported in one line, exit code 2.
+USER_ERRORS = (TunelabError, SearchConfigError)
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -32,16 +36,28 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from recipes.run import main as run_main
+    from pathlib import Path
 
-    return run_main([args.recipe, *args.overrides, *(["--run-dir", args.run_dir] if args.run_dir else [])])
+    from recipes.run import run_recipe
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    run_dir = args.run_dir or f"{recipe.finetune.training.output_dir}_run"
+    results = run_recipe(recipe, run_dir)
+    if results is not None:  # the main process: print the report's answer
+        print((Path(run_dir) / "report.md").read_text().split("\n\n")[1])
+        print(f"\nreport: {Path(run_dir) / 'report.html'}")
+    return 0
 
 
 def _worker(args: argparse.Namespace) -> int:
-    from recipes.worker import main as worker_main
+    from recipes.worker import run_worker
 
-    extra = [f"--{k.replace('_', '-')}={v}" for k, v in (("storage", args.storage), ("study", args.study)) if v]
-    return worker_main([args.recipe, *args.overrides, *extra, *(["--run-dir", args.run_dir] if args.run_dir else [])])
+    search = run_worker(args.recipe, args.overrides, storage=args.storage, study=args.study, run_dir=args.run_dir)
+    if search is not None:
+        result = search.result
+        counts = {state: result.count(state) for state in ("COMPLETE", "PRUNED", "FAIL")}
+        print(f"[worker] done: {result.stop_reason}; study trials {counts}, {result.steps_spent} steps")
+    return 0
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -72,72 +88,69 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _search(args: argparse.Namespace) -> int:
-    import yaml
-
-    from hpo import Budget, SearchSpace
-    from hpo.finetune_search import Objective, search_finetune
-    from hpo.selection import SelectionSettings
+    from hpo.finetune import search_finetune
 
     config = load_finetune_config(args.config, args.overrides)
-    space = SearchSpace.from_dict(yaml.safe_load(open(args.space))) if args.space else None
-    has_budget = any(v is not None for v in (args.budget_trials, args.budget_steps, args.budget_minutes))
-    budget = (
-        Budget(
-            trials=args.budget_trials,
-            steps=args.budget_steps,
-            wall_seconds=args.budget_minutes * 60 if args.budget_minutes else None,
-        )
-        if has_budget
-        else None
-    )
-    fre = args.budget_fre if args.budget_fre is not None or budget is not None else 8.0
     run_dir = args.run_dir or f"{config.training.output_dir}_search"
-    search = search_finetune(
-        config,
-        run_dir=run_dir,
-        space=space,
-        sampler=args.sampler,
-        scheduler=args.scheduler,
-        budget=budget,
-        full_run_equivalents=fre,
-        objective=Objective(metric=args.metric, use=args.use, cv_folds=_cv_folds(args.cv_folds)),
-        also_tune=args.also_tune.split(",") if args.also_tune else (),
-        selection=SelectionSettings(top_k=args.top_k, seeds=args.selection_seeds),
-        storage=args.storage,
-        seed=args.seed,
-        max_per_device_batch=args.max_per_device_batch,
-        include_untuned=not args.no_untuned,
-        isolation=args.isolation,
-    )
+    search = search_finetune(config, _search_settings(args), run_dir=run_dir)
     if search is None:
         return 0  # a non-main process under accelerate launch: the main process reports
-    result = search.result
-    winner = search.selection.winner if search.selection else (result.best_trial.number)
+    result, selection = search.result, search.selection
+    winner = selection.winner if selection else result.best_trial.number
     chosen = next(t for t in result.trials if t.number == winner)
-    selection_steps = search.selection.steps if search.selection else 0
-    print(
-        json.dumps(
-            {
-                "run_dir": run_dir,
-                "stop_reason": result.stop_reason,
-                "best_value": result.best_value,
-                "metric": search.metric,
-                "winner_trial": winner,
-                "winner_role": chosen.extra.get("role"),
-                "selection": search.selection.reason if search.selection else "best trial (no re-runs)",
-                "best_params": chosen.params,
-                "best_checkpoint": search.best_checkpoint,
-                "best_config": f"{run_dir}/best_config.yaml",
-                "steps_spent": result.steps_spent,
-                "selection_steps": selection_steps,
-                "full_run_equivalents_spent": round((result.steps_spent + selection_steps) / search.full_run_steps, 2),
-                "trials": {s: result.count(s) for s in ("COMPLETE", "PRUNED", "FAIL")},
-            },
-            indent=2,
-            default=str,
-        )
-    )
+    selection_steps = selection.steps if selection else 0
+    summary = {
+        "run_dir": run_dir,
+        "stop_reason": result.stop_reason,
+        "best_value": result.best_value,
+        "metric": search.metric,
+        "winner_trial": winner,
+        "winner_role": chosen.extra.get("role"),
+        "selection": selection.reason if selection else "best trial (no re-runs)",
+        "best_params": chosen.params,
+        "best_checkpoint": search.best_checkpoint,
+        "best_config": f"{run_dir}/best_config.yaml",
+        "steps_spent": result.steps_spent,
+        "selection_steps": selection_steps,
+        "full_run_equivalents_spent": round((result.steps_spent + selection_steps) / search.full_run_steps, 2),
+        "trials": {s: result.count(s) for s in ("COMPLETE", "PRUNED", "FAIL")},
+    }
+    print(json.dumps(summary, indent=2, default=str))
     return 0
+
+
+def _search_settings(args: argparse.Namespace):
+    """The flags given, as a recipe's ``search:`` mapping: every default and check is SearchSettings'."""
+    import yaml
+
+    from hpo.finetune import SearchSettings
+
+    raw = {
+        "sampler": args.sampler,
+        "scheduler": args.scheduler,
+        "storage": args.storage,
+        "seed": args.seed,
+        "max_per_device_batch": args.max_per_device_batch,
+        "isolation": args.isolation,
+        "space": yaml.safe_load(open(args.space)) if args.space else None,
+        "also_tune": args.also_tune.split(",") if args.also_tune else None,
+        "include_untuned": False if args.no_untuned else None,
+        "budget": _given(
+            full_run_equivalents=args.budget_fre,
+            trials=args.budget_trials,
+            steps=args.budget_steps,
+            minutes=args.budget_minutes,
+        ),
+        "objective": _given(metric=args.metric, use=args.use),
+        "selection": _given(top_k=args.top_k, seeds=args.selection_seeds),
+    }
+    if args.cv_folds is not None:
+        raw["objective"]["cv_folds"] = _cv_folds(args.cv_folds)
+    return SearchSettings.from_dict(_given(**raw))
+
+
+def _given(**values):
+    return {key: value for key, value in values.items() if value is not None and value != {}}
 
 
 def _trials(args: argparse.Namespace) -> int:
@@ -185,34 +198,35 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("config")
     search.add_argument("overrides", nargs="*", help="section.key=value overrides of the base (untuned) config")
     search.add_argument("--space", help="YAML search space (default: the method-aware default space)")
-    search.add_argument("--sampler", default="tpe", choices=SAMPLERS)
-    search.add_argument("--scheduler", default="hyperband", choices=SCHEDULERS)
-    search.add_argument("--budget-fre", type=float, help="budget in full-run equivalents (default 8)")
+    search.add_argument("--sampler", choices=SAMPLERS, help="default: tpe")
+    search.add_argument("--scheduler", choices=SCHEDULERS, help="default: hyperband")
+    search.add_argument(
+        "--budget-fre", type=float, help="budget in full-run equivalents (default 8 with no other budget)"
+    )
     search.add_argument("--budget-trials", type=int)
     search.add_argument("--budget-steps", type=int)
     search.add_argument("--budget-minutes", type=float)
-    search.add_argument("--metric", default="auto", help="accuracy, macro_f1, loss... (default by task)")
-    search.add_argument("--use", default="best", choices=["best", "last"], help="which evaluation scores a trial")
+    search.add_argument("--metric", help="accuracy, macro_f1, loss... (default: by task)")
+    search.add_argument("--use", choices=["best", "last"], help="which evaluation scores a trial (default: best)")
     search.add_argument(
-        "--cv-folds", default="auto", help="k-fold cross-validation: k >= 2, auto (small validation splits) or none"
+        "--cv-folds", help="k-fold cross-validation: k >= 2, auto (small validation splits; the default) or none"
     )
     search.add_argument("--also-tune", help="groups added to the default space: optimizer,head,architecture")
     search.add_argument("--storage", help="journal file path or SQLAlchemy URL (default: in the run folder)")
     search.add_argument("--run-dir", help="default: <training.output_dir>_search")
-    search.add_argument("--seed", type=int, default=0, help="sampler seed")
-    search.add_argument("--max-per-device-batch", type=int, default=32)
+    search.add_argument("--seed", type=int, help="sampler seed (default: 0)")
+    search.add_argument("--max-per-device-batch", type=int, help="default: 32")
     search.add_argument("--no-untuned", action="store_true", help="do not evaluate the untuned config first")
     search.add_argument(
-        "--top-k", type=int, default=3, help="candidates re-run to choose the winner (untuned included)"
+        "--top-k", type=int, help="candidates re-run to choose the winner, untuned included (default: 3)"
     )
     search.add_argument(
-        "--selection-seeds", type=int, default=2, help="fresh seeds per candidate; 0: the best trial wins, no re-runs"
+        "--selection-seeds", type=int, help="fresh seeds per candidate (default: 2); 0: the best trial wins, no re-runs"
     )
     search.add_argument(
         "--isolation",
-        default="none",
         choices=["none", "subprocess"],
-        help="subprocess: each trial in its own process (GPU memory fully returned)",
+        help="subprocess: each trial in its own process, GPU memory fully returned (default: none)",
     )
     search.set_defaults(func=_search)
 
@@ -263,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         code = args.func(args)
-    except TunelabError as exc:
+    except USER_ERRORS as exc:
         print(f"tunelab: error: {exc}", file=sys.stderr)
         return 2
     end_processes()

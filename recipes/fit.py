@@ -127,7 +127,7 @@ def plot_fit(results: dict[str, Any], path: Path) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from hpo.outputs import save_figure
+    from hpo.result_files import save_figure
 
     metric = results["metric"]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)

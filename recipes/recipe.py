@@ -2,10 +2,11 @@
 
 A recipe YAML holds the four finetune sections (model, data, method, training) and three more:
 
-    search:   {sampler, scheduler, budget: {full_run_equivalents, trials, steps, minutes},
-               objective: {metric, direction, use}, space (null: method-aware default),
-               selection: {top_k, seeds, confidence} (how the winner is chosen: hpo.selection),
-               max_per_device_batch, isolation, storage, study_name, heartbeat_seconds}
+    search:   hpo.finetune.SearchSettings, read by SearchSettings.from_dict: {sampler, scheduler,
+               budget: {full_run_equivalents, trials, steps, minutes}, objective: {metric, direction, use,
+               cv_folds}, space (null: method-aware default), also_tune, selection: {top_k, seeds,
+               confidence} (how the winner is chosen: hpo.winner_rule), max_per_device_batch, isolation,
+               storage, study_name, heartbeat_seconds}
     baseline: section.key overrides of the untuned run (default: TrainingArguments defaults and the
               method's peft defaults, i.e. what a user launches without tuning)
     seeds:    replicate seeds for the final comparison (a count or a list; default 3)
@@ -16,20 +17,15 @@ A recipe YAML holds the four finetune sections (model, data, method, training) a
 
 from __future__ import annotations
 
-import copy
-import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from finetune.config import SECTIONS, FinetuneConfig, MethodConfig, TrainingConfig, apply_overrides, load_yaml
 from finetune.config_checks import parse_override_value
 from finetune.errors import ConfigError
-from hpo import Budget, SearchSpace
-from hpo.default_spaces import EXTRAS
-from hpo.finetune_search import Objective, flatten
-from hpo.samplers import SAMPLERS, SCHEDULERS
-from hpo.selection import SelectionSettings
+from hpo.finetune import SearchSettings
+from hpo.finetune.config_space import check_combinations, flatten
 
 RECIPE_SECTIONS = ("search", "baseline", "seeds")
 # Hyperparameters the untuned baseline takes from the library defaults, not from the recipe.
@@ -52,30 +48,6 @@ UNTUNED_TRAINING_KEYS = (
 )
 # The model's own linear head is the untuned head; a from-scratch architecture stays as the recipe writes it.
 UNTUNED_METHOD_KEYS = ("lora_r", "lora_alpha", "lora_dropout", "use_rslora", "num_virtual_tokens", "head")
-
-
-@dataclass(kw_only=True)
-class SearchSettings:
-    sampler: str = "tpe"
-    scheduler: str = "hyperband"
-    budget: Budget | None = None
-    full_run_equivalents: float | None = 8.0
-    objective: Objective = field(default_factory=Objective)
-    selection: SelectionSettings = field(default_factory=SelectionSettings)
-    space: SearchSpace | None = None
-    max_per_device_batch: int = 32
-    isolation: str = "none"
-    seed: int = 0
-    # Shared search (tunelab worker): a database URL all workers reach, the study's name, heartbeat period.
-    storage: str | None = None
-    study_name: str = "search"
-    heartbeat_seconds: int | None = None
-    # Groups added to the default space (hpo.default_spaces.EXTRAS): optimizer, head, architecture.
-    also_tune: list[str] = field(default_factory=list)
-
-    def search_arguments(self) -> dict[str, Any]:
-        """Keyword arguments of hpo.search_finetune: each field has the parameter's name."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
 
 @dataclass(kw_only=True)
@@ -126,9 +98,9 @@ def recipe_from_dict(raw: dict[str, Any], *, base_dir: str | Path | None = None,
         raise ConfigError(f"seeds: need at least 2 integer seeds to compare arms, got {seeds!r}")
     if len(set(seeds)) != len(seeds):
         raise ConfigError(f"seeds: duplicates in {seeds}")
-    search = search_settings(raw.get("search") or {})
+    search = SearchSettings.from_dict(raw.get("search") or {})
     if search.space is not None:
-        search.space.check_combinations(flatten(untuned))  # impossible combinations fail at load
+        check_combinations(search.space, flatten(untuned))  # impossible combinations fail at load
     return Recipe(
         finetune=finetune,
         untuned=untuned,
@@ -149,58 +121,6 @@ def untuned_config(finetune: FinetuneConfig, baseline: dict[str, Any]) -> Finetu
         if key.split(".")[0] not in SECTIONS:
             raise ConfigError(f"baseline: keys look like section.key with section in {sorted(SECTIONS)}, got {key!r}")
     return finetune.with_overrides({**defaults, **baseline})
-
-
-def search_settings(raw: dict[str, Any]) -> SearchSettings:
-    allowed = {f.name for f in dataclasses.fields(SearchSettings)}
-    unknown = set(raw) - allowed
-    if unknown:
-        raise ConfigError(f"search: unknown key(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
-    raw = copy.deepcopy(raw)
-    settings = SearchSettings()
-    if raw.get("sampler", "tpe") not in SAMPLERS:
-        raise ConfigError(f"search.sampler: expected one of {SAMPLERS}, got {raw['sampler']!r}")
-    if raw.get("scheduler", "hyperband") not in SCHEDULERS:
-        raise ConfigError(f"search.scheduler: expected one of {SCHEDULERS}, got {raw['scheduler']!r}")
-    budget = raw.pop("budget", None) or {}
-    if not isinstance(budget, dict):
-        raise ConfigError(f"search.budget: expected a mapping, got {budget!r}")
-    unknown = set(budget) - {"full_run_equivalents", "trials", "steps", "minutes"}
-    if unknown:
-        raise ConfigError(
-            f"search.budget: unknown key(s) {sorted(unknown)}; allowed: full_run_equivalents, trials, steps, minutes"
-        )
-    settings.full_run_equivalents = budget.get("full_run_equivalents", None if budget else 8.0)
-    if any(budget.get(k) is not None for k in ("trials", "steps", "minutes")):
-        minutes = budget.get("minutes")
-        settings.budget = Budget(
-            trials=budget.get("trials"), steps=budget.get("steps"), wall_seconds=minutes * 60 if minutes else None
-        )
-    objective = raw.pop("objective", None) or {}
-    try:
-        settings.objective = Objective(**objective)
-    except TypeError as exc:
-        raise ConfigError(f"search.objective: {exc}; allowed: metric, direction, use, cv_folds") from exc
-    selection = raw.pop("selection", None) or {}
-    if not isinstance(selection, dict):
-        raise ConfigError(f"search.selection: expected a mapping (top_k, seeds, confidence), got {selection!r}")
-    try:
-        settings.selection = SelectionSettings(**selection)
-    except TypeError as exc:
-        raise ConfigError(f"search.selection: {exc}; allowed: top_k, seeds, confidence") from exc
-    if settings.full_run_equivalents is not None:
-        settings.selection.check_budget(settings.full_run_equivalents)
-    space = raw.pop("space", None)
-    settings.space = SearchSpace.from_dict(space) if space else None
-    also_tune = raw.pop("also_tune", None) or []
-    if not isinstance(also_tune, list) or set(also_tune) - set(EXTRAS):
-        raise ConfigError(f"search.also_tune: expected a list drawn from {list(EXTRAS)}, got {also_tune!r}")
-    if also_tune and settings.space is not None:
-        raise ConfigError("search.also_tune extends the default space; with search.space, list the parameters in it")
-    settings.also_tune = also_tune
-    for key, value in raw.items():
-        setattr(settings, key, value)
-    return settings
 
 
 def _set_nested(raw: dict[str, Any], keys: list[str], value: Any) -> None:

@@ -14,7 +14,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from hpo.outputs import plot_anytime, save_figure  # noqa: E402
+from hpo.result_files import plot_anytime, save_figure  # noqa: E402
 from hpo.results import SearchResult  # noqa: E402
 from recipes.fit import fit_lines, fit_table, plot_fit  # noqa: E402
 

@@ -16,10 +16,11 @@ from pathlib import Path
 
 import finetune
 from finetune import FinetuneConfig
-from finetune.errors import ConfigError, TunelabError
-from finetune.train import end_processes, process_state
-from hpo.finetune_search import UNTUNED, search_finetune
-from recipes.recipe import Recipe, load_recipe
+from finetune.errors import ConfigError
+from finetune.train import process_state
+from hpo.attributes import UNTUNED
+from hpo.finetune import search_finetune
+from recipes.recipe import Recipe
 from recipes.report import write_report
 from recipes.stats import compare
 
@@ -36,7 +37,7 @@ def run_recipe(recipe: Recipe, run_dir: str | Path) -> dict | None:
     #    re-running the top candidates with fresh seeds (the untuned one is kept unless beaten beyond
     #    the noise). Resumes from its journal and its stored re-runs.
     #    search.storage None: a journal in the run folder; a database URL: shared with `tunelab worker`s.
-    search = search_finetune(recipe.untuned, run_dir=run_dir / "search", **recipe.search.search_arguments())
+    search = search_finetune(recipe.untuned, recipe.search, run_dir=run_dir / "search")
     process_state().wait_for_everyone()  # the main process has written the search's outputs
     if not main:
         # Other processes of a multi-process launch followed the search; they train the arms too.
@@ -111,27 +112,10 @@ def _require_test_split(config: FinetuneConfig) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import argparse
+    """``python -m recipes.run`` (e.g. under accelerate launch): the same as ``tunelab run``."""
+    from recipes.cli import main as cli_main
 
-    parser = argparse.ArgumentParser(
-        prog="tunelab run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("recipe")
-    parser.add_argument("overrides", nargs="*", help="key=value: section.key of the config, or search.*, seeds")
-    parser.add_argument("--run-dir", help="default: <training.output_dir>_run")
-    args = parser.parse_args(argv)
-    try:
-        recipe = load_recipe(args.recipe, args.overrides)
-        run_dir = args.run_dir or f"{recipe.finetune.training.output_dir}_run"
-        results = run_recipe(recipe, run_dir)
-    except TunelabError as exc:
-        print(f"tunelab: error: {exc}", file=sys.stderr)
-        return 2
-    if results is not None:
-        print((Path(run_dir) / "report.md").read_text().split("\n\n")[1])
-        print(f"\nreport: {Path(run_dir) / 'report.html'}")
-    end_processes()
-    return 0
+    return cli_main(["run", *(sys.argv[1:] if argv is None else argv)])
 
 
 def regenerate_report(run_dir: str | Path) -> Path:

@@ -6,7 +6,7 @@ import argparse
 import math
 import time
 
-from hpo import Budget, Categorical, Float, Int, SearchSpace, optimize
+from hpo import Budget, Categorical, Float, Int, SearchSpace, StudySettings, optimize
 
 SPACE = SearchSpace(
     {
@@ -74,13 +74,15 @@ def main() -> None:
         lambda: optimize(
             curve_objective(max_steps=args.max_steps, sleep=args.sleep),
             GRID_SPACE if args.grid else SPACE,
-            sampler="grid" if args.grid else "random",
             budget=budget,
-            storage=args.storage,
-            study_name=args.study,
-            seed=args.seed,
-            progress=True,
-            heartbeat_seconds=args.heartbeat,
+            settings=StudySettings(
+                sampler="grid" if args.grid else "random",
+                storage=args.storage,
+                study_name=args.study,
+                seed=args.seed,
+                progress=True,
+                heartbeat_seconds=args.heartbeat,
+            ),
         )
     )
 

@@ -7,7 +7,7 @@ from conftest import classification_config
 import finetune
 from finetune import FinetuneConfig
 from hpo import Budget, Categorical, SearchSpace
-from hpo.finetune_search import search_finetune
+from hpo.finetune import SearchSettings, search_finetune
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -47,14 +47,16 @@ def test_out_of_memory_trial_is_retried_then_infeasible_and_the_search_goes_on(w
     try:
         search = search_finetune(
             base,
+            SearchSettings(
+                space=space,
+                sampler="grid",
+                scheduler="none",
+                budget=Budget(trials=3),
+                include_untuned=False,
+                max_per_device_batch=4096,
+                progress=False,
+            ),
             run_dir=tmp_path / "s",
-            space=space,
-            sampler="grid",
-            scheduler="none",
-            budget=Budget(trials=3),
-            include_untuned=False,
-            max_per_device_batch=4096,
-            progress=False,
         )
     finally:
         torch.cuda.set_per_process_memory_fraction(1.0)

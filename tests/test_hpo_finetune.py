@@ -9,7 +9,7 @@ from conftest import classification_config
 
 from finetune import FinetuneConfig
 from hpo import Budget, Categorical, Float, SearchSpace
-from hpo.finetune_search import Objective, search_finetune
+from hpo.finetune import Objective, SearchSettings, search_finetune
 
 SMALL_SPACE = SearchSpace(
     {
@@ -34,12 +34,10 @@ def test_search_runs_untuned_first_then_selects_the_winner_over_fresh_seeds(tiny
     base = _base(tiny_bert, sentiment_files, tmp_path)
     search = search_finetune(
         base,
+        SearchSettings(
+            space=SMALL_SPACE, sampler="tpe", scheduler="hyperband", full_run_equivalents=10, progress=False
+        ),
         run_dir=tmp_path / "search",
-        space=SMALL_SPACE,
-        sampler="tpe",
-        scheduler="hyperband",
-        full_run_equivalents=10,
-        progress=False,
     )
     result = search.result
     # 96 rows / batch 8, one epoch: the untuned run is 12 steps. 10 full runs = 120 steps for exploring and
@@ -81,13 +79,10 @@ def _strict_budget_search(base, tmp_path, *, epochs, seed):
     )
     return search_finetune(
         base,
+        SearchSettings(
+            space=space, sampler="random", scheduler="none", full_run_equivalents=10, seed=seed, progress=False
+        ),
         run_dir=tmp_path / "search",
-        space=space,
-        sampler="random",
-        scheduler="none",
-        full_run_equivalents=10,
-        seed=seed,
-        progress=False,
     )
 
 
@@ -134,7 +129,9 @@ def test_budget_without_room_for_the_selection_reserve_is_refused(tiny_bert, sen
 
     base = _base(tiny_bert, sentiment_files, tmp_path)
     with pytest.raises(ConfigError, match="selection reserve of 6 full runs"):
-        search_finetune(base, run_dir=tmp_path / "s", space=SMALL_SPACE, full_run_equivalents=4, progress=False)
+        search_finetune(
+            base, SearchSettings(space=SMALL_SPACE, full_run_equivalents=4, progress=False), run_dir=tmp_path / "s"
+        )
 
 
 def test_effective_batch_is_split_by_memory_limit(tiny_bert, sentiment_files, tmp_path):
@@ -142,14 +139,16 @@ def test_effective_batch_is_split_by_memory_limit(tiny_bert, sentiment_files, tm
     space = SearchSpace({"training.effective_batch_size": Categorical(choices=(16,))})
     search = search_finetune(
         base,
+        SearchSettings(
+            space=space,
+            sampler="random",
+            scheduler="none",
+            budget=Budget(trials=2),
+            include_untuned=False,
+            max_per_device_batch=4,
+            progress=False,
+        ),
         run_dir=tmp_path / "s",
-        space=space,
-        sampler="random",
-        scheduler="none",
-        budget=Budget(trials=2),
-        include_untuned=False,
-        max_per_device_batch=4,
-        progress=False,
     )
     t = search.best_config.training
     assert (t.per_device_train_batch_size, t.gradient_accumulation_steps) == (4, 4)
@@ -159,13 +158,15 @@ def test_objective_last_and_minimize_loss(tiny_bert, sentiment_files, tmp_path):
     base = _base(tiny_bert, sentiment_files, tmp_path)
     search = search_finetune(
         base,
+        SearchSettings(
+            space=SMALL_SPACE,
+            sampler="random",
+            scheduler="none",
+            budget=Budget(trials=2),
+            objective=Objective(metric="loss", use="last"),
+            progress=False,
+        ),
         run_dir=tmp_path / "s",
-        space=SMALL_SPACE,
-        sampler="random",
-        scheduler="none",
-        budget=Budget(trials=2),
-        objective=Objective(metric="loss", use="last"),
-        progress=False,
     )
     assert search.metric == "eval_loss" and search.result.direction == "minimize"
 
@@ -177,13 +178,15 @@ def test_unknown_objective_metric_fails_trials_with_clear_message(tiny_bert, sen
     with pytest.raises(SearchError, match="'eval_bleu' is not among the evaluation metrics"):
         search_finetune(
             base,
+            SearchSettings(
+                space=SMALL_SPACE,
+                sampler="random",
+                scheduler="none",
+                budget=Budget(trials=5),
+                objective=Objective(metric="bleu"),
+                progress=False,
+            ),
             run_dir=tmp_path / "s",
-            space=SMALL_SPACE,
-            sampler="random",
-            scheduler="none",
-            budget=Budget(trials=5),
-            objective=Objective(metric="bleu"),
-            progress=False,
         )
 
 
@@ -198,8 +201,8 @@ def test_memory_does_not_grow_over_20_trials(tiny_bert, sentiment_files, tmp_pat
         rss.append(process.memory_info().rss)
 
     import finetune
-    from hpo import optimize
-    from hpo.finetune_search import ReportToTrial
+    from hpo import StudySettings, optimize
+    from hpo.finetune.trial_training import ReportToTrial
 
     def objective(params, reporter):
         config = base.with_overrides({**params, "training.output_dir": str(tmp_path / f"t{reporter.trial.number}")})
@@ -209,10 +212,9 @@ def test_memory_does_not_grow_over_20_trials(tiny_bert, sentiment_files, tmp_pat
     optimize(
         objective,
         SearchSpace({"training.learning_rate": Float(low=1e-4, high=1e-2, log=True)}),
-        sampler="random",
         budget=Budget(trials=20),
-        progress=False,
         on_trial_end=record,
+        settings=StudySettings(sampler="random", progress=False),
     )
     growth = (rss[-1] - rss[0]) / rss[0]
     assert growth < 0.10, f"RSS grew {growth:.1%} from trial 1 to 20: {[r >> 20 for r in rss]} MiB"
@@ -222,12 +224,8 @@ def test_trial_folders_are_separate(tiny_bert, sentiment_files, tmp_path):
     base = _base(tiny_bert, sentiment_files, tmp_path)
     search_finetune(
         base,
+        SearchSettings(space=SMALL_SPACE, sampler="random", scheduler="none", budget=Budget(trials=3), progress=False),
         run_dir=tmp_path / "s",
-        space=SMALL_SPACE,
-        sampler="random",
-        scheduler="none",
-        budget=Budget(trials=3),
-        progress=False,
     )
     folders = sorted(Path(tmp_path / "s" / "trials").iterdir())
     assert [f.name for f in folders] == ["trial_0000", "trial_0001", "trial_0002"]
@@ -290,13 +288,15 @@ def test_subprocess_isolation_gives_the_same_results(tiny_bert, sentiment_files,
     for isolation in ("none", "subprocess"):
         search = search_finetune(
             base,
+            SearchSettings(
+                space=SMALL_SPACE,
+                sampler="random",
+                scheduler="sha",
+                budget=Budget(trials=3),
+                isolation=isolation,
+                progress=False,
+            ),
             run_dir=tmp_path / isolation,
-            space=SMALL_SPACE,
-            sampler="random",
-            scheduler="sha",
-            budget=Budget(trials=3),
-            isolation=isolation,
-            progress=False,
         )
         runs[isolation] = [(t.params, t.state, t.value, t.steps) for t in search.result.trials]
     assert runs["subprocess"] == runs["none"]
@@ -305,7 +305,7 @@ def test_subprocess_isolation_gives_the_same_results(tiny_bert, sentiment_files,
 def test_a_stopped_trial_saw_exactly_what_the_full_trial_saw(tiny_bert, sentiment_files, tmp_path):
     """The LR schedule is planned over the trial's full length, so stopping early changes nothing before."""
     import finetune
-    from hpo.trial_callback import ReportToTrial
+    from hpo.finetune.trial_training import ReportToTrial
 
     base = _base(
         tiny_bert,

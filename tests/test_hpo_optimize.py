@@ -10,8 +10,19 @@ from pathlib import Path
 import pytest
 from synthetic import SPACE, curve_objective, quality
 
-from finetune import ConfigError
-from hpo import SAMPLERS, Budget, Categorical, Float, ReplaceTrial, SearchDone, SearchError, SearchSpace, optimize
+from hpo import (
+    SAMPLERS,
+    Budget,
+    Categorical,
+    Float,
+    ReplaceTrial,
+    SearchConfigError,
+    SearchDone,
+    SearchError,
+    SearchSpace,
+    StudySettings,
+    optimize,
+)
 from hpo.results import SearchResult
 
 HERE = Path(__file__).resolve().parent
@@ -24,15 +35,13 @@ GRID_SPACE = SearchSpace(
 )
 
 
-def _run(sampler, seed=0, trials=12, objective=None, space=None, **kwargs) -> SearchResult:
+def _run(sampler, seed=0, trials=12, objective=None, space=None, first_params=None, **kwargs) -> SearchResult:
     return optimize(
         objective or curve_objective(max_steps=3),
         space or (GRID_SPACE if sampler == "grid" else SPACE),
-        sampler=sampler,
         budget=Budget(trials=trials),
-        seed=seed,
-        progress=False,
-        **kwargs,
+        settings=StudySettings(sampler=sampler, seed=seed, progress=False, **kwargs),
+        first_params=first_params,
     )
 
 
@@ -83,7 +92,7 @@ def test_grid_enumerates_every_point_exactly_once():
 
 
 def test_grid_too_large_for_the_budget():
-    with pytest.raises(ConfigError, match="the grid has 12 points but the budget allows 5 trials"):
+    with pytest.raises(SearchConfigError, match="the grid has 12 points but the budget allows 5 trials"):
         _run("grid", trials=5)
 
 
@@ -111,14 +120,11 @@ def test_scheduler_stops_bad_trials_early_and_keeps_the_best(scheduler):
     result = optimize(
         curve_objective(max_steps=81),
         SPACE,
-        sampler="random",
-        scheduler=scheduler,
         budget=Budget(trials=7),
         first_params=[good, *others],
-        min_steps=3,
-        max_steps=81,
-        progress=False,
-        seed=0,
+        settings=StudySettings(
+            sampler="random", scheduler=scheduler, min_steps=3, max_steps=81, progress=False, seed=0
+        ),
     )
     by_lr = {t.params["training.learning_rate"]: t for t in result.trials}
     assert by_lr[1e-3].state == "COMPLETE" and by_lr[1e-3].steps == 81
@@ -135,12 +141,8 @@ def test_step_budget_counts_only_steps_run_and_says_so():
     result = optimize(
         curve_objective(max_steps=30),
         SPACE,
-        sampler="random",
-        scheduler="sha",
         budget=Budget(steps=200),
-        min_steps=3,
-        max_steps=30,
-        progress=False,
+        settings=StudySettings(sampler="random", scheduler="sha", min_steps=3, max_steps=30, progress=False),
     )
     assert result.stop_reason.startswith("step budget spent")
     assert result.steps_spent == sum(t.steps for t in result.trials)
@@ -152,7 +154,9 @@ def test_step_budget_counts_only_steps_run_and_says_so():
 def _search_of_30_step_runs(budget_steps: int) -> SearchResult:
     """Trials of 30 steps, evaluated every 5, under a step budget."""
     objective = curve_objective(max_steps=30, eval_every=5)
-    return optimize(objective, SPACE, sampler="random", budget=Budget(steps=budget_steps), progress=False)
+    return optimize(
+        objective, SPACE, budget=Budget(steps=budget_steps), settings=StudySettings(sampler="random", progress=False)
+    )
 
 
 def test_a_trial_that_reaches_its_end_on_the_budget_completes():
@@ -173,7 +177,7 @@ def test_the_later_of_two_workers_racing_for_the_last_trial_gives_way():
     import optuna
 
     from hpo.optimize import _run_trial
-    from hpo.workers import DISCARDED_ATTR, RETRY_OF_ATTR
+    from hpo.attributes import DISCARDED, RETRY_OF
 
     study = optuna.create_study(direction="maximize")
     other = study.ask()  # another worker's trial, asked between our check and our ask: the budget's last slot
@@ -185,10 +189,10 @@ def test_the_later_of_two_workers_racing_for_the_last_trial_gives_way():
 
     _run_trial(study, objective, SPACE, Budget(trials=1), base=None)
     ours = study.trials[-1]
-    assert calls == [] and ours.user_attrs.get(DISCARDED_ATTR) and other.number < ours.number
+    assert calls == [] and ours.user_attrs.get(DISCARDED) and other.number < ours.number
     assert [r.number for r in SearchResult.from_study(study, "", None).trials] == [other.number]
     # A lost trial's retry still runs when the budget is full: it replaces the work that was lost.
-    study.enqueue_trial({"training.learning_rate": 1e-4}, user_attrs={RETRY_OF_ATTR: other.number})
+    study.enqueue_trial({"training.learning_rate": 1e-4}, user_attrs={RETRY_OF: other.number})
     _run_trial(study, objective, SPACE, Budget(trials=1), base=None)
     assert len(calls) == 1 and study.trials[-1].state.name == "COMPLETE"
 
@@ -197,9 +201,8 @@ def test_wall_time_budget():
     result = optimize(
         curve_objective(max_steps=5, sleep=0.01),
         SPACE,
-        sampler="random",
         budget=Budget(wall_seconds=0.5),
-        progress=False,
+        settings=StudySettings(sampler="random", progress=False),
     )
     assert result.stop_reason.startswith("time budget spent") and result.wall_seconds_spent >= 0.5
 
@@ -210,7 +213,9 @@ def test_an_objective_can_end_the_search_and_keeps_what_finished():
             raise SearchDone("nothing more fits")
         return quality(params)
 
-    result = optimize(until_four, SPACE, sampler="random", budget=Budget(trials=50), progress=False)
+    result = optimize(
+        until_four, SPACE, budget=Budget(trials=50), settings=StudySettings(sampler="random", progress=False)
+    )
     assert result.stop_reason == "nothing more fits"
     assert [t.number for t in result.trials] == [0, 1, 2, 3]  # the trial that ended it is not a trial
     assert all(t.state == "COMPLETE" for t in result.trials)
@@ -233,7 +238,9 @@ def test_an_objective_can_replace_its_trial_with_other_params(sampler):
             raise ReplaceTrial(replacement, {"shortened": "too long"})
         return quality(params)
 
-    result = optimize(replace_second, SPACE, sampler=sampler, budget=Budget(trials=5), seed=1, progress=False)
+    result = optimize(
+        replace_second, SPACE, budget=Budget(trials=5), settings=StudySettings(sampler=sampler, seed=1, progress=False)
+    )
     assert [t.number for t in result.trials] == [0, 1, 3, 4, 5]  # trial 2 was replaced: not a trial
     assert proposals[3] == replacement and result.trials[2].params == replacement
     assert result.trials[2].extra["shortened"] == "too long"
@@ -245,7 +252,7 @@ def test_every_trial_failing_is_an_error_with_the_first_failure():
         raise ValueError(f"bad column in trial with lr={params['training.learning_rate']:.0e}")
 
     with pytest.raises(SearchError, match=r"every trial failed \(5\); the first failure was: ValueError: bad column"):
-        optimize(broken, SPACE, sampler="random", budget=Budget(trials=50), progress=False)
+        optimize(broken, SPACE, budget=Budget(trials=50), settings=StudySettings(sampler="random", progress=False))
 
 
 def test_nan_objective_is_a_failed_trial():
@@ -255,14 +262,19 @@ def test_nan_objective_is_a_failed_trial():
         calls["n"] += 1
         return float("nan") if calls["n"] == 2 else quality(params)
 
-    result = optimize(sometimes_nan, SPACE, sampler="random", budget=Budget(trials=4), progress=False)
+    result = optimize(
+        sometimes_nan, SPACE, budget=Budget(trials=4), settings=StudySettings(sampler="random", progress=False)
+    )
     assert [t.state for t in result.trials].count("FAIL") == 1
     assert "objective returned nan" in next(t.failure for t in result.trials if t.state == "FAIL")
 
 
 def test_minimize_direction():
     result = optimize(
-        lambda p, r: -quality(p), SPACE, sampler="tpe", direction="minimize", budget=Budget(trials=15), progress=False
+        lambda p, r: -quality(p),
+        SPACE,
+        budget=Budget(trials=15),
+        settings=StudySettings(sampler="tpe", direction="minimize", progress=False),
     )
     assert result.best_value == min(t.value for t in result.trials)
 

@@ -1,7 +1,8 @@
-"""A proposal too long for the step budget runs as its longest shorter variant that fits (hpo.shortening)."""
+"""A proposal too long for the step budget runs as its longest shorter variant that fits (hpo.finetune.admission)."""
 
-from hpo.shortening import EPOCHS, longest_fitting, shorter_variants
-from hpo.space import EFFECTIVE_BATCH_SIZE, Categorical, Float, Int, SearchSpace
+from hpo.finetune.admission import EPOCHS, longest_fitting, shorter_variants
+from hpo.finetune.config_space import EFFECTIVE_BATCH_SIZE
+from hpo.space import Categorical, Float, Int, SearchSpace
 
 SPACE = SearchSpace(
     {

@@ -2,7 +2,8 @@ import optuna
 import pytest
 
 from finetune import ConfigError
-from hpo import Categorical, Fixed, Float, Int, SearchSpace, derive_batch
+from hpo import Categorical, Fixed, Float, Int, SearchConfigError, SearchSpace
+from hpo.finetune.config_space import check_combinations, check_space_keys, derive_batch
 
 
 def test_from_yaml_dict_with_condition():
@@ -54,26 +55,36 @@ def test_grid_points_respect_conditions_and_dedupe():
         ({"training.learning_rate": Float(low=1e-3, high=1e-3)}, "empty range"),
         ({"training.learning_rate": Float(low=1e-3, high=1e-4)}, "empty range"),
         ({"training.learning_rate": Float(low=0.0, high=1e-3, log=True)}, "log range needs low > 0"),
-        ({"training.lr": Float(low=1e-5, high=1e-3)}, "unknown key 'training.lr'"),
-        ({"trainer.lr": Float(low=1e-5, high=1e-3)}, "unknown key 'trainer.lr'"),
-        ({"training.seed": Int(low=1, high=40)}, "training.seed cannot be searched: seeds are replicates"),
         ({"method.lora_r": Categorical(choices=())}, "empty list of choices"),
-        ({"method.lora_r": Categorical(choices=(8,), when={"method.kind": "lora"})}, "unknown key 'method.kind'"),
-        ({"training.effective_batch_size": Categorical(choices=(8, 0))}, "positive integers"),
         ({"training.learning_rate": Float(low=1e-5, high=1e-3, grid=(1.0,))}, "grid: values must lie in"),
     ],
 )
 def test_impossible_spaces_are_rejected(parameters, message):
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(SearchConfigError, match=message):
         SearchSpace(parameters)
 
 
+@pytest.mark.parametrize(
+    ("parameters", "message"),
+    [
+        ({"training.lr": Float(low=1e-5, high=1e-3)}, "unknown key 'training.lr'"),
+        ({"trainer.lr": Float(low=1e-5, high=1e-3)}, "unknown key 'trainer.lr'"),
+        ({"training.seed": Int(low=1, high=40)}, "training.seed cannot be searched: seeds are replicates"),
+        ({"method.lora_r": Categorical(choices=(8,), when={"method.kind": "lora"})}, "unknown key 'method.kind'"),
+        ({"training.effective_batch_size": Categorical(choices=(8, 0))}, "positive integers"),
+    ],
+)
+def test_spaces_of_keys_a_finetune_config_lacks_are_rejected(parameters, message):
+    with pytest.raises(ConfigError, match=message):
+        check_space_keys(SearchSpace(parameters))
+
+
 def test_yaml_errors_name_the_field():
-    with pytest.raises(ConfigError, match="search.space.training.learning_rate.type: expected one of"):
+    with pytest.raises(SearchConfigError, match="search.space.training.learning_rate.type: expected one of"):
         SearchSpace.from_dict({"training.learning_rate": {"type": "loguniform", "low": 1, "high": 2}})
-    with pytest.raises(ConfigError, match=r"unknown field\(s\) \['lo'\]"):
+    with pytest.raises(SearchConfigError, match=r"unknown field\(s\) \['lo'\]"):
         SearchSpace.from_dict({"training.learning_rate": {"type": "float", "lo": 1, "high": 2}})
-    with pytest.raises(ConfigError, match="grid sampler needs 'grid"):
+    with pytest.raises(SearchConfigError, match="grid sampler needs 'grid"):
         SearchSpace({"training.learning_rate": Float(low=1e-5, high=1e-3)}).grid_points()
 
 
@@ -92,8 +103,6 @@ def test_fixed_parameter():
 
 
 def test_heads_that_do_not_divide_a_searched_width_are_refused_before_training():
-    from hpo.space import Categorical, Fixed, Int, SearchSpace
-
     base = {"model.hidden_size": None, "model.num_attention_heads": None, "model.init": "scratch"}
     bad = SearchSpace(
         {
@@ -102,28 +111,30 @@ def test_heads_that_do_not_divide_a_searched_width_are_refused_before_training()
         }
     )
     with pytest.raises(ConfigError, match="model.num_attention_heads=8 with model.hidden_size=100"):
-        bad.check_combinations(base)
+        check_combinations(bad, base)
     # Conditioned on the width, the same choices are fine.
-    SearchSpace(
+    conditioned = SearchSpace(
         {
             "model.hidden_size": Categorical(choices=(64, 100)),
             "model.num_attention_heads": Categorical(choices=(4, 8), when={"model.hidden_size": 64}),
         }
-    ).check_combinations(base)
+    )
+    check_combinations(conditioned, base)
     # A searched head count against the base config's fixed width.
     with pytest.raises(ConfigError, match="num_attention_heads=3 with model.hidden_size=32"):
-        SearchSpace({"model.num_attention_heads": Int(low=2, high=4)}).check_combinations(
-            {**base, "model.hidden_size": 32}
+        check_combinations(
+            SearchSpace({"model.num_attention_heads": Int(low=2, high=4)}), {**base, "model.hidden_size": 32}
         )
-    SearchSpace({"model.num_attention_heads": Fixed(value=4)}).check_combinations({**base, "model.hidden_size": 32})
+    check_combinations(SearchSpace({"model.num_attention_heads": Fixed(value=4)}), {**base, "model.hidden_size": 32})
     with pytest.raises(ConfigError, match="categorical or a stepped int"):
-        SearchSpace({"model.hidden_size": Int(low=32, high=256, log=True)}).check_combinations(
-            {**base, "model.num_attention_heads": 4}
+        check_combinations(
+            SearchSpace({"model.hidden_size": Int(low=32, high=256, log=True)}),
+            {**base, "model.num_attention_heads": 4},
         )
 
 
 def test_also_tune_adds_groups_to_the_default_space_only_when_asked():
-    from hpo.default_spaces import default_space
+    from hpo.finetune.default_spaces import default_space
 
     plain = default_space("lora", "classification")
     assert not any(k.startswith(("model.", "method.head")) or "beta" in k for k in plain.parameters)
@@ -132,7 +143,7 @@ def test_also_tune_adds_groups_to_the_default_space_only_when_asked():
         extended.parameters
     )
     scratch = default_space("full", "classification", also_tune=["architecture"])
-    scratch.check_combinations({"model.init": "scratch"})  # every default width/heads pair divides
+    check_combinations(scratch, {"model.init": "scratch"})  # every default width/heads pair divides
     with pytest.raises(ConfigError, match="'architecture' trains from scratch"):
         default_space("lora", "classification", also_tune=["architecture"])
     with pytest.raises(ConfigError, match="unknown group"):

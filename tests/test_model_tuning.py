@@ -211,20 +211,22 @@ def test_bad_fold_settings(tiny_bert, sentiment_files, tmp_path, data, message):
 
 def test_cv_objective_is_the_mean_of_the_per_fold_runs(tiny_bert, sentiment_files, tmp_path):
     from hpo import Budget, Categorical, SearchSpace
-    from hpo.finetune_search import Objective, search_finetune
-    from hpo.selection import SelectionSettings
+    from hpo.finetune import Objective, SearchSettings, search_finetune
+    from hpo.winner_rule import SelectionSettings
 
     base = _cv_base(tiny_bert, sentiment_files, tmp_path).with_overrides({"training.per_device_train_batch_size": 32})
     search = search_finetune(
         base,
+        SearchSettings(
+            space=SearchSpace({"training.learning_rate": Categorical(choices=(1e-3, 3e-3))}),
+            sampler="random",
+            scheduler="none",
+            budget=Budget(trials=2),
+            objective=Objective(cv_folds=2),
+            selection=SelectionSettings(top_k=2, seeds=2),
+            progress=False,
+        ),
         run_dir=tmp_path / "search",
-        space=SearchSpace({"training.learning_rate": Categorical(choices=(1e-3, 3e-3))}),
-        sampler="random",
-        scheduler="none",
-        budget=Budget(trials=2),
-        objective=Objective(cv_folds=2),
-        selection=SelectionSettings(top_k=2, seeds=2),
-        progress=False,
     )
     summary = json.loads((tmp_path / "search" / "summary.json").read_text())
     assert summary["cross_validation_folds"] == 2
@@ -253,7 +255,7 @@ def test_cv_objective_is_the_mean_of_the_per_fold_runs(tiny_bert, sentiment_file
 
 
 def test_cv_auto_threshold(tiny_bert, sentiment_files, tmp_path):
-    from hpo.cross_validation import resolve_folds
+    from hpo.finetune.cross_validation import resolve_folds
 
     base = _cv_base(tiny_bert, sentiment_files, tmp_path)
     folds, why = resolve_folds("auto", base)
@@ -320,21 +322,23 @@ def test_training_metrics_are_measured_in_eval_mode_on_a_fixed_sample(tiny_bert,
 
 def test_search_tunes_a_from_scratch_architecture(tiny_bert, sentiment_files, tmp_path):
     from hpo import Budget
-    from hpo.finetune_search import search_finetune
-    from hpo.selection import SelectionSettings
+    from hpo.finetune import SearchSettings, search_finetune
+    from hpo.winner_rule import SelectionSettings
 
     base = _cv_base(tiny_bert, sentiment_files, tmp_path).with_overrides(
         {"model.init": "scratch", "model.hidden_size": 64, "model.num_attention_heads": 2, "method.name": "full"}
     )
     search = search_finetune(
         base,
+        SearchSettings(
+            sampler="random",
+            scheduler="none",
+            budget=Budget(trials=3),
+            also_tune=["architecture"],
+            selection=SelectionSettings(seeds=0),
+            progress=False,
+        ),
         run_dir=tmp_path / "search",
-        sampler="random",
-        scheduler="none",
-        budget=Budget(trials=3),
-        also_tune=["architecture"],
-        selection=SelectionSettings(seeds=0),
-        progress=False,
     )
     searched = [t for t in search.result.trials if t.extra.get("role") != "untuned"]
     assert len(searched) == 2 and all(t.state == "COMPLETE" for t in search.result.trials)
@@ -345,7 +349,7 @@ def test_search_tunes_a_from_scratch_architecture(tiny_bert, sentiment_files, tm
 
 
 def test_fold_reports_are_the_running_mean_across_folds_at_equal_steps():
-    from hpo.cross_validation import FoldReporter
+    from hpo.finetune.cross_validation import FoldReporter
 
     class Inner:
         stop_reason, trial = None, None

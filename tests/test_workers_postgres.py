@@ -14,7 +14,7 @@ import optuna
 import pytest
 from synthetic import GRID_SPACE
 
-from finetune.errors import ConfigError
+from hpo.errors import SearchConfigError
 from hpo.results import SearchResult
 from hpo.storage import open_storage
 
@@ -141,7 +141,7 @@ def test_a_database_restart_mid_search_loses_nothing(postgres_url):
 )
 def test_bad_storage_urls_fail_fast_and_clearly(postgres_url, url, expected):
     started = time.monotonic()
-    with pytest.raises(ConfigError, match=expected) as raised:
+    with pytest.raises(SearchConfigError, match=expected) as raised:
         open_storage(url)
     assert time.monotonic() - started < 15
     assert "tunelab" not in str(raised.value) or "wrong-password" not in str(raised.value)

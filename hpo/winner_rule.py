@@ -29,44 +29,33 @@ from typing import Any
 
 from scipy import stats
 
-from finetune.errors import ConfigError
+from hpo import attributes
+from hpo.errors import SearchConfigError
 from hpo.results import SearchResult, TrialRecord
 
 
 @dataclass(frozen=True, kw_only=True)
 class SelectionSettings:
-    top_k: int = 3  # candidates re-run at most, the baseline included (hpo.rerun_budget: beyond 2, if they fit)
+    top_k: int = 3  # candidates re-run at most, the baseline included (beyond 2, only if they fit the budget)
     seeds: int = 2  # fresh seeds per candidate (>= 2 to measure the noise)
     confidence: float = 0.98  # one-sided, over all challengers together
 
     def __post_init__(self) -> None:
         if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 1:
-            raise ConfigError(f"search.selection.top_k: expected an integer >= 1, got {self.top_k!r}")
+            raise SearchConfigError(f"search.selection.top_k: expected an integer >= 1, got {self.top_k!r}")
         if isinstance(self.seeds, bool) or not isinstance(self.seeds, int) or self.seeds < 0 or self.seeds == 1:
-            raise ConfigError(
+            raise SearchConfigError(
                 f"search.selection.seeds: expected 0 (no re-runs: the best trial wins) or an integer >= 2 "
                 f"(one seed cannot measure noise), got {self.seeds!r}"
             )
         if not 0.5 <= self.confidence < 1:
-            raise ConfigError(f"search.selection.confidence: expected a value in [0.5, 1), got {self.confidence!r}")
+            raise SearchConfigError(
+                f"search.selection.confidence: expected a value in [0.5, 1), got {self.confidence!r}"
+            )
 
     @property
     def enabled(self) -> bool:
         return self.seeds >= 2 and self.top_k >= 2
-
-    def reserve_runs(self) -> int:
-        """Full runs set aside up front for the re-runs (top_k candidates x seeds)."""
-        return self.top_k * self.seeds if self.enabled else 0
-
-    def check_budget(self, full_runs: float) -> None:
-        """A budget of ``full_runs`` full-run equivalents must leave at least one to explore."""
-        if full_runs - self.reserve_runs() < 1:
-            raise ConfigError(
-                f"search.budget: {full_runs:g} full-run equivalents leave less than one full run to explore "
-                f"after the selection reserve of {self.reserve_runs()} full runs (search.selection: "
-                f"top_k={self.top_k} x seeds={self.seeds}); raise the budget to at least "
-                f"{self.reserve_runs() + 1} or lower search.selection.top_k / seeds (seeds: 0 turns re-runs off)"
-            )
 
 
 @dataclass
@@ -148,11 +137,11 @@ class Selection:
         }
 
 
-def pick_candidates(result: SearchResult, top_k: int, baseline_role: str) -> list[TrialRecord]:
-    """The baseline trial, then the best complete feasible trials by search value, ``top_k`` in all."""
-    baseline = [t for t in result.trials if t.extra.get("role") == baseline_role]
+def pick_candidates(result: SearchResult, top_k: int) -> list[TrialRecord]:
+    """The untuned (baseline) trial, then the best complete feasible trials by search value, ``top_k`` in all."""
+    baseline = [t for t in result.trials if t.extra.get(attributes.ROLE) == attributes.UNTUNED]
     if not baseline:
-        raise ConfigError(f"selection: the search has no {baseline_role!r} trial to compare candidates with")
+        raise SearchConfigError(f"selection: the search has no {attributes.UNTUNED!r} trial to compare candidates with")
     challengers = [t for t in result.ranked() if t.number != baseline[0].number]
     return [baseline[0], *challengers[: max(0, top_k - 1)]]
 
@@ -178,7 +167,7 @@ def decide(candidates: list[Candidate], baseline: int, direction: str, confidenc
     finished = [base, *challengers]
     df = sum(len(c.scores) - 1 for c in finished)
     if df < 1:
-        raise ConfigError("selection: need at least 2 re-runs of some candidate to measure the noise")
+        raise SearchConfigError("selection: need at least 2 re-runs of some candidate to measure the noise")
     pooled = math.sqrt(sum((len(c.scores) - 1) * c.std**2 for c in finished) / df)
     best = max(challengers, key=lambda c: sign * c.mean)
     quantile = 1 - (1 - confidence) / len(challengers)
@@ -204,7 +193,6 @@ def select_winner(
     rerun: Callable[[TrialRecord, int], tuple[float, int]],
     *,
     settings: SelectionSettings,
-    baseline_role: str,
     picked: list[TrialRecord] | None = None,
 ) -> Selection:
     """Re-run the top candidates (``rerun(trial, replicate) -> (score, steps)``) and decide the winner.
@@ -212,12 +200,12 @@ def select_winner(
     ``replicate`` counts 0..seeds-1; the caller maps it to fresh seeds (never the search's own), and runs
     the same replicate index identically for every candidate, so candidates are compared on equal terms.
     """
-    picked = picked or pick_candidates(result, settings.top_k, baseline_role)
+    picked = picked or pick_candidates(result, settings.top_k)
     candidates = []
     for record in picked:
         candidate = Candidate(
             trial=record.number,
-            role=record.extra.get("role"),
+            role=record.extra.get(attributes.ROLE),
             params=record.params,
             search_value=record.value if record.state == "COMPLETE" else None,
             counts_search_value=record.number == picked[0].number,

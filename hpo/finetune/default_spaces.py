@@ -8,7 +8,8 @@ untuned run is a point the search can keep.
 from __future__ import annotations
 
 from finetune.errors import ConfigError
-from hpo.space import EFFECTIVE_BATCH_SIZE, LORA_ALPHA_MULTIPLIER, Categorical, Float, Int, Parameter, SearchSpace
+from hpo.finetune.config_space import EFFECTIVE_BATCH_SIZE, LORA_ALPHA_MULTIPLIER
+from hpo.space import Categorical, Float, Int, Parameter, SearchSpace
 
 # What search.also_tune may add to the default space; none of it is searched unless asked for (keeps the
 # default small: for AdamW fine-tunes beta1/beta2 rarely matter).

@@ -1,4 +1,4 @@
-"""Choose a fine-tune search's winner by re-running its top candidates with fresh seeds (hpo.selection).
+"""Choose a fine-tune search's winner by re-running its top candidates with fresh seeds (hpo.winner_rule).
 
 Replicate i of every candidate trains with seed SELECTION_SEED + i, never a search or recipe seed. When
 the validation split is carved from train, replicate i also draws a fresh validation split
@@ -17,14 +17,16 @@ import json
 import shutil
 import statistics
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import finetune
 from finetune import FinetuneConfig
 from finetune.train import process_state
-from hpo.cross_validation import fold_config
+from hpo.finetune.cross_validation import fold_config
+from hpo.finetune.plan import Scoring
 from hpo.results import SearchResult, TrialRecord
-from hpo.selection import Selection, SelectionSettings, select_winner, trial_score
+from hpo.winner_rule import Selection, SelectionSettings, select_winner
 
 SELECTION_SEED = 10_000
 CANDIDATES_FILE = "candidates.json"
@@ -35,63 +37,55 @@ def select_finetune_winner(
     configs: dict[int, FinetuneConfig],
     *,
     folder: Path,
-    settings: SelectionSettings,
-    metric: str,
-    use: str,
-    direction: str,
-    baseline_role: str,
-    folds: int | None = None,
+    selection: SelectionSettings,
+    scoring: Scoring,
 ) -> Selection:
-    """``configs`` maps each picked trial (hpo.selection.pick_candidates, in its order) to its config."""
+    """``configs`` maps each picked trial (hpo.winner_rule.pick_candidates, in its order) to its config."""
     folder.mkdir(parents=True, exist_ok=True)
     if process_state().is_main_process:
-        raw = {"seeds": settings.seeds, "folds": folds, "configs": {str(n): c.to_dict() for n, c in configs.items()}}
+        raw = {
+            "seeds": selection.seeds,
+            "scoring": asdict(scoring),
+            "configs": {str(n): c.to_dict() for n, c in configs.items()},
+        }
         (folder / CANDIDATES_FILE).write_text(json.dumps(raw, indent=2))
     process_state().wait_for_everyone()  # the other processes read candidates.json now
 
-    total, done = len(configs) * settings.seeds, [0]
+    total, done = len(configs) * selection.seeds, [0]
 
     def rerun(record: TrialRecord, replicate: int) -> tuple[float, int]:
         done[0] += 1
         _say(f"choosing the winner: re-run {done[0]}/{total} (trial {record.number}, fresh seed {replicate + 1})")
-        score, steps = rerun_candidate(
-            configs[record.number], record.number, replicate, folder, metric, use, direction, folds
-        )
-        _say(f"trial {record.number} re-run {replicate + 1}: {metric}={score:.4g}")
+        score, steps = rerun_candidate(configs[record.number], record.number, replicate, folder, scoring)
+        _say(f"trial {record.number} re-run {replicate + 1}: {scoring.metric}={score:.4g}")
         return score, steps
 
     picked = [next(t for t in result.trials if t.number == number) for number in configs]
-    selection = select_winner(result, rerun, settings=settings, baseline_role=baseline_role, picked=picked)
-    _say(f"winner: trial {selection.winner}: {selection.reason}")
+    chosen = select_winner(result, rerun, settings=selection, picked=picked)
+    _say(f"winner: trial {chosen.winner}: {chosen.reason}")
     process_state().wait_for_everyone()  # followers finished their part of the last re-run
     if process_state().is_main_process:
-        (folder / "selection.json").write_text(json.dumps(selection.to_dict(), indent=2, default=str))
-    return selection
+        (folder / "selection.json").write_text(json.dumps(chosen.to_dict(), indent=2, default=str))
+    return chosen
 
 
-def follow_selection(folder: Path, metric: str, use: str, direction: str) -> None:
+def follow_selection(folder: Path) -> None:
     """A non-main process: train the same re-runs as the main process, in the same order."""
     process_state().wait_for_everyone()
     raw = json.loads((folder / CANDIDATES_FILE).read_text())
+    scoring = Scoring(**raw["scoring"])
     for number, config_dict in raw["configs"].items():
         config = FinetuneConfig.from_dict(config_dict)
         for replicate in range(raw["seeds"]):
             try:
-                rerun_candidate(config, int(number), replicate, folder, metric, use, direction, raw["folds"])
+                rerun_candidate(config, int(number), replicate, folder, scoring)
             except Exception:  # the main process records the failure and moves to the next candidate
                 break
     process_state().wait_for_everyone()
 
 
 def rerun_candidate(
-    config: FinetuneConfig,
-    trial: int,
-    replicate: int,
-    folder: Path,
-    metric: str,
-    use: str,
-    direction: str,
-    folds: int | None = None,
+    config: FinetuneConfig, trial: int, replicate: int, folder: Path, scoring: Scoring
 ) -> tuple[float, int]:
     """Train ``config`` once more with replicate ``replicate``'s seed; its validation score and steps.
 
@@ -102,6 +96,7 @@ def rerun_candidate(
     if done.is_file():
         record = json.loads(done.read_text())
         return record["score"], record["steps"]
+    folds = scoring.folds
     overrides = {"training.seed": SELECTION_SEED + replicate, "training.output_dir": str(out)}
     if folds is not None or (config.data.validation_file is None and config.data.dataset is None):
         overrides["data.validation_split_seed"] = SELECTION_SEED + replicate
@@ -110,10 +105,10 @@ def rerun_candidate(
     scores, steps = [], 0
     for run_config in runs:
         run = finetune.train(run_config)
-        values = [e[metric] for e in run.evaluations if metric in e]
+        values = [e[scoring.metric] for e in run.evaluations if scoring.metric in e]
         if not values:
-            raise ValueError(f"re-run of trial {trial} reported no {metric}")
-        scores.append(trial_score(values, use, direction))
+            raise ValueError(f"re-run of trial {trial} reported no {scoring.metric}")
+        scores.append(scoring.score(values))
         steps += run.optimizer_steps
     score = statistics.fmean(scores)
     if process_state().is_main_process:

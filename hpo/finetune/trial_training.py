@@ -1,10 +1,12 @@
-"""Train one trial: in this process (retrying out-of-memory at half batch) or in a child process."""
+"""Train one trial and report it: the TrainerCallback between a Trainer run and its trial, in this process
+(retrying out-of-memory at half batch) or in a child process; under several processes, one decides for all."""
 
 from __future__ import annotations
 
 import gc
 import multiprocessing
 import shutil
+import sys
 from dataclasses import asdict
 from typing import Any
 
@@ -13,8 +15,87 @@ from transformers import TrainerCallback
 
 import finetune
 from finetune import FinetuneConfig
-from hpo.optimize import InfeasibleTrial, Reporter
-from hpo.trial_callback import ReportToTrial, apply_decision, at_run_end
+from finetune.errors import ConfigError
+from hpo.errors import InfeasibleTrial
+from hpo.reporter import Reporter
+
+
+def broadcast(value: Any) -> Any:
+    """The main process's ``value`` on every process (gloo/NCCL through accelerate)."""
+    from accelerate.utils import broadcast_object_list
+
+    return broadcast_object_list([value])[0]
+
+
+def at_run_end(state) -> bool:
+    """Whether a Trainer evaluation is the run's last: a stop decided there would save nothing."""
+    return state.global_step >= state.max_steps
+
+
+def is_new_evaluation(seen_steps: set[int], state) -> bool:
+    """False for the final re-evaluation of the kept model: it repeats the last step, nothing new to report."""
+    if state.global_step in seen_steps:
+        return False
+    seen_steps.add(state.global_step)
+    return True
+
+
+def apply_decision(decision: tuple[str, str], control) -> None:
+    """Obey a ("go" | "stop" | "error", message) decision inside a Trainer callback."""
+    kind, message = decision
+    if kind == "error":
+        raise ConfigError(message)
+    if kind == "stop":
+        control.should_training_stop = True
+
+
+class ReportToTrial(TrainerCallback):
+    """Reports each evaluation to the trial and stops the run cleanly when the trial must stop.
+
+    ``reporter`` is None on the other processes of a multi-process run: with ``sync`` they receive the
+    main process's decision at every evaluation, so all processes stop at the same step.
+    """
+
+    def __init__(self, reporter: Reporter | None, metric: str, *, sync: bool = False):
+        self.reporter = reporter
+        self.metric = metric
+        self.sync = sync
+        self.seen_steps: set[int] = set()
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        if not is_new_evaluation(self.seen_steps, state):
+            return
+        decision = None
+        if self.reporter is not None:
+            decision = self.decide(state.global_step, metrics or {}, run_ends=at_run_end(state))
+        if self.sync:
+            decision = broadcast(decision)
+        apply_decision(decision, control)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.reporter is not None:
+            self.reporter.add_steps(state.global_step)
+
+    def decide(self, step: int, metrics: dict[str, float], run_ends: bool = False) -> tuple[str, str]:
+        """Report ``metrics`` at ``step`` (the last when ``run_ends``); ("go" | "stop" | "error", message)."""
+        if self.metric not in metrics:
+            available = sorted(k for k in metrics if k.startswith("eval_"))
+            return "error", f"search.objective.metric: {self.metric!r} is not among the evaluation metrics {available}"
+        self.reporter.report(step, metrics[self.metric])
+        stop = self.reporter.should_stop(run_ends=run_ends)
+        return ("stop", self.reporter.stop_reason) if stop else ("go", "")
+
+
+def follow_trials(run: Any, metric: str) -> None:
+    """On a non-main process: train each config the main process sends, until it sends None."""
+    while True:
+        message = broadcast(None)
+        if message is None:
+            return
+        try:
+            run(message, ReportToTrial(None, metric, sync=True))
+        except Exception as exc:  # the main process records the failure; keep following
+            print(f"[hpo] follower: trial failed here too: {type(exc).__name__}: {exc}", file=sys.stderr)
 
 
 def train_trial(config: FinetuneConfig, callback: TrainerCallback) -> finetune.RunResult:
@@ -94,9 +175,8 @@ class _PipeCallback(TrainerCallback):
         self.seen_steps: set[int] = set()
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-        if state.global_step in self.seen_steps:
+        if not is_new_evaluation(self.seen_steps, state):
             return
-        self.seen_steps.add(state.global_step)
         self.connection.send(("eval", (state.global_step, dict(metrics or {}), at_run_end(state))))
         apply_decision(self.connection.recv(), control)
 

@@ -1,8 +1,10 @@
-"""Files a search leaves in its run folder: trials table, best config, anytime curve, importances."""
+"""Files a search leaves in its run folder: trials table, summary, best config, anytime curve, importances."""
 
 from __future__ import annotations
 
+import csv
 import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +27,7 @@ def write_search_outputs(
     """Write trials.csv/json, summary.json, best_config.yaml, anytime.png, importances.json/png; return paths."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    result.write_tables(folder)
+    write_trial_tables(result, folder)
     paths = {"trials_csv": str(folder / "trials.csv"), "trials_json": str(folder / "trials.json")}
     best = result.best_trial
     summary = {
@@ -50,6 +52,23 @@ def write_search_outputs(
     if importances:
         paths["importances_png"] = plot_importances(importances, folder / "importances.png")
     return paths
+
+
+def write_trial_tables(result: SearchResult, folder: str | Path) -> None:
+    """trials.csv and trials.json (params, state, objective, steps, seconds, failure reason)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = [asdict(t) for t in result.trials]
+    (folder / "trials.json").write_text(json.dumps(rows, indent=2, default=str))
+    keys = sorted({k for t in result.trials for k in t.params})
+    with open(folder / "trials.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["number", "state", "value", "steps", "seconds", *keys, "failure"])
+        for t in result.trials:
+            params = [t.params.get(k, "") for k in keys]
+            writer.writerow(
+                [t.number, t.state, t.value, t.steps, round(t.seconds, 2), *params, t.failure or t.stop_reason or ""]
+            )
 
 
 def parameter_importances(study: optuna.Study) -> dict[str, float]:

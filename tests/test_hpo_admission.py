@@ -2,10 +2,11 @@
 
 import pytest
 
-from hpo.optimize import InfeasibleTrial, SearchDone
-from hpo.rerun_budget import MAX_REFUSED_IN_A_ROW, NOT_RUN_ATTR, RerunBudget, affordable_candidates, rerun_steps
+from hpo.attributes import NOT_RUN
+from hpo.errors import InfeasibleTrial, SearchDone
+from hpo.finetune.admission import MAX_REFUSED_IN_A_ROW, RerunBudget, affordable_candidates, rerun_steps
 from hpo.results import SearchResult, TrialRecord
-from hpo.selection import pick_candidates
+from hpo.winner_rule import pick_candidates
 
 
 def _trial(number, value, steps, role=None, state="COMPLETE"):
@@ -34,9 +35,7 @@ class _Trial:
 
 
 def _budget(total=1000, shortest=10):
-    return RerunBudget(
-        total_steps=total, full_run_steps=100, top_k=3, seeds=2, baseline_role="untuned", shortest_useful_steps=shortest
-    )
+    return RerunBudget(total_steps=total, full_run_steps=100, top_k=3, seeds=2, shortest_useful_steps=shortest)
 
 
 def test_rerun_cost_and_affordable_candidates():
@@ -49,17 +48,17 @@ def test_rerun_cost_and_affordable_candidates():
             _trial(4, 0.75, 70),
         ]
     )
-    picked = pick_candidates(result, 3, "untuned")
+    picked = pick_candidates(result, 3)
     assert [t.number for t in picked] == [0, 1, 2]
-    assert rerun_steps(picked, 2, 100, "untuned") == 2 * (100 + 300 + 50)
+    assert rerun_steps(picked, 2, 100) == 2 * (100 + 300 + 50)
     # 1,000 steps left: the baseline (200) and the best challenger (trial 1: 600) always; then trial 2 (100)
     # fits, trial 3 (120) does not, trial 4 (140) does not.
-    cheap = affordable_candidates(result, 4, "untuned", seeds=2, full_run_steps=100, max_steps=1000)
+    cheap = affordable_candidates(result, 4, seeds=2, full_run_steps=100, max_steps=1000)
     assert [t.number for t in cheap] == [0, 1, 2]
     # 700 left: the first two go over it (800), nothing else is added.
-    tight = affordable_candidates(result, 3, "untuned", seeds=2, full_run_steps=100, max_steps=700)
+    tight = affordable_candidates(result, 3, seeds=2, full_run_steps=100, max_steps=700)
     assert [t.number for t in tight] == [0, 1]
-    roomy = affordable_candidates(result, 3, "untuned", seeds=2, full_run_steps=100, max_steps=10_000)
+    roomy = affordable_candidates(result, 3, seeds=2, full_run_steps=100, max_steps=10_000)
     assert [t.number for t in roomy] == [0, 1, 2]
 
 
@@ -77,7 +76,7 @@ def test_a_trial_starts_only_if_the_reruns_it_may_cause_still_fit():
     trial = _Trial()
     with pytest.raises(InfeasibleTrial, match="not run: 250 steps, then its re-runs, would take the search to 1100"):
         budget.admit(result, 250, trial)
-    assert trial.user_attrs == {NOT_RUN_ATTR: True}
+    assert trial.user_attrs == {NOT_RUN: True}
 
 
 def test_only_the_best_challenger_must_be_rerun_further_ones_when_they_fit():

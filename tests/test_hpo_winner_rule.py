@@ -8,10 +8,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from finetune.errors import ConfigError
-from hpo import Budget, Float, SearchSpace, optimize
+from hpo import Budget, Float, SearchConfigError, SearchSpace, StudySettings, optimize
 from hpo.optimize import PlannedTrial
-from hpo.selection import (
+from hpo.winner_rule import (
     Candidate,
     SelectionSettings,
     decide,
@@ -77,14 +76,14 @@ def test_a_failing_rerun_disqualifies_its_candidate_only():
             raise RuntimeError("out of memory")
         return 0.0, 10
 
-    selection = select_winner(result, rerun, settings=SelectionSettings(), baseline_role="untuned")
+    selection = select_winner(result, rerun, settings=SelectionSettings())
     assert selection.kept_baseline
     assert all(c.failure == "RuntimeError: out of memory" for c in selection.candidates if c.role is None)
 
 
 @pytest.mark.parametrize("raw", [{"seeds": 1}, {"seeds": -2}, {"top_k": 0}, {"confidence": 1.0}, {"top_k": True}])
 def test_bad_settings_are_named(raw):
-    with pytest.raises(ConfigError, match="search.selection"):
+    with pytest.raises(SearchConfigError, match="search.selection"):
         SelectionSettings(**raw)
 
 
@@ -105,11 +104,9 @@ def _search(gap: float, seed: int):
     return optimize(
         objective,
         SPACE,
-        sampler="random",
         budget=Budget(trials=12),
-        seed=seed,
         first_params=[PlannedTrial({X: UNTUNED_X}, role="untuned")],
-        progress=False,
+        settings=StudySettings(sampler="random", seed=seed, progress=False),
     )
 
 
@@ -120,7 +117,7 @@ def _select(gap: float, seed: int):
     def rerun(record, replicate):
         return _true_score(record.params[X], gap) + rng.normal(0.0, NOISE), 10
 
-    return select_winner(result, rerun, settings=SelectionSettings(), baseline_role="untuned")
+    return select_winner(result, rerun, settings=SelectionSettings())
 
 
 def test_pure_noise_keeps_the_untuned_configuration():

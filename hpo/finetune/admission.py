@@ -1,0 +1,209 @@
+"""Admission of trials under one step budget that pays for exploring and for choosing the winner.
+
+The winner is chosen by re-running the top candidates with fresh seeds (hpo.winner_rule), and those
+re-runs are paid from the same step budget as the search, which is never exceeded. Two candidates must
+always be re-run: the baseline (the untuned run) and the best challenger; further challengers (up to
+top_k) are re-run only if they fit in what exploration left. A candidate's re-runs cost its own length,
+known only once the sampler has proposed it (a 5-epoch trial costs 5/3 of a 3-epoch untuned run, each
+time it is re-run). So before a trial starts, its planned length is checked (RerunBudget.admit): it may
+start only if, once it has finished, the baseline's and the best challenger's re-runs still fit in what
+is left, whether it becomes the best challenger or not. Reserving room for all top_k candidates instead
+would let a poor but long third candidate end exploration early.
+
+A proposal that does not fit runs shortened when it can (longest_fitting: fewer epochs or a larger
+effective batch, values the space allows, everything else as proposed). The proposal is discarded, so
+the sampler learns from what actually ran rather than holding the proposal's learning rate against it.
+When no shorter version fits either, the trial is not run and is recorded as infeasible. Exploration
+ends when what is left after the current candidates' re-runs is shorter than any useful trial, or when
+the sampler keeps proposing trials that do not fit.
+
+Two budget rules, two moments. Before anything runs, check_room_to_explore asks for the worst case in
+whole runs: every one of the top_k candidates re-run at the untuned run's length, and one full run left
+to explore; a budget below that is refused at load time with the settings to change. During the search,
+RerunBudget does the exact accounting with the lengths actually proposed, which usually leaves more to
+explore than the worst case.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+
+from finetune.errors import ConfigError
+from hpo import attributes
+from hpo.errors import InfeasibleTrial, SearchDone
+from hpo.finetune.config_space import EFFECTIVE_BATCH_SIZE
+from hpo.results import SearchResult, TrialRecord
+from hpo.space import SearchSpace, finite_values
+from hpo.winner_rule import SelectionSettings, pick_candidates
+
+EPOCHS = "training.num_train_epochs"
+MAX_REFUSED_IN_A_ROW = 20  # then the sampler is not finding anything that fits: exploration ends
+
+
+def rerun_steps(picked: list[TrialRecord], seeds: int, full_run_steps: int) -> int:
+    """Optimizer steps the re-runs of ``picked`` will take: each candidate at its own length (a complete
+    trial's, or its planned length), the baseline at the full run's (its search trial may have been pruned)."""
+    total = 0
+    for trial in picked:
+        if trial.extra.get(attributes.ROLE) == attributes.UNTUNED:
+            length = full_run_steps
+        else:
+            length = int(trial.extra.get(attributes.PLANNED_STEPS) or trial.steps)
+        total += seeds * length
+    return total
+
+
+def affordable_candidates(
+    result: SearchResult, top_k: int, *, seeds: int, full_run_steps: int, max_steps: int
+) -> list[TrialRecord]:
+    """The baseline and the best challenger (always: without them there is no selection), then the next
+    best challengers whose re-runs still fit in ``max_steps`` (one too long is passed over), ``top_k`` in all
+    at most. Only the first two can take the re-runs past ``max_steps``."""
+    ranked = pick_candidates(result, len(result.trials) + 1)
+    chosen = ranked[:2]
+    used = rerun_steps(chosen, seeds, full_run_steps)
+    for trial in ranked[2:]:
+        if len(chosen) >= top_k:
+            break
+        cost = rerun_steps([trial], seeds, full_run_steps)
+        if used + cost <= max_steps:
+            chosen.append(trial)
+            used += cost
+    return chosen
+
+
+@dataclass(kw_only=True)
+class RerunBudget:
+    """The whole step budget of a search with re-runs; ``admit`` is asked before each trial starts."""
+
+    total_steps: int
+    full_run_steps: int
+    top_k: int
+    seeds: int
+    shortest_useful_steps: int  # e.g. one evaluation interval: a shorter room ends exploration
+    refused_in_a_row: int = 0
+
+    def exploration_steps(self) -> int:
+        """The most exploration can ever get: all but the baseline's re-runs (always needed)."""
+        return self.total_steps - self.seeds * self.full_run_steps
+
+    def rerun_steps_now(self, result: SearchResult) -> int:
+        """The re-runs that must happen: the baseline's and the best challenger's (without them, no selection)."""
+        picked = pick_candidates(result, 2)
+        return rerun_steps(picked, self.seeds, self.full_run_steps)
+
+    def rerun_steps_after(self, result: SearchResult, length: int) -> int:
+        """The re-runs that must happen once a trial of ``length`` steps has finished, at most: it may stay
+        behind the best challenger, or take its place."""
+        baseline, *best = pick_candidates(result, 2)
+        best_length = rerun_steps(best, 1, self.full_run_steps)
+        return rerun_steps([baseline], self.seeds, self.full_run_steps) + self.seeds * max(length, best_length)
+
+    def steps_needed(self, result: SearchResult, length: int) -> int:
+        """Where a trial of ``length`` planned steps would take the search: spent, itself, and its re-runs."""
+        return result.steps_spent + length + self.rerun_steps_after(result, length)
+
+    def fits(self, result: SearchResult, length: int) -> bool:
+        """Whether a trial of ``length`` planned steps may start now (its re-runs included)."""
+        return self.steps_needed(result, length) <= self.total_steps
+
+    def admit(self, result: SearchResult, length: int, trial: optuna.Trial) -> None:
+        """Return if a trial of ``length`` planned steps fits with every re-run it may cause; otherwise raise
+        InfeasibleTrial (not run), or SearchDone when nothing useful can fit any more."""
+        spent, needed = result.steps_spent, self.steps_needed(result, length)
+        if needed <= self.total_steps:
+            self.refused_in_a_row = 0
+            return
+        self.refused_in_a_row += 1
+        left = self.total_steps - spent - self.rerun_steps_now(result)
+        if left < self.shortest_useful_steps:
+            raise SearchDone(
+                f"step budget spent: {spent} of {self.total_steps} optimizer steps explored, the rest is kept "
+                "for the candidates' re-runs"
+            )
+        if self.refused_in_a_row >= MAX_REFUSED_IN_A_ROW:
+            raise SearchDone(
+                f"step budget spent: the last {self.refused_in_a_row} trials proposed were too long to fit, with "
+                f"their re-runs, in the {left} steps left after the candidates' re-runs"
+            )
+        trial.set_user_attr(attributes.NOT_RUN, True)
+        raise InfeasibleTrial(
+            f"not run: {length} steps, then its re-runs, would take the search to {needed} optimizer steps, over "
+            f"the budget of {self.total_steps}"
+        )
+
+    def candidates(self, result: SearchResult) -> list[TrialRecord]:
+        """The baseline and the best challenger, then the next challengers whose re-runs fit what is left."""
+        return affordable_candidates(
+            result,
+            self.top_k,
+            seeds=self.seeds,
+            full_run_steps=self.full_run_steps,
+            max_steps=self.total_steps - result.steps_spent,
+        )
+
+
+def shorter_variants(params: dict[str, Any], space: SearchSpace) -> list[dict[str, Any]]:
+    """``params`` with fewer epochs and/or a larger effective batch, each value one the space allows."""
+    epochs = _options(space, params, EPOCHS, shorter=lambda value: value <= params[EPOCHS])
+    batches = _options(space, params, EFFECTIVE_BATCH_SIZE, shorter=lambda value: value >= params[EFFECTIVE_BATCH_SIZE])
+    variants = []
+    for epoch_count in epochs:
+        for batch in batches:
+            variant = {**params}
+            if epoch_count is not None:
+                variant[EPOCHS] = epoch_count
+            if batch is not None:
+                variant[EFFECTIVE_BATCH_SIZE] = batch
+            if variant != params:
+                variants.append(variant)
+    return variants
+
+
+def longest_fitting(
+    params: dict[str, Any],
+    space: SearchSpace,
+    *,
+    length: Callable[[dict[str, Any]], int],
+    fits: Callable[[int], bool],
+) -> tuple[dict[str, Any], int] | None:
+    """The variant with the most optimizer steps that still ``fits``, with its length; None when none fits.
+    Ties go to the fewest values changed, then to the proposed batch kept (fewer epochs instead)."""
+    best, best_rank = None, None
+    for variant in shorter_variants(params, space):
+        steps = length(variant)
+        if not fits(steps):
+            continue
+        changed = sum(variant[key] != params[key] for key in variant)
+        rank = (steps, -changed, variant.get(EFFECTIVE_BATCH_SIZE) == params.get(EFFECTIVE_BATCH_SIZE))
+        if best_rank is None or rank > best_rank:
+            best, best_rank = (variant, steps), rank
+    return best
+
+
+def _options(space: SearchSpace, params: dict[str, Any], key: str, *, shorter: Callable[[Any], bool]) -> list[Any]:
+    """The values of ``key`` the space allows that make a run no longer; [None] when it is not searched."""
+    parameter = space.parameters.get(key)
+    if key not in params or parameter is None:
+        return [None]
+    values = finite_values(parameter)
+    if values is None:
+        return [params[key]]  # a float or log range: keep the proposed value
+    return [value for value in values if shorter(value)]
+
+
+def check_room_to_explore(full_runs: float, selection: SelectionSettings) -> None:
+    """Refuse a budget of ``full_runs`` full-run equivalents that cannot re-run every candidate at the untuned
+    run's length and still explore one full run (the worst case; RerunBudget counts the real lengths)."""
+    reserve = selection.top_k * selection.seeds if selection.enabled else 0
+    if full_runs - reserve < 1:
+        raise ConfigError(
+            f"search.budget: {full_runs:g} full-run equivalents leave less than one full run to explore "
+            f"after the selection reserve of {reserve} full runs (search.selection: "
+            f"top_k={selection.top_k} x seeds={selection.seeds}); raise the budget to at least "
+            f"{reserve + 1} or lower search.selection.top_k / seeds (seeds: 0 turns re-runs off)"
+        )

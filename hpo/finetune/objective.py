@@ -1,0 +1,125 @@
+"""TrialObjective: what one trial of a fine-tune search runs, given its sampled params and its Reporter.
+
+The untuned trial runs the base config as it is; any other trial runs the base config with the sampled
+params as overrides, once admitted under the step budget (hpo.finetune.admission: run as proposed, run
+shortened, or not at all). Then one training run, or k runs on k folds, reporting each evaluation.
+"""
+
+from __future__ import annotations
+
+import gc
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import finetune
+from finetune import FinetuneConfig
+from finetune.errors import ConfigError
+from hpo import attributes
+from hpo.errors import ReplaceTrial
+from hpo.finetune.admission import longest_fitting
+from hpo.finetune.config_space import to_overrides
+from hpo.finetune.cross_validation import FoldReporter, cv_score, fold_config
+from hpo.finetune.plan import SearchPlan
+from hpo.finetune.settings import SearchSettings
+from hpo.finetune.trial_training import ReportToTrial, broadcast, train_trial, train_trial_in_subprocess
+from hpo.reporter import Reporter
+from hpo.results import TrialRecord
+
+
+class TrialObjective:
+    """Called by hpo.optimize as objective(params, reporter) -> the trial's score."""
+
+    def __init__(self, base: FinetuneConfig, settings: SearchSettings, plan: SearchPlan, *, trials_dir: Path):
+        self.base, self.settings, self.plan = base, settings, plan
+        self.trials_dir = trials_dir
+        self.sync = plan.world_size > 1  # other processes train every trial with the main process
+
+    def __call__(self, params: dict[str, Any], reporter: Reporter) -> float:
+        number = reporter.trial.number
+        untuned = reporter.trial.user_attrs.get(attributes.ROLE) == attributes.UNTUNED
+        config = self.base if untuned else self.config_for(params)
+        output_dir = str(self.trials_dir / f"trial_{number:04d}")
+        config = config.with_overrides({"training.output_dir": output_dir, **self.plan.search_evaluations})
+        if self.plan.rerun_budget is not None and not untuned:  # the untuned run is the baseline: always run
+            self._admit_or_shorten(params, config, reporter)
+        if self.plan.scoring.folds is not None:
+            return self._run_folds(config, reporter)
+        result = self._train(config, reporter)
+        reporter.trial.set_user_attr(attributes.CHECKPOINT, result.best_checkpoint)
+        reporter.trial.set_user_attr(attributes.OPTIMIZER_STEPS, result.optimizer_steps)
+        reporter.trial.set_user_attr(attributes.PLANNED_STEPS, result.planned_steps)
+        values = [value for _, value in reporter.values]
+        if not values:
+            raise ConfigError(f"trial {number}: no evaluation reported {self.plan.scoring.metric}")
+        return self.plan.scoring.score(values)
+
+    def config_for(self, params: dict[str, Any]) -> FinetuneConfig:
+        """The base config with sampled ``params`` (derived keys, e.g. the effective batch, made config keys)."""
+        overrides = to_overrides(
+            params, self.plan.base_values, self.settings.max_per_device_batch, self.plan.world_size
+        )
+        return self.base.with_overrides(overrides)
+
+    def config_of(self, trial: TrialRecord) -> FinetuneConfig:
+        """The config a finished trial ran (the base config itself for the untuned trial)."""
+        return self.base if trial.extra.get(attributes.ROLE) == attributes.UNTUNED else self.config_for(trial.params)
+
+    def _admit_or_shorten(self, params: dict[str, Any], config: FinetuneConfig, reporter: Reporter) -> None:
+        """Start the trial if its re-runs fit; else run its longest shorter variant that fits instead;
+        else not at all (RerunBudget.admit raises)."""
+        rerun_budget, so_far = self.plan.rerun_budget, reporter.search_so_far()
+        length = self.plan.trial_length(config)
+        if not rerun_budget.fits(so_far, length) and self.settings.sampler != "grid":  # a grid runs its own points
+            shorter = longest_fitting(
+                params,
+                self.plan.space,
+                length=lambda variant: self.plan.trial_length(self.config_for(variant)),
+                fits=lambda steps: rerun_budget.fits(so_far, steps),
+            )
+            if shorter is not None:
+                variant, steps = shorter
+                changed = {k: params[k] for k in variant if variant[k] != params[k]}
+                why = f"proposed {changed} ({length} steps): its re-runs would not fit; {steps} steps do"
+                raise ReplaceTrial(variant, {attributes.SHORTENED: why})
+        rerun_budget.admit(so_far, length, reporter.trial)
+
+    def _train(self, config: FinetuneConfig, reporter: Reporter | FoldReporter) -> finetune.RunResult:
+        if self.sync:
+            broadcast(config.to_dict())
+        try:
+            if self.settings.isolation == "subprocess":
+                return train_trial_in_subprocess(config, reporter, self.plan.scoring.metric)
+            return train_trial(config, ReportToTrial(reporter, self.plan.scoring.metric, sync=self.sync))
+        finally:
+            gc.collect()  # the trial's model and optimizer go before the next trial starts
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+
+    def _run_folds(self, config: FinetuneConfig, reporter: Reporter) -> float:
+        """Fold after fold until done or stopped; the score is the mean of the folds' scores."""
+        folds = self.plan.scoring.folds
+        curves: list[list[tuple[int, float]]] = [[] for _ in range(folds)]
+        offset, scores = 0, []
+        for fold in range(folds):
+            out = Path(config.training.output_dir) / f"fold_{fold}"
+            result = self._train(
+                fold_config(config, folds, fold, str(out)), FoldReporter(reporter, offset, curves, fold)
+            )
+            offset += result.optimizer_steps
+            shutil.rmtree(out, ignore_errors=True)  # a fold's model is not a candidate: only its score counts
+            if reporter.stop_reason:
+                break
+            if not curves[fold]:
+                metric = self.plan.scoring.metric
+                raise ConfigError(f"trial {reporter.trial.number}, fold {fold}: no evaluation reported {metric}")
+            scores.append(self.plan.scoring.score([value for _, value in curves[fold]]))
+        reporter.trial.set_user_attr(attributes.OPTIMIZER_STEPS, offset)
+        if not scores:
+            return float("nan")  # stopped during the first fold: the trial is pruned
+        score = cv_score(scores, offset)
+        reporter.trial.set_user_attr(attributes.CV_FOLD_SCORES, score.fold_scores)
+        reporter.trial.set_user_attr(attributes.CV_STD, score.std)
+        return score.mean

@@ -1,0 +1,137 @@
+"""plan_search: everything a fine-tune search decides before its first trial, computed without training.
+
+The space (given, or the method-aware default), what a trial is scored by, one validation split or k
+folds, the untuned run's length (the unit of full-run equivalents), the evaluation interval (the first
+rung of the schedulers) and the budgets: the whole step budget, and what of it exploration may spend
+once the untuned run's re-runs are set aside (hpo.finetune.admission).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from finetune import FinetuneConfig
+from finetune.data import load_splits
+from finetune.errors import ConfigError
+from finetune.train import planned_steps
+from hpo.budget import Budget
+from hpo.finetune.admission import RerunBudget, check_room_to_explore
+from hpo.finetune.config_space import check_combinations, flatten
+from hpo.finetune.cross_validation import fold_config, resolve_folds
+from hpo.finetune.default_spaces import default_space
+from hpo.finetune.settings import SearchSettings
+from hpo.space import SearchSpace
+from hpo.winner_rule import SelectionSettings, trial_score
+
+# Rungs per untuned run: trials are evaluated every 1/9 of it, so the schedulers' rungs (1/9 x 3^k of a
+# run, reduction factor 3) always fall on an evaluation.
+EVALUATIONS_PER_RUN = 9
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """How a run is scored: the evaluation key, its direction, its best or last evaluation, and the folds."""
+
+    metric: str  # e.g. "eval_accuracy"
+    direction: str  # "maximize" or "minimize"
+    use: str  # "best" or "last"
+    folds: int | None  # k-fold cross-validation, or None: one validation split
+
+    def score(self, values: list[float]) -> float:
+        return trial_score(values, self.use, self.direction)
+
+
+@dataclass(frozen=True)
+class SearchPlan:
+    space: SearchSpace
+    base_values: dict[str, Any]  # the untuned config's dotted values (conditions and untuned params read them)
+    scoring: Scoring
+    validation: str  # one split or k folds, and why
+    trial_rows: int  # training rows of one run (of one fold under cross-validation)
+    world_size: int
+    full_run_steps: int  # optimizer steps of the untuned run, all folds: the unit of full-run equivalents
+    min_steps: int  # evaluation interval and first rung
+    total_steps: int | None  # the whole step budget: exploration and re-runs
+    budget: Budget  # what exploration may spend
+    rerun_budget: RerunBudget | None  # admission of trials (None: no re-runs, or no step budget)
+    selection: SelectionSettings
+
+    @property
+    def search_evaluations(self) -> dict[str, Any]:
+        """Overrides of every trial and re-run: evaluations on the rung grid, scored on validation only."""
+        return {"training.eval_steps": self.min_steps, "training.train_split_metrics": False}
+
+    def trial_length(self, config: FinetuneConfig) -> int:
+        """Optimizer steps ``config`` will run as a trial, all folds."""
+        return (self.scoring.folds or 1) * planned_steps(config, self.trial_rows, self.world_size)
+
+
+def plan_search(base: FinetuneConfig, settings: SearchSettings, *, world_size: int = 1) -> SearchPlan:
+    """The plan of a search around ``base`` (the untuned config) on ``world_size`` processes."""
+    if settings.isolation == "subprocess" and world_size > 1:
+        raise ConfigError(
+            "search.isolation='subprocess' runs one process per trial; under accelerate launch "
+            "with several processes use isolation='none'"
+        )
+    space = settings.space or default_space(
+        base.method.name, base.model.task, also_tune=settings.also_tune, from_scratch=base.model.init == "scratch"
+    )
+    metric, direction = settings.objective.resolve(base.model.task)
+    base_values = flatten(base)
+    check_combinations(space, base_values)
+    folds, validation = resolve_folds(settings.objective.cv_folds, base)
+    # The unit of the budget is the untuned trial: all its folds.
+    data = base.data if folds is None else fold_config(base, folds, 0, "unused").data
+    trial_rows = len(load_splits(data).train)
+    run_steps = planned_steps(base, trial_rows, world_size)
+    full_run_steps = (folds or 1) * run_steps
+    min_steps = max(1, round(run_steps / EVALUATIONS_PER_RUN))
+    budget, rerun_budget = _budgets(settings, full_run_steps, min_steps)
+    if settings.sampler == "grid" and budget.steps is not None:
+        grid = space.grid_size(base_values)
+        if grid * full_run_steps > budget.steps * 3:
+            raise ConfigError(
+                f"search: the grid has {grid} points, about {grid * full_run_steps} steps at the "
+                f"untuned run's length, far over the budget of {budget.steps} steps"
+            )
+    return SearchPlan(
+        space=space,
+        base_values=base_values,
+        scoring=Scoring(metric=metric, direction=direction, use=settings.objective.use, folds=folds),
+        validation=validation,
+        trial_rows=trial_rows,
+        world_size=world_size,
+        full_run_steps=full_run_steps,
+        min_steps=min_steps,
+        total_steps=rerun_budget.total_steps if rerun_budget else budget.steps,
+        budget=budget,
+        rerun_budget=rerun_budget,
+        selection=settings.selection,
+    )
+
+
+def _budgets(settings: SearchSettings, full_run_steps: int, min_steps: int) -> tuple[Budget, RerunBudget | None]:
+    """The search's budget in steps (full-run equivalents x the untuned run), and, when the winner is chosen
+    by re-runs, its admission rule with what exploration may spend."""
+    budget, selection = settings.budget, settings.selection
+    if settings.full_run_equivalents is not None:
+        budget = Budget.from_full_runs(
+            settings.full_run_equivalents,
+            full_run_steps,
+            trials=budget.trials if budget else None,
+            wall_seconds=budget.wall_seconds if budget else None,
+        )
+    elif budget.steps is not None and selection.enabled:
+        check_room_to_explore(budget.steps / full_run_steps, selection)
+    if not selection.enabled or budget.steps is None:
+        return budget, None
+    rerun_budget = RerunBudget(
+        total_steps=budget.steps,
+        full_run_steps=full_run_steps,
+        top_k=selection.top_k,
+        seeds=selection.seeds,
+        shortest_useful_steps=min_steps,
+    )
+    exploration = Budget(trials=budget.trials, steps=rerun_budget.exploration_steps(), wall_seconds=budget.wall_seconds)
+    return exploration, rerun_budget

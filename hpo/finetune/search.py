@@ -1,0 +1,172 @@
+"""search_finetune: tune the hyperparameters of a fine-tune; each trial is one finetune.train run.
+
+Read it as a recipe: plan, explore, choose the winner, write the results. The untuned config is the
+first trial and the baseline: the winner is the untuned config unless a candidate beats it beyond the
+noise over fresh seeds (hpo.winner_rule), and those re-runs are paid from the same step budget as the
+exploration, which is never exceeded (hpo.finetune.admission).
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from finetune import FinetuneConfig
+from finetune.train import process_state
+from hpo import attributes
+from hpo.finetune.config_space import untuned_params
+from hpo.finetune.objective import TrialObjective
+from hpo.finetune.plan import SearchPlan, plan_search
+from hpo.finetune.reruns import follow_selection, select_finetune_winner
+from hpo.finetune.settings import SearchSettings
+from hpo.finetune.trial_training import broadcast, follow_trials, train_trial
+from hpo.optimize import PlannedTrial, StudySettings, optimize
+from hpo.result_files import write_search_outputs
+from hpo.results import SearchResult
+from hpo.storage import redact
+from hpo.winner_rule import Selection, pick_candidates
+
+
+@dataclass
+class FinetuneSearch:
+    result: SearchResult
+    best_config: FinetuneConfig
+    best_checkpoint: str | None
+    full_run_steps: int  # optimizer steps of the untuned run: the unit of "full-run equivalents"
+    metric: str
+    run_dir: str
+    selection: Selection | None = None  # how the winner was chosen (None: the best trial, no re-runs)
+
+
+def search_finetune(
+    base: FinetuneConfig, settings: SearchSettings | None = None, *, run_dir: str | Path
+) -> FinetuneSearch | None:
+    """Tune ``base`` (the user's untuned config) as ``settings`` say; results go to ``run_dir``.
+
+    Under ``accelerate launch`` with several processes every process calls this: the main process runs
+    the search and sends each trial's config to the others, which train with it; they return None.
+    Several workers may share one search through a database (settings.storage, ``tunelab worker``): each
+    calls this with settings.choose_winner False; the run that reports then chooses the winner.
+    """
+    settings = settings or SearchSettings()
+    run_dir = Path(run_dir)
+    processes = process_state()
+    # 1. Plan: space, metric, folds, the untuned run's length, the budgets. Nothing trains yet.
+    plan = plan_search(base, settings, world_size=processes.num_processes)
+    choose = plan.selection.enabled and settings.choose_winner
+    # 2. The other processes of a multi-process launch train what the main process sends them.
+    if not processes.is_main_process:
+        follow_trials(lambda raw, callback: train_trial(FinetuneConfig.from_dict(raw), callback), plan.scoring.metric)
+        if choose:
+            follow_selection(run_dir / "selection")
+        return None
+    # 3. Explore: the untuned config first, then the sampler's proposals, until the budget is spent.
+    #    The study is a journal in the run folder unless a database is given: running again resumes it.
+    objective = TrialObjective(base, settings, plan, trials_dir=run_dir / "trials")
+    storage = settings.storage or str(run_dir / "study.journal")
+    result = _explore(objective, plan, _study_settings(settings, plan, storage))
+    # 4. Choose the winner: the top candidates re-run with fresh seeds, the untuned one kept unless beaten.
+    chosen, best = None, result.best_trial
+    if choose:
+        picked = (
+            plan.rerun_budget.candidates(result) if plan.rerun_budget else pick_candidates(result, plan.selection.top_k)
+        )
+        # Re-runs evaluate on the search's schedule, so "best" means the same as in the search.
+        configs = {t.number: objective.config_of(t).with_overrides(plan.search_evaluations) for t in picked}
+        chosen = select_finetune_winner(
+            result, configs, folder=run_dir / "selection", selection=plan.selection, scoring=plan.scoring
+        )
+        best = next(t for t in result.trials if t.number == chosen.winner)
+    # 5. Write the trials table, the summary and the winner's config.
+    checkpoint = best.extra.get(attributes.CHECKPOINT)
+    search = FinetuneSearch(
+        result=result,
+        best_config=objective.config_of(best),
+        best_checkpoint=checkpoint if checkpoint and Path(checkpoint).exists() else None,
+        full_run_steps=plan.full_run_steps,
+        metric=plan.scoring.metric,
+        run_dir=str(run_dir),
+        selection=chosen,
+    )
+    summary = _summary(search, best.number, plan, settings, storage)
+    write_search_outputs(result, run_dir, best_config=search.best_config, extra=summary)
+    return search
+
+
+def _study_settings(settings: SearchSettings, plan: SearchPlan, storage: str) -> StudySettings:
+    return StudySettings(
+        sampler=settings.sampler,
+        scheduler=settings.scheduler,
+        direction=plan.scoring.direction,
+        seed=settings.seed,
+        storage=storage,
+        study_name=settings.study_name,
+        min_steps=plan.min_steps,
+        heartbeat_seconds=settings.heartbeat_seconds,
+        progress=settings.progress,
+    )
+
+
+def _explore(objective: TrialObjective, plan: SearchPlan, study: StudySettings) -> SearchResult:
+    untuned = PlannedTrial(untuned_params(plan.space, plan.base_values), role=attributes.UNTUNED)
+    try:
+        return optimize(
+            objective,
+            plan.space,
+            budget=plan.budget,
+            settings=study,
+            base=plan.base_values,
+            first_params=[untuned] if objective.settings.include_untuned else None,
+            on_trial_end=lambda result: keep_top_checkpoints(result, max(1, plan.selection.top_k)),
+        )
+    finally:
+        if objective.sync:
+            broadcast(None)  # followers stop waiting for trials
+
+
+def _summary(
+    search: FinetuneSearch, winner: int, plan: SearchPlan, settings: SearchSettings, storage: str
+) -> dict[str, Any]:
+    """summary.json's keys beyond the generic ones (hpo.result_files)."""
+    result, chosen = search.result, search.selection
+    winner_trial = next(t for t in result.trials if t.number == winner)
+    return {
+        "study_name": settings.study_name,
+        "storage": redact(storage),
+        "metric": plan.scoring.metric,
+        "use": plan.scoring.use,
+        "sampler": settings.sampler,
+        "scheduler": settings.scheduler,
+        "full_run_steps": plan.full_run_steps,
+        "cross_validation_folds": plan.scoring.folds,
+        "validation": plan.validation,
+        "full_run_equivalents_spent": (result.steps_spent + (chosen.steps if chosen else 0)) / plan.full_run_steps,
+        # The whole step budget (exploration + selection re-runs) in full runs; None without a step budget.
+        "full_run_equivalents_budget": None if plan.total_steps is None else plan.total_steps / plan.full_run_steps,
+        "exploration_steps": result.steps_spent,
+        # Trials the sampler proposed that were not run: their re-runs would not have fit the budget.
+        "trials_not_run": sum(bool(t.extra.get(attributes.NOT_RUN)) for t in result.trials),
+        # Trials that ran shorter than proposed (fewer epochs or a larger batch) so their re-runs would fit.
+        "trials_shortened": sum(bool(t.extra.get(attributes.SHORTENED)) for t in result.trials),
+        "selection": chosen.to_dict() if chosen else None,
+        "winner_trial": winner,
+        "winner_role": winner_trial.extra.get(attributes.ROLE),
+        "best_checkpoint": search.best_checkpoint,
+        "space": plan.space.to_dict(),
+        "budget": asdict(plan.budget),
+    }
+
+
+def keep_top_checkpoints(result: SearchResult, keep: int) -> None:
+    """Delete every trial's saved model except the ``keep`` best complete trials' and the untuned one's
+    (selection may pick any of them): disk stays bounded."""
+    if any(t.extra.get(attributes.ROLE) == attributes.UNTUNED for t in result.trials):
+        kept = {t.number for t in pick_candidates(result, keep)}
+    else:
+        kept = {t.number for t in result.ranked()[:keep]}
+    for trial in result.trials:
+        path = trial.extra.get(attributes.CHECKPOINT)
+        if path and trial.number not in kept and trial.state != "RUNNING" and Path(path).exists():
+            shutil.rmtree(path, ignore_errors=True)

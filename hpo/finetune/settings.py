@@ -1,0 +1,158 @@
+"""SearchSettings: everything a fine-tune search is told, each default and each check written once.
+
+The recipe's ``search:`` section and the flags of ``tunelab search`` are both read by
+SearchSettings.from_dict; code builds it directly. Whatever the source, the same checks run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
+
+from finetune.errors import ConfigError
+from hpo.budget import Budget
+from hpo.errors import SearchConfigError
+from hpo.finetune.admission import check_room_to_explore
+from hpo.finetune.config_space import check_space_keys
+from hpo.finetune.cross_validation import CvFolds
+from hpo.finetune.default_spaces import EXTRAS
+from hpo.samplers import SAMPLERS, SCHEDULERS
+from hpo.space import SearchSpace
+from hpo.winner_rule import SelectionSettings
+
+# With no budget given: 8 untuned runs' worth of optimizer steps, choosing the winner included.
+DEFAULT_FULL_RUN_EQUIVALENTS = 8.0
+BUDGET_KEYS = ("full_run_equivalents", "trials", "steps", "minutes")
+ISOLATIONS = ("none", "subprocess")
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Objective:
+    """What a trial is scored by: one metric, its direction, and the best or the last evaluation."""
+
+    metric: str = "auto"  # accuracy, macro_f1, loss, perplexity... ("auto": accuracy or loss by task)
+    direction: Literal["auto", "maximize", "minimize"] = "auto"
+    use: Literal["best", "last"] = "best"
+    # k-fold cross-validation instead of one validation split: k >= 2, "auto" (hpo.finetune.cross_validation)
+    # or None.
+    cv_folds: CvFolds = "auto"
+
+    def __post_init__(self) -> None:
+        if self.use not in ("best", "last"):
+            raise ConfigError(f"search.objective.use must be 'best' or 'last', got {self.use!r}")
+
+    def resolve(self, task: str) -> tuple[str, str]:
+        """(the evaluation key, "maximize" or "minimize") for ``task``."""
+        metric = self.metric if self.metric != "auto" else ("accuracy" if task == "classification" else "loss")
+        key = metric if metric.startswith("eval_") else f"eval_{metric}"
+        direction = self.direction
+        if direction == "auto":
+            direction = "minimize" if any(word in key for word in ("loss", "perplexity")) else "maximize"
+        return key, direction
+
+
+@dataclass(kw_only=True)
+class SearchSettings:
+    sampler: str = "tpe"
+    scheduler: str = "hyperband"
+    # Trials, steps and wall time; with full_run_equivalents the step budget is that many untuned runs.
+    budget: Budget | None = None
+    full_run_equivalents: float | None = None  # None and no budget: DEFAULT_FULL_RUN_EQUIVALENTS
+    objective: Objective = field(default_factory=Objective)
+    selection: SelectionSettings = field(default_factory=SelectionSettings)  # how the winner is chosen
+    space: SearchSpace | None = None  # None: the method-aware default space (hpo.finetune.default_spaces)
+    also_tune: tuple[str, ...] = ()  # groups added to the default space: optimizer, head, architecture
+    max_per_device_batch: int = 32  # larger effective batches accumulate gradients
+    isolation: Literal["none", "subprocess"] = "none"  # subprocess: each trial in its own process
+    seed: int = 0  # the sampler's
+    # Shared search (tunelab worker): a database URL all workers reach, the study's name, heartbeat period.
+    storage: str | None = None  # None: a journal file in the run folder (re-running resumes)
+    study_name: str = "search"
+    heartbeat_seconds: int | None = None
+    include_untuned: bool = True  # the untuned config is the first trial and the baseline of the winner rule
+    choose_winner: bool = True  # False for workers: `tunelab run` chooses once the budget is spent
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.budget is None and self.full_run_equivalents is None:
+            self.full_run_equivalents = DEFAULT_FULL_RUN_EQUIVALENTS
+        if self.sampler not in SAMPLERS:
+            raise ConfigError(f"search.sampler: expected one of {SAMPLERS}, got {self.sampler!r}")
+        if self.scheduler not in SCHEDULERS:
+            raise ConfigError(f"search.scheduler: expected one of {SCHEDULERS}, got {self.scheduler!r}")
+        if self.isolation not in ISOLATIONS:
+            raise ConfigError(f"search.isolation must be 'none' or 'subprocess', got {self.isolation!r}")
+        self.also_tune = tuple(self.also_tune)
+        if set(self.also_tune) - set(EXTRAS):
+            raise ConfigError(
+                f"search.also_tune: expected a list drawn from {list(EXTRAS)}, got {list(self.also_tune)}"
+            )
+        if self.also_tune and self.space is not None:
+            raise ConfigError(
+                f"search.also_tune={list(self.also_tune)} extends the default space; with search.space given, "
+                "list those parameters in it instead"
+            )
+        if self.space is not None:
+            check_space_keys(self.space)
+        if not self.include_untuned:
+            self.selection = SelectionSettings(top_k=self.selection.top_k, seeds=0)  # no baseline to keep
+        if self.full_run_equivalents is not None:
+            check_room_to_explore(self.full_run_equivalents, self.selection)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> SearchSettings:
+        """From a recipe's ``search:`` mapping: budget {full_run_equivalents, trials, steps, minutes},
+        objective {metric, direction, use, cv_folds}, selection {top_k, seeds, confidence}, space (YAML
+        form), also_tune, and the plain fields by name."""
+        if not isinstance(raw, dict):
+            raise ConfigError(f"search: expected a mapping, got {raw!r}")
+        allowed = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(raw) - allowed
+        if unknown:
+            raise ConfigError(f"search: unknown key(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
+        values = dict(raw)
+        full_runs, budget = _budget(values.pop("budget", None) or {})
+        values["objective"] = _section(Objective, "objective", values.pop("objective", None) or {})
+        values["selection"] = _section(SelectionSettings, "selection", values.pop("selection", None) or {})
+        space = values.pop("space", None)
+        values["space"] = _as_config_error(lambda: SearchSpace.from_dict(space)) if space else None
+        also_tune = values.pop("also_tune", None) or []
+        if not isinstance(also_tune, (list, tuple)):
+            raise ConfigError(f"search.also_tune: expected a list drawn from {list(EXTRAS)}, got {also_tune!r}")
+        return cls(full_run_equivalents=full_runs, budget=budget, also_tune=tuple(also_tune), **values)
+
+
+def _budget(raw: Any) -> tuple[float | None, Budget | None]:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"search.budget: expected a mapping, got {raw!r}")
+    unknown = set(raw) - set(BUDGET_KEYS)
+    if unknown:
+        raise ConfigError(f"search.budget: unknown key(s) {sorted(unknown)}; allowed: {', '.join(BUDGET_KEYS)}")
+    if not any(raw.get(k) is not None for k in ("trials", "steps", "minutes")):
+        return raw.get("full_run_equivalents"), None
+    minutes = raw.get("minutes")
+    budget = _as_config_error(
+        lambda: Budget(trials=raw.get("trials"), steps=raw.get("steps"), wall_seconds=minutes * 60 if minutes else None)
+    )
+    return raw.get("full_run_equivalents"), budget
+
+
+def _section(kind: Callable[..., T], name: str, raw: Any) -> T:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"search.{name}: expected a mapping, got {raw!r}")
+    try:
+        return _as_config_error(lambda: kind(**raw))
+    except TypeError as exc:
+        allowed = ", ".join(f.name for f in dataclasses.fields(kind))
+        raise ConfigError(f"search.{name}: {exc}; allowed: {allowed}") from exc
+
+
+def _as_config_error(build: Callable[[], T]) -> T:
+    """A search setting read from a recipe or flags is a config error whichever layer checks it."""
+    try:
+        return build()
+    except SearchConfigError as exc:
+        raise ConfigError(str(exc)) from exc

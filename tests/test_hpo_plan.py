@@ -1,0 +1,94 @@
+"""What a fine-tune search decides before its first trial (plan_search), and where its settings come from."""
+
+import pytest
+from conftest import classification_config
+
+from finetune import ConfigError, FinetuneConfig
+from hpo import Budget, SelectionSettings
+from hpo.finetune import DEFAULT_FULL_RUN_EQUIVALENTS, Objective, SearchSettings, plan_search
+from recipes.cli import _search_settings, build_parser
+
+
+def _base(tiny_bert, sentiment_files, tmp_path, **training):
+    training = {"max_steps": -1, "num_train_epochs": 1, "eval_steps": None, "learning_rate": 5e-5, **training}
+    return FinetuneConfig.from_dict(
+        classification_config(tiny_bert, sentiment_files, tmp_path / "unused", training=training)
+    )
+
+
+def test_plan_of_the_default_search_without_training(tiny_bert, sentiment_files, tmp_path):
+    plan = plan_search(_base(tiny_bert, sentiment_files, tmp_path), SearchSettings(full_run_equivalents=10))
+    # 96 training rows at batch 8, one epoch: the untuned run is 12 steps; evaluations every 12/9 -> 1 step.
+    assert plan.trial_rows == 96 and plan.full_run_steps == 12 and plan.min_steps == 1
+    assert (plan.scoring.metric, plan.scoring.direction, plan.scoring.use) == ("eval_accuracy", "maximize", "best")
+    assert plan.scoring.folds is None and plan.validation.startswith("one validation split")
+    # 10 full runs = 120 steps in all; exploration may spend all but the untuned run's 2 re-runs.
+    assert plan.total_steps == 120 and plan.budget.steps == 120 - 2 * 12
+    assert plan.rerun_budget.total_steps == 120 and plan.rerun_budget.top_k == 3
+    assert "method.lora_r" in plan.space.parameters  # the LoRA default space
+    assert plan.search_evaluations == {"training.eval_steps": 1, "training.train_split_metrics": False}
+    three_epochs = _base(tiny_bert, sentiment_files, tmp_path, num_train_epochs=3)
+    assert plan.trial_length(three_epochs) == 36
+    assert not (tmp_path / "unused").exists()  # nothing trained, nothing written
+
+
+def test_plan_without_reruns_explores_the_whole_budget(tiny_bert, sentiment_files, tmp_path):
+    base = _base(tiny_bert, sentiment_files, tmp_path)
+    plan = plan_search(base, SearchSettings(full_run_equivalents=3, selection=SelectionSettings(seeds=0)))
+    assert plan.rerun_budget is None and plan.budget.steps == 36 == plan.total_steps
+    plan = plan_search(base, SearchSettings(budget=Budget(trials=4), objective=Objective(metric="loss")))
+    assert plan.budget == Budget(trials=4) and plan.total_steps is None and plan.rerun_budget is None
+    assert (plan.scoring.metric, plan.scoring.direction) == ("eval_loss", "minimize")
+
+
+def test_a_step_budget_too_small_for_the_reruns_is_refused_before_training(tiny_bert, sentiment_files, tmp_path):
+    base = _base(tiny_bert, sentiment_files, tmp_path)
+    with pytest.raises(ConfigError, match="selection reserve of 6 full runs"):
+        plan_search(base, SearchSettings(budget=Budget(steps=12 * 5)))
+
+
+def test_settings_default_budget_is_written_once():
+    assert SearchSettings().full_run_equivalents == DEFAULT_FULL_RUN_EQUIVALENTS
+    assert SearchSettings.from_dict({}).full_run_equivalents == DEFAULT_FULL_RUN_EQUIVALENTS
+    only_trials = SearchSettings.from_dict({"budget": {"trials": 5}})
+    assert only_trials.full_run_equivalents is None and only_trials.budget == Budget(trials=5)
+    assert SearchSettings(budget=Budget(trials=5)).full_run_equivalents is None
+
+
+def test_flags_and_a_recipe_section_give_the_same_settings():
+    flags = build_parser().parse_args(
+        ["search", "config.yaml", "--sampler", "random", "--budget-fre", "5", "--top-k", "2", "--cv-folds", "none"]
+    )
+    recipe = {
+        "sampler": "random",
+        "budget": {"full_run_equivalents": 5},
+        "selection": {"top_k": 2},
+        "objective": {"cv_folds": None},
+    }
+    assert _search_settings(flags) == SearchSettings.from_dict(recipe)
+    assert _search_settings(build_parser().parse_args(["search", "config.yaml"])) == SearchSettings()
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        (
+            {"also_tune": ["optimizer"], "space": {"training.learning_rate": {"type": "float", "low": 1, "high": 2}}},
+            "extends the default space",
+        ),
+        ({"isolation": "thread"}, "search.isolation"),
+        ({"budget": {"trials": 0}}, r"search.budget.trials must be > 0"),
+        ({"space": {"training.lr": {"type": "float", "low": 1, "high": 2}}}, "unknown key 'training.lr'"),
+        ({"space": {"training.learning_rate": {"type": "float", "low": 2, "high": 1}}}, "empty range"),
+    ],
+)
+def test_bad_settings_are_config_errors_naming_the_key(settings, message):
+    with pytest.raises(ConfigError, match=message):
+        SearchSettings.from_dict(settings)
+
+
+def test_no_untuned_trial_turns_the_reruns_off_before_the_budget_check():
+    settings = SearchSettings(full_run_equivalents=2, include_untuned=False)
+    assert not settings.selection.enabled
+    with pytest.raises(ConfigError, match="selection reserve"):
+        SearchSettings(full_run_equivalents=2)
