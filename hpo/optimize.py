@@ -11,7 +11,8 @@ import sys
 import time
 import traceback
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -90,6 +91,30 @@ def optimize(
     worker's; with heartbeats a dead worker's trial is retried by another, and each worker returns only
     once no trial is running anywhere.
     """
+    with _optuna_quiet():
+        return _optimize(objective, space, budget, settings, base, first_params, on_trial_end)
+
+
+@contextmanager
+def _optuna_quiet() -> Iterator[None]:
+    """Optuna's per-trial INFO lines off while the search runs (our progress line says more); restored after."""
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        yield
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+
+
+def _optimize(
+    objective: ObjectiveFn,
+    space: SearchSpace,
+    budget: Budget,
+    settings: StudySettings,
+    base: dict[str, Any] | None,
+    first_params: list[dict[str, Any] | PlannedTrial] | None,
+    on_trial_end: Callable[[SearchResult], None] | None,
+) -> SearchResult:
     study, planned = _open_study(space, budget, settings, base, first_params)
     tracker = Progress(budget=budget, planned_trials=planned, direction=settings.direction, enabled=settings.progress)
     stop_reason = done = None

@@ -7,6 +7,7 @@ import json
 import sys
 
 from finetune.errors import ConfigError, TunelabError
+from hpo import attributes
 from hpo.errors import SearchConfigError
 from recipes.recipe import load_finetune_config, load_recipe
 
@@ -105,7 +106,7 @@ def _search(args: argparse.Namespace) -> int:
         "best_value": result.best_value,
         "metric": search.metric,
         "winner_trial": winner,
-        "winner_role": chosen.extra.get("role"),
+        "winner_role": chosen.extra.get(attributes.ROLE),
         "selection": selection.reason if selection else "best trial (no re-runs)",
         "best_params": chosen.params,
         "best_checkpoint": search.best_checkpoint,
@@ -167,7 +168,7 @@ def _trials(args: argparse.Namespace) -> int:
     for t in trials:
         value = "" if t["value"] is None else f"{t['value']:.4f}"
         params = [_fmt(t["params"].get(k, "")) for k in keys]
-        note = t.get("failure") or t.get("stop_reason") or t.get("extra", {}).get("role") or ""
+        note = t.get("failure") or t.get("stop_reason") or t.get("extra", {}).get(attributes.ROLE) or ""
         print(" | ".join([str(t["number"]), t["state"], value, str(t["steps"]), f"{t['seconds']:.0f}", *params, note]))
     return 0
 
