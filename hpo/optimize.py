@@ -34,6 +34,7 @@ from hpo.workers import (
     heartbeat,
     heartbeats_enabled,
     others_running,
+    retry_lost_trial,
     wait_until_queued,
 )
 
@@ -223,12 +224,24 @@ def _run_trial(
         _discard(study, trial)
         study.enqueue_trial(replace.params, user_attrs=replace.attrs)  # the next ask() takes it
         return None
+    except KeyboardInterrupt:
+        _interrupted(study, trial, reporter)
+        raise
     reporter.save_steps()
     if state == TrialState.COMPLETE:
         # Every complete trial carries the constraint (GP needs it on all of them); > 0 is infeasible.
         trial.set_constraint(attributes.INFEASIBLE_CONSTRAINT, 0.0 if feasible else 1.0)
     study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
     return None
+
+
+def _interrupted(study: optuna.Study, trial: optuna.Trial, reporter: Reporter) -> None:
+    """Ctrl-C mid-trial: the trial is failed and queued again, as a lost worker's would be, so the same
+    command resumes the search with it (its steps are not counted twice: the retry's are)."""
+    reporter.save_steps()
+    trial.set_user_attr(attributes.FAILURE, "interrupted (Ctrl-C)")
+    study.tell(trial, state=TrialState.FAIL)
+    retry_lost_trial(study, next(t for t in study.get_trials(deepcopy=False) if t.number == trial.number))
 
 
 def _discard(study: optuna.Study, trial: optuna.Trial) -> None:

@@ -86,24 +86,24 @@ def parameter_importances(study: optuna.Study) -> dict[str, float]:
         return {}
 
 
-def save_figure(fig, path: str | Path) -> str:
-    """Lay out, write as PNG and close (an open figure would leak memory across a long search)."""
-    import matplotlib.pyplot as plt
+def new_figure(**figure_kwargs):
+    """A matplotlib Figure outside pyplot: no backend is chosen and no global state changes."""
+    from matplotlib.figure import Figure
 
+    return Figure(**figure_kwargs)
+
+
+def save_figure(fig, path: str | Path) -> str:
+    """Lay out and write as PNG (the figure is not registered with pyplot: nothing to close)."""
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return str(path)
 
 
 def plot_anytime(results: dict[str, SearchResult], path: str | Path) -> str:
     """Best objective so far against cumulative optimizer steps, one line per search."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = new_figure(figsize=(6, 4))
+    ax = fig.subplots()
     for name, result in results.items():
         curve = result.anytime_curve()
         if curve:
@@ -118,13 +118,9 @@ def plot_anytime(results: dict[str, SearchResult], path: str | Path) -> str:
 
 
 def plot_importances(importances: dict[str, float], path: str | Path) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     names = list(importances)[::-1]
-    fig, ax = plt.subplots(figsize=(6, 0.4 * len(names) + 1.2))
+    fig = new_figure(figsize=(6, 0.4 * len(names) + 1.2))
+    ax = fig.subplots()
     ax.barh(names, [importances[n] for n in names])
     ax.set_xlabel("importance (fANOVA)")
     return save_figure(fig, path)

@@ -1,4 +1,9 @@
-"""The `tunelab` command line."""
+"""The `tunelab` command line.
+
+Exit codes: 0 done; 2 bad input (a config key, a file, a model, a search setting: the message names it);
+3 the work itself failed (training diverged, every trial of a search failed); 130 interrupted (Ctrl-C):
+what finished is stored in the run folder, and the same command resumes from it.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +11,16 @@ import argparse
 import json
 import sys
 
-from finetune.errors import ConfigError, TunelabError
+from finetune.errors import ConfigError, TrainingError, TunelabError
 from hpo import attributes
-from hpo.errors import SearchConfigError
+from hpo.errors import SearchConfigError, SearchError
 from recipes.recipe import load_finetune_config, load_recipe
 
-# Bad input the user can fix: reported in one line, exit code 2.
-USER_ERRORS = (TunelabError, SearchConfigError)
+EXIT_BAD_INPUT = 2
+EXIT_FAILED = 3
+EXIT_INTERRUPTED = 130  # the shell's code for SIGINT
+USER_ERRORS = (TunelabError, SearchConfigError)  # bad input the user can fix
+FAILURES = (TrainingError, SearchError)  # the input was fine; the training or the search failed
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -280,7 +288,17 @@ def main(argv: list[str] | None = None) -> int:
         code = args.func(args)
     except USER_ERRORS as exc:
         print(f"tunelab: error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
+    except FAILURES as exc:
+        print(f"tunelab: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print(
+            "tunelab: interrupted; finished trials and runs are stored in the run folder: "
+            "run the same command again to resume",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
     end_processes()
     return code
 

@@ -122,15 +122,11 @@ def fit_table(results: dict[str, Any]) -> list[list[str]]:
 
 def plot_fit(results: dict[str, Any], path: Path) -> str:
     """Train vs validation metric at each evaluation, one panel per arm, one line pair per seed."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from hpo.result_files import save_figure
+    from hpo.result_files import new_figure, save_figure
 
     metric = results["metric"]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    fig = new_figure(figsize=(10, 4))
+    axes = fig.subplots(1, 2, sharey=True)
     for ax, arm in zip(axes, ("untuned", "tuned"), strict=True):
         for i, run in enumerate(results["runs"][arm]):
             points = [e for e in run["evaluations"] if f"train_{metric}" in e and f"eval_{metric}" in e]

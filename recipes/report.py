@@ -9,14 +9,9 @@ import platform
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from hpo.result_files import plot_anytime, save_figure  # noqa: E402
-from hpo.results import SearchResult  # noqa: E402
-from recipes.fit import fit_lines, fit_table, plot_fit  # noqa: E402
+from hpo.result_files import new_figure, plot_anytime, save_figure
+from hpo.results import SearchResult
+from recipes.fit import fit_lines, fit_table, plot_fit
 
 LIBRARIES = ("torch", "transformers", "peft", "accelerate", "optuna", "datasets")
 
@@ -262,7 +257,8 @@ def _html(results, sections, plots) -> str:
 
 
 def _plot_history(search: SearchResult, path: Path) -> str:
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = new_figure(figsize=(6, 4))
+    ax = fig.subplots()
     for state, marker in (("COMPLETE", "o"), ("PRUNED", "x")):
         points = [(t.number, t.value) for t in search.trials if t.state == state and t.value is not None]
         if points:
@@ -276,7 +272,8 @@ def _plot_history(search: SearchResult, path: Path) -> str:
 
 def _plot_seed_scores(results: dict[str, Any], path: Path) -> str:
     metric = results["metric"]
-    fig, ax = plt.subplots(figsize=(5, 4))
+    fig = new_figure(figsize=(5, 4))
+    ax = fig.subplots()
     for i, arm in enumerate(("untuned", "tuned")):
         scores = [r["test"][f"test_{metric}"] for r in results["runs"][arm]]
         ax.scatter([i] * len(scores), scores, s=40)
@@ -289,7 +286,8 @@ def _plot_seed_scores(results: dict[str, Any], path: Path) -> str:
 
 def _plot_learning_curves(results: dict[str, Any], path: Path) -> str:
     metric = results["metric"]
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = new_figure(figsize=(6, 4))
+    ax = fig.subplots()
     for arm, color in (("untuned", "tab:blue"), ("tuned", "tab:orange")):
         for i, run in enumerate(results["runs"][arm]):
             points = [(e["step"], e[f"eval_{metric}"]) for e in run["evaluations"] if f"eval_{metric}" in e]

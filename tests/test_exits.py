@@ -1,0 +1,196 @@
+"""How the command line ends: one error line and a documented exit code; Ctrl-C leaves a resumable search;
+out of memory is retried, then recorded as infeasible; importing tunelab changes no global state."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+from conftest import classification_config
+from synthetic import SPACE, curve_objective
+from transformers import TrainerCallback
+
+import finetune
+from finetune import FinetuneConfig
+from hpo import Budget, InfeasibleTrial, SearchConfigError, StudySettings, optimize
+from hpo.attributes import FAILURE, RETRY_OF
+from hpo.finetune import trial_training
+from hpo.storage import open_storage
+from recipes.cli import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, main
+
+
+class _PoisonWeights(TrainerCallback):
+    """Turn the weights to NaN after the first step, as a diverged run would."""
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        with torch.no_grad():
+            for parameter in model.parameters():
+                parameter.fill_(float("nan"))
+
+
+def _config_file(tiny_bert, sentiment_files, tmp_path, **training):
+    raw = classification_config(tiny_bert, sentiment_files, tmp_path / "run", training={"logging_steps": 1, **training})
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return str(path)
+
+
+def test_a_diverged_training_is_one_error_line_and_exit_code_3(
+    tiny_bert, sentiment_files, tmp_path, monkeypatch, capsys
+):
+    real_train = finetune.train
+    monkeypatch.setattr(finetune, "train", lambda config, callbacks=None: real_train(config, [_PoisonWeights()]))
+    assert main(["train", _config_file(tiny_bert, sentiment_files, tmp_path)]) == EXIT_FAILED == 3
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("tunelab: error: training loss is nan at step 2")
+
+
+def test_bad_input_is_exit_code_2_and_ctrl_c_is_130(tiny_bert, sentiment_files, tmp_path, monkeypatch, capsys):
+    path = _config_file(tiny_bert, sentiment_files, tmp_path)
+    assert main(["train", path, "training.learning_rat=1e-3"]) == EXIT_BAD_INPUT == 2
+    assert "training.learning_rat" in capsys.readouterr().err
+
+    def interrupted(config, callbacks=None):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(finetune, "train", interrupted)
+    assert main(["train", path]) == EXIT_INTERRUPTED == 130
+    assert "run the same command again to resume" in capsys.readouterr().err
+
+
+def test_report_on_a_folder_that_is_not_a_run(tmp_path, capsys):
+    assert main(["report", str(tmp_path)]) == EXIT_BAD_INPUT
+    assert f"{tmp_path} is not a finished `tunelab run` folder: results.json is missing" in capsys.readouterr().err
+
+
+def test_ctrl_c_mid_trial_leaves_a_journal_the_same_search_resumes(tmp_path):
+    journal = str(tmp_path / "study.journal")
+    settings = StudySettings(sampler="random", storage=journal, study_name="s", progress=False)
+    objective = curve_objective(max_steps=3)
+    calls = []
+
+    def interrupted_at_third(params, reporter):
+        calls.append(params)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return objective(params, reporter)
+
+    with pytest.raises(KeyboardInterrupt):
+        optimize(interrupted_at_third, SPACE, budget=Budget(trials=5), settings=settings)
+    stored = optuna_trials(journal)
+    assert [t.state.name for t in stored] == ["COMPLETE", "COMPLETE", "FAIL", "WAITING"]
+    assert stored[2].user_attrs[FAILURE] == "interrupted (Ctrl-C)" and stored[3].user_attrs[RETRY_OF] == 2
+
+    result = optimize(objective, SPACE, budget=Budget(trials=5), settings=settings)
+    retry = next(t for t in result.trials if t.extra.get(RETRY_OF) == 2)
+    assert retry.state == "COMPLETE" and retry.params == calls[2]  # the interrupted trial, run again
+    assert result.count("COMPLETE") == 5  # the interrupted trial does not use up one of the five
+
+
+def optuna_trials(journal):
+    import optuna
+
+    return optuna.load_study(study_name="s", storage=open_storage(journal)).get_trials()
+
+
+def _out_of_memory(times):
+    """finetune.train that raises CUDA's out-of-memory error ``times`` times, then trains."""
+    calls = []
+    real_train = finetune.train
+
+    def train(config, callbacks=None):
+        calls.append(config.training)
+        if len(calls) <= times:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real_train(config, callbacks=callbacks)
+
+    return train, calls
+
+
+def test_out_of_memory_is_retried_at_half_batch_then_infeasible(tiny_bert, sentiment_files, tmp_path, monkeypatch):
+    raw = classification_config(tiny_bert, sentiment_files, tmp_path / "run", training={"max_steps": 2})
+    config = FinetuneConfig.from_dict(raw)  # per-device batch 8, no accumulation
+    train, calls = _out_of_memory(times=1)
+    monkeypatch.setattr(finetune, "train", train)
+    result = trial_training.train_trial(config, TrainerCallback())
+    assert [(t.per_device_train_batch_size, t.gradient_accumulation_steps) for t in calls] == [(8, 1), (4, 2)]
+    assert result.optimizer_steps == 2
+
+    train, calls = _out_of_memory(times=2)
+    monkeypatch.setattr(finetune, "train", train)
+    with pytest.raises(InfeasibleTrial, match="out of memory even at per-device batch 4"):
+        trial_training.train_trial(config, TrainerCallback())
+
+
+def test_a_trial_out_of_memory_twice_is_infeasible_and_the_search_goes_on(
+    tiny_bert, sentiment_files, tmp_path, monkeypatch
+):
+    from hpo import Categorical, SearchSettings, SearchSpace, search_finetune
+
+    real_train = finetune.train
+
+    def out_of_memory_at_batch_16(config, callbacks=None):
+        t = config.training
+        if t.per_device_train_batch_size * t.gradient_accumulation_steps == 16:
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return real_train(config, callbacks=callbacks)
+
+    monkeypatch.setattr(finetune, "train", out_of_memory_at_batch_16)
+    raw = classification_config(
+        tiny_bert, sentiment_files, tmp_path / "unused", training={"max_steps": 2, "eval_steps": 2}
+    )
+    space = SearchSpace({"training.effective_batch_size": Categorical(choices=(8, 16))})
+    settings = SearchSettings(
+        space=space, sampler="grid", scheduler="none", budget=Budget(trials=3), include_untuned=False, progress=False
+    )
+    search = search_finetune(FinetuneConfig.from_dict(raw), settings, run_dir=tmp_path / "s")
+    by_batch = {t.params["training.effective_batch_size"]: t for t in search.result.trials}
+    assert by_batch[16].state == "COMPLETE" and not by_batch[16].feasible
+    assert by_batch[16].failure.startswith("infeasible: out of memory even at per-device batch 8")
+    assert by_batch[8].feasible and search.result.best_trial.number == by_batch[8].number
+
+
+@pytest.mark.parametrize(
+    ("budget", "message"),
+    [
+        ({}, "give at least one of trials, steps, full_run_equivalents, wall_seconds"),
+        ({"trials": 0}, r"search.budget.trials must be > 0, got 0"),
+        ({"steps": -5}, r"search.budget.steps must be > 0, got -5"),
+        ({"wall_seconds": 0.0}, r"search.budget.wall_seconds must be > 0"),
+    ],
+)
+def test_impossible_budgets_are_refused(budget, message):
+    with pytest.raises(SearchConfigError, match=message):
+        Budget(**budget)
+
+
+@pytest.mark.parametrize(
+    ("section", "message"),
+    [
+        ({"full_run_equivalents": 0}, "0 full-run equivalents leave less than one full run to explore"),
+        ({"full_run_equivalents": -2}, "-2 full-run equivalents leave less than one full run to explore"),
+        ({"hours": 2}, r"search.budget: unknown key\(s\) \['hours'\]"),
+        ({"minutes": -1}, r"search.budget.wall_seconds must be > 0"),
+    ],
+)
+def test_impossible_budgets_in_a_recipe_are_config_errors(section, message):
+    from finetune import ConfigError
+    from hpo import SearchSettings
+
+    with pytest.raises(ConfigError, match=message):
+        SearchSettings.from_dict({"budget": section})
+
+
+def test_importing_tunelab_changes_no_global_state():
+    code = (
+        "import sys, matplotlib, optuna\n"
+        "backend = dict.__getitem__(matplotlib.rcParams, 'backend')\n"
+        "verbosity = optuna.logging.get_verbosity()\n"
+        "import finetune, hpo, recipes.cli, recipes.report, recipes.run, recipes.worker\n"
+        "assert dict.__getitem__(matplotlib.rcParams, 'backend') == backend, 'matplotlib backend changed'\n"
+        "assert optuna.logging.get_verbosity() == verbosity, 'optuna verbosity changed'\n"
+        "assert 'matplotlib.pyplot' not in sys.modules, 'pyplot imported'\n"
+    )
+    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert completed.returncode == 0, completed.stderr[-2000:]
