@@ -20,6 +20,7 @@ from finetune.errors import ConfigError
 Task = Literal["classification", "causal_lm"]
 MethodName = Literal["full", "lora", "dora", "ia3", "prompt_tuning", "prefix_tuning"]
 TARGET_MODULE_PRESETS = ("auto", "all-linear", "peft-default")
+TRACKERS = ("tensorboard", "mlflow", "trackio", "wandb")  # training.report_to: what transformers reports to
 SftFormat = Literal["auto", "text", "prompt_completion", "messages", "instruction"]
 # ModelConfig fields that reshape a from-scratch model (hidden_act included).
 ARCHITECTURE_KEYS = ("num_hidden_layers", "hidden_size", "intermediate_size", "num_attention_heads", "hidden_act")
@@ -203,6 +204,11 @@ class TrainingConfig:
     gradient_checkpointing: bool = False
     dataloader_num_workers: int = 0
     disable_progress_bar: bool = True
+    # Experiment tracking through transformers' integrations: "none", or any of TRACKERS. TensorBoard writes
+    # to <output_dir>/logs; the others log where their own settings (environment variables) say.
+    report_to: str | list[str] = "none"
+    # The run's name in the tracker (null: the output folder's name); searches name trials trial_0007.
+    run_name: str | None = None
 
     def validate(self) -> None:
         if self.learning_rate <= 0:
@@ -232,6 +238,16 @@ class TrainingConfig:
             )
         if self.nesterov and self.momentum <= 0:
             raise ConfigError("training.nesterov needs training.momentum > 0 (PyTorch's SGD rule)")
+        if any(name not in TRACKERS for name in self.trackers):
+            raise ConfigError(
+                f"training.report_to: expected 'none' or a list drawn from {TRACKERS}, got {self.report_to!r}"
+            )
+
+    @property
+    def trackers(self) -> list[str]:
+        """The trackers training.report_to names ([] for "none")."""
+        names = [self.report_to] if isinstance(self.report_to, str) else list(self.report_to)
+        return [name for name in names if name != "none"]
 
     @property
     def effective_batch_size(self) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import resource
@@ -16,7 +17,7 @@ import torch
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments, set_seed
 
 from finetune.config import FinetuneConfig
-from finetune.errors import TrainingError
+from finetune.errors import ConfigError, TrainingError
 from finetune.inputs import prepare_inputs
 from finetune.methods import apply_method
 from finetune.metrics import add_perplexity, classification_metrics, default_metric
@@ -26,6 +27,7 @@ from finetune.train_metrics import TrainSplitMetrics
 CONFIG_FILE = "tunelab_config.yaml"
 RESULT_FILE = "run_result.json"
 MODEL_DIR = "model"
+LOG_DIR = "logs"  # TensorBoard event files (training.report_to)
 OPTIMIZERS = {"adamw": "adamw_torch", "sgd": "sgd", "adafactor": "adafactor"}  # TrainingArguments.optim
 
 
@@ -142,7 +144,10 @@ def training_arguments(config: FinetuneConfig, checkpoint_dir: Path) -> Training
         disable_tqdm=t.disable_progress_bar,
         remove_unused_columns=False,  # inputs hold only model columns already
         prediction_loss_only=config.model.task == "causal_lm",
-        report_to="none",
+        # TensorBoard is added by _trainer with its log folder in the run folder (Trainer's default lies
+        # under the checkpoints folder, which is deleted after training).
+        report_to=[name for name in t.trackers if name != "tensorboard"] or "none",
+        run_name=t.run_name or Path(t.output_dir).name,
         # Passed only when asked: the argument is deprecated in transformers 5 and warns otherwise.
         **({"gradient_checkpointing": True} if t.gradient_checkpointing else {}),
     )
@@ -155,6 +160,7 @@ def train(config: FinetuneConfig, callbacks: list[TrainerCallback] | None = None
     anything is written.
     """
     started = time.perf_counter()
+    _check_trackers(config)
     set_seed(config.training.seed)  # new heads, dropout and peft init follow the seed
     source = resolve_source(config.model)
     tokenizer = load_tokenizer(config.model, source)
@@ -177,10 +183,10 @@ def train(config: FinetuneConfig, callbacks: list[TrainerCallback] | None = None
 
 
 def _trainer(config: FinetuneConfig, model, tokenizer, inputs, callbacks: list[TrainerCallback]) -> Trainer:
-    train_split = []
+    extra = _tracking_callbacks(config)
     if config.training.train_split_metrics:
         batch = config.training.per_device_eval_batch_size
-        train_split.append(TrainSplitMetrics(inputs.train, inputs.collator, batch, config.model.task))
+        extra.append(TrainSplitMetrics(inputs.train, inputs.collator, batch, config.model.task))
     trainer = Trainer(
         model=model,
         args=training_arguments(config, Path(config.training.output_dir) / "checkpoints"),
@@ -189,10 +195,29 @@ def _trainer(config: FinetuneConfig, model, tokenizer, inputs, callbacks: list[T
         processing_class=tokenizer,
         data_collator=inputs.collator,
         compute_metrics=classification_metrics if config.model.task == "classification" else None,
-        callbacks=[NanLossGuard(), ProgressLog(), *train_split, *callbacks],
+        callbacks=[NanLossGuard(), ProgressLog(), *extra, *callbacks],
     )
     trainer.remove_callback(PrinterCallback)  # replaced by ProgressLog on stderr
     return trainer
+
+
+def _check_trackers(config: FinetuneConfig) -> None:
+    for name in config.training.trackers:
+        if importlib.util.find_spec(name) is None:
+            raise ConfigError(
+                f"training.report_to: {name!r} is not installed: pip install {name} (TensorBoard: pip install "
+                "'tunelab[tracking]')"
+            )
+
+
+def _tracking_callbacks(config: FinetuneConfig) -> list[TrainerCallback]:
+    """TensorBoard's writer, logging to <output_dir>/logs (the other trackers are Trainer's own callbacks)."""
+    if "tensorboard" not in config.training.trackers:
+        return []
+    from torch.utils.tensorboard import SummaryWriter
+    from transformers.integrations import TensorBoardCallback
+
+    return [TensorBoardCallback(SummaryWriter(log_dir=str(Path(config.training.output_dir) / LOG_DIR)))]
 
 
 def _run_result(trainer: Trainer, config: FinetuneConfig, output_dir: Path, train_metrics: dict) -> RunResult:

@@ -83,7 +83,8 @@ def _seed_run(config: FinetuneConfig, arm: str, seed: int, run_dir: Path) -> dic
     done = out / "test_metrics.json"
     if done.is_file():
         return json.loads(done.read_text())
-    result = finetune.train(config.with_overrides({"training.seed": seed, "training.output_dir": str(out)}))
+    overrides = {"training.seed": seed, "training.output_dir": str(out), "training.run_name": f"{arm}/seed_{seed}"}
+    result = finetune.train(config.with_overrides(overrides))
     record = {
         "arm": arm,
         "seed": seed,

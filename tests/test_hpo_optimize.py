@@ -176,8 +176,8 @@ def test_the_later_of_two_workers_racing_for_the_last_trial_gives_way():
     """Workers check the budget, then ask for a trial: two can pass the check for the last slot at once."""
     import optuna
 
-    from hpo.optimize import _run_trial
     from hpo.attributes import DISCARDED, RETRY_OF
+    from hpo.optimize import _run_trial
 
     study = optuna.create_study(direction="maximize")
     other = study.ask()  # another worker's trial, asked between our check and our ask: the budget's last slot

@@ -128,24 +128,37 @@ def test_a_database_restart_mid_search_loses_nothing(postgres_url):
     assert all(t.number in retried for t in result.trials if t.state == "FAIL")
 
 
-@pytest.mark.parametrize(
-    ("url", "expected"),
-    [
-        ("postgresql://postgres:wrong-password@127.0.0.1:5432/postgres", "password authentication failed"),
-        ("postgresql://postgres:tunelab@127.0.0.1:1/postgres", "cannot open it"),
-        ("postgresql://postgres:tunelab@10.255.255.1:5432/postgres", "cannot open it"),
-        ("postgresql://postgres:tunelab@127.0.0.1:5432/no_such_database", "no_such_database"),
-        ("postgres-sql://x@y/z", "expected a file path, sqlite"),
-    ],
-    ids=["wrong-password", "refused", "unreachable", "no-database", "bad-scheme"],
-)
-def test_bad_storage_urls_fail_fast_and_clearly(postgres_url, url, expected):
+def _fails_fast_and_clearly(url, expected):
     started = time.monotonic()
     with pytest.raises(SearchConfigError, match=expected) as raised:
         open_storage(url)
     assert time.monotonic() - started < 15
-    assert "tunelab" not in str(raised.value) or "wrong-password" not in str(raised.value)
     assert "wrong-password" not in str(raised.value)  # the password is never printed
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("postgresql://postgres:wrong-password@127.0.0.1:5432/postgres", "password authentication failed"),
+        ("postgresql://postgres:tunelab@127.0.0.1:5432/no_such_database", "no_such_database"),
+    ],
+    ids=["wrong-password", "no-database"],
+)
+def test_bad_credentials_or_database_fail_fast_and_clearly(postgres_url, url, expected):
+    _fails_fast_and_clearly(url, expected)
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("postgresql://postgres:wrong-password@127.0.0.1:1/postgres", "cannot open it"),
+        ("postgresql://postgres:tunelab@10.255.255.1:5432/postgres", "cannot open it"),
+        ("postgres-sql://x@y/z", "expected a file path, sqlite"),
+    ],
+    ids=["refused", "unreachable", "bad-scheme"],
+)
+def test_bad_storage_urls_fail_fast_and_clearly_without_a_server(url, expected):
+    _fails_fast_and_clearly(url, expected)
 
 
 def test_tunelab_workers_then_tunelab_run_on_one_database(postgres_url, tiny_bert, sentiment_files, tmp_path):

@@ -41,8 +41,9 @@ class TrialObjective:
         number = reporter.trial.number
         untuned = reporter.trial.user_attrs.get(attributes.ROLE) == attributes.UNTUNED
         config = self.base if untuned else self.config_for(params)
-        output_dir = str(self.trials_dir / f"trial_{number:04d}")
-        config = config.with_overrides({"training.output_dir": output_dir, **self.plan.search_evaluations})
+        name = f"trial_{number:04d}"  # its folder, and its run's name in an experiment tracker
+        overrides = {"training.output_dir": str(self.trials_dir / name), "training.run_name": name}
+        config = config.with_overrides({**overrides, **self.plan.search_evaluations})
         if self.plan.rerun_budget is not None and not untuned:  # the untuned run is the baseline: always run
             self._admit_or_shorten(params, config, reporter)
         if self.plan.scoring.folds is not None:

@@ -5,7 +5,7 @@ the validation split is carved from train, replicate i also draws a fresh valida
 (data.validation_split_seed = SELECTION_SEED + i; the test split never moves): the re-runs then measure the
 noise of the validation set too, not only of the training seed. Replicate i is the same draw for every
 candidate, so candidates are compared on equal terms. Each finished re-run is stored as JSON, so a killed
-run resumes; its model is deleted (only its score is needed).
+run resumes; its model is deleted (only its score is needed; its tracker logs stay).
 
 Under ``accelerate launch`` with several processes, every process trains every re-run together: the main
 process writes the candidates' configs to candidates.json and the others read them (follow_selection).
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import finetune
 from finetune import FinetuneConfig
-from finetune.train import process_state
+from finetune.train import MODEL_DIR, process_state
 from hpo.finetune.cross_validation import fold_config
 from hpo.finetune.plan import Scoring
 from hpo.results import SearchResult, TrialRecord
@@ -97,7 +97,11 @@ def rerun_candidate(
         record = json.loads(done.read_text())
         return record["score"], record["steps"]
     folds = scoring.folds
-    overrides = {"training.seed": SELECTION_SEED + replicate, "training.output_dir": str(out)}
+    overrides = {
+        "training.seed": SELECTION_SEED + replicate,
+        "training.output_dir": str(out),
+        "training.run_name": f"selection/trial_{trial:04d}/replicate_{replicate}",
+    }
     if folds is not None or (config.data.validation_file is None and config.data.dataset is None):
         overrides["data.validation_split_seed"] = SELECTION_SEED + replicate
     fresh = config.with_overrides(overrides)
@@ -114,7 +118,7 @@ def rerun_candidate(
     if process_state().is_main_process:
         record = {"score": score, "steps": steps, "overrides": overrides, "fold_scores": scores if folds else None}
         done.write_text(json.dumps(record))
-        shutil.rmtree(out, ignore_errors=True)
+        shutil.rmtree(out / MODEL_DIR, ignore_errors=True)  # only the score is needed (and tracker logs kept)
     return score, steps
 
 
