@@ -86,8 +86,28 @@ def _sections(results: dict[str, Any], search: SearchResult) -> list[tuple[str, 
                 value != untuned or key in ("learning_rate", "num_train_epochs")
             ):
                 params.append([f"{section}.{key}", shown_value(value), shown_value(untuned)])
+    environment = [["", ""], ["python", platform.python_version()], ["machine", platform.platform()]]
+    for name in LIBRARIES:
+        try:
+            environment.append([name, importlib.metadata.version(name)])
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    environment += hardware()
+    sections = [("Per-seed results", per_seed)]
+    if results["search"].get("selection"):
+        sections.append(("How the winner was chosen", selection_table(results)))
+    return [
+        *sections,
+        ("Fit: training vs validation at the last evaluation", fit_table(results)),
+        ("Best parameters next to the untuned ones", params),
+        ("Budget used", _budget_rows(results)),
+        ("Environment", environment),
+    ]
+
+
+def _budget_rows(results: dict[str, Any]) -> list[list[str]]:
     s = results["search"]
-    budget = [
+    return [
         ["", "value"],
         ["optimizer steps spent (exploration + selection re-runs)", str(total_steps(s))],
         ["full-run equivalents spent", spent_against_budget(s)],
@@ -108,23 +128,6 @@ def _sections(results: dict[str, Any], search: SearchResult) -> list[tuple[str, 
         ["stopped because", s["stop_reason"]],
         ["best validation during search", f"{s['best_value']:.4f} (trial {s['best_trial']})"],
         ["retrain wall time, both arms (s)", f"{_retrain_seconds(results):.0f}"],
-    ]
-    environment = [["", ""], ["python", platform.python_version()], ["machine", platform.platform()]]
-    for name in LIBRARIES:
-        try:
-            environment.append([name, importlib.metadata.version(name)])
-        except importlib.metadata.PackageNotFoundError:
-            pass
-    environment += hardware()
-    sections = [("Per-seed results", per_seed)]
-    if s.get("selection"):
-        sections.append(("How the winner was chosen", selection_table(results)))
-    return [
-        *sections,
-        ("Fit: training vs validation at the last evaluation", fit_table(results)),
-        ("Best parameters next to the untuned ones", params),
-        ("Budget used", budget),
-        ("Environment", environment),
     ]
 
 
