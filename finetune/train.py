@@ -44,7 +44,7 @@ class RunResult:
     optimizer_steps: int
     planned_steps: int
     tokens_seen: int
-    wall_seconds: float  # loading, tokenizing, training and the final evaluation
+    wall_seconds: float  # loading, tokenizing, training and saving
     train_seconds: float  # the training loop alone (Trainer's train_runtime, evaluations included)
     peak_memory_bytes: int
     trainable_params: int
@@ -226,10 +226,13 @@ def _run_result(trainer: Trainer, config: FinetuneConfig, output_dir: Path, trai
     evaluations = [
         add_perplexity(_eval_entry(log), config.model.task) for log in state.log_history if "eval_loss" in log
     ]
-    # The best model is loaded at the end; its validation metrics are the run's final metrics.
-    final = add_perplexity(clean_metrics(trainer.evaluate()), config.model.task)
+    # The best evaluation's checkpoint is the model loaded at the end: its validation metrics, already
+    # logged, are the run's final metrics. Evaluating again only when no evaluation ran.
     metric_key = "eval_" + trainer.args.metric_for_best_model.removeprefix("eval_")
-    best = _best(evaluations, metric_key, trainer.args.greater_is_better) or final
+    best = _best(evaluations, metric_key, trainer.args.greater_is_better)
+    if best is None:
+        best = add_perplexity(clean_metrics(trainer.evaluate()), config.model.task)
+    final = {k: v for k, v in best.items() if k.startswith("eval_")}
     return RunResult(
         output_dir=str(output_dir),
         evaluations=evaluations,

@@ -14,6 +14,7 @@ from hpo.results import SearchResult
 from recipes.fit import fit_lines, fit_table, plot_fit
 
 LIBRARIES = ("torch", "transformers", "peft", "accelerate", "optuna", "datasets")
+INTERVALS = {"welch": "Welch t", "bootstrap": "percentile bootstrap"}  # recipes.stats: how the CI was made
 
 
 def headline(results: dict[str, Any]) -> list[str]:
@@ -27,7 +28,8 @@ def headline(results: dict[str, Any]) -> list[str]:
         f"Question: does tuning the {method} fine-tune beat the untuned run on held-out test {metric}?",
         f"Answer: tuned {method}: {c['tuned_mean']:.3f} +/- {c['tuned_std']:.3f} test {metric} vs untuned "
         f"{c['untuned_mean']:.3f} +/- {c['untuned_std']:.3f} ({c['n_tuned']} seeds each), "
-        f"{c['difference'] * points:+.1f}{unit}, 95% CI [{c['ci_low'] * points:+.1f}, {c['ci_high'] * points:+.1f}]"
+        f"{c['difference'] * points:+.1f}{unit}, 95% CI ({INTERVALS[c.get('ci_method', 'bootstrap')]}) "
+        f"[{c['ci_low'] * points:+.1f}, {c['ci_high'] * points:+.1f}]"
         f"{unit}, Welch's t-test p = {c['p_value']:.3g}.",
     ]
     if _untuned_won(results):

@@ -57,6 +57,24 @@ def test_causal_lm_method_trains_saves_and_reloads(tiny_llama, sft_files, tmp_pa
     assert reloaded["validation_loss"] == pytest.approx(result.final_metrics["eval_loss"], abs=1e-5)
 
 
+def test_final_metrics_are_the_kept_models_without_evaluating_it_again(tiny_bert, sentiment_files, tmp_path):
+    config = _cls_config(tiny_bert, sentiment_files, tmp_path / "run", "lora", eval_steps=1, learning_rate=3e-3)
+    evaluations = []
+
+    class CountEvaluations(TrainerCallback):
+        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+            evaluations.append(state.global_step)
+
+    result = finetune.train(config, callbacks=[CountEvaluations()])
+    assert evaluations == [1, 2, 3, 4, 5, 6]  # one per eval_steps, none after training
+    best = max(result.evaluations, key=lambda e: e["eval_accuracy"])
+    assert result.final_metrics == {k: v for k, v in best.items() if k.startswith("eval_")}
+    # The saved model is that checkpoint: evaluated afresh, it scores what the run reports.
+    reloaded = finetune.evaluate(tmp_path / "run", "validation")
+    for key, value in result.final_metrics.items():
+        assert reloaded[key.replace("eval_", "validation_")] == pytest.approx(value, abs=1e-5), key
+
+
 @pytest.mark.parametrize("backbone", ["bert", "llama"])
 def test_prefix_tuning_classification_is_a_clear_error(tiny_bert, tiny_llama, sentiment_files, tmp_path, backbone):
     # peft 0.21's prefix tuning for SEQ_CLS requires a `past_key_values` argument that transformers 5 renamed.
