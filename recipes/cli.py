@@ -1,5 +1,8 @@
 """The `tunelab` command line.
 
+Only argparse is imported before the arguments are parsed, so `--help` answers at once; torch,
+transformers and the rest load when a command runs.
+
 Exit codes: 0 done; 2 bad input (a config key, a file, a model, a search setting: the message names it);
 3 the work itself failed (training diverged, every trial of a search failed); 130 interrupted (Ctrl-C):
 what finished is stored in the run folder, and the same command resumes from it.
@@ -11,21 +14,18 @@ import argparse
 import json
 import sys
 
-from finetune.errors import ConfigError, TrainingError, TunelabError
-from hpo import attributes
-from hpo.errors import SearchConfigError, SearchError
-from recipes.recipe import load_finetune_config, load_recipe
-
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 3
 EXIT_INTERRUPTED = 130  # the shell's code for SIGINT
-USER_ERRORS = (TunelabError, SearchConfigError)  # bad input the user can fix
-FAILURES = (TrainingError, SearchError)  # the input was fine; the training or the search failed
+# hpo.SAMPLERS and hpo.SCHEDULERS, named here so that --help needs no import (a test keeps them equal).
+SAMPLER_NAMES = ("grid", "random", "qmc", "tpe", "gp")
+SCHEDULER_NAMES = ("none", "median", "sha", "hyperband")
 
 
 def _train(args: argparse.Namespace) -> int:
     import finetune
     from finetune.train import process_state
+    from recipes.recipe import load_finetune_config
 
     config = load_finetune_config(args.config, args.overrides)
     result = finetune.train(config)
@@ -47,6 +47,7 @@ def _train(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from recipes.recipe import load_recipe
     from recipes.run import run_recipe
 
     recipe = load_recipe(args.recipe, args.overrides)
@@ -85,6 +86,7 @@ def _compare(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     import finetune
+    from recipes.recipe import load_finetune_config
 
     if args.untrained:
         # RUN_DIR is then a config: how good is the model before any fine-tuning?
@@ -97,7 +99,9 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _search(args: argparse.Namespace) -> int:
+    from hpo import attributes
     from hpo.finetune import search_finetune
+    from recipes.recipe import load_finetune_config
 
     config = load_finetune_config(args.config, args.overrides)
     run_dir = args.run_dir or f"{config.training.output_dir}_search"
@@ -165,6 +169,8 @@ def _given(**values):
 def _trials(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from hpo import attributes
+
     path = Path(args.run_dir) / "trials.json"
     if not path.is_file():
         print(f"tunelab: error: {args.run_dir} has no trials.json (is it a search run folder?)", file=sys.stderr)
@@ -186,7 +192,10 @@ def _fmt(value) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tunelab", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="tunelab", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--version", action="version", version=f"tunelab {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="fine-tune once from a config")
@@ -201,14 +210,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", default="test", choices=["train", "validation", "test"])
     evaluate.set_defaults(func=_evaluate)
 
-    from hpo.samplers import SAMPLERS, SCHEDULERS
-
     search = commands.add_parser("search", help="search hyperparameters around a fine-tuning config")
     search.add_argument("config")
     search.add_argument("overrides", nargs="*", help="section.key=value overrides of the base (untuned) config")
     search.add_argument("--space", help="YAML search space (default: the method-aware default space)")
-    search.add_argument("--sampler", choices=SAMPLERS, help="default: tpe")
-    search.add_argument("--scheduler", choices=SCHEDULERS, help="default: hyperband")
+    search.add_argument("--sampler", choices=SAMPLER_NAMES, help="default: tpe")
+    search.add_argument("--scheduler", choices=SCHEDULER_NAMES, help="default: hyperband")
     search.add_argument(
         "--budget-fre", type=float, help="budget in full-run equivalents (default 8 with no other budget)"
     )
@@ -269,6 +276,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("tunelab")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def _cv_folds(text: str) -> int | str | None:
     if text in ("none", "null", "0", "1"):
         return None
@@ -277,19 +293,35 @@ def _cv_folds(text: str) -> int | str | None:
     try:
         return int(text)
     except ValueError as exc:
+        from finetune.errors import ConfigError
+
         raise ConfigError(f"--cv-folds: expected an integer >= 2, auto or none, got {text!r}") from exc
 
 
-def main(argv: list[str] | None = None) -> int:
-    from finetune.train import end_processes
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line; section.key=value overrides may also come after the flags, as people type them."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    stray = [item for item in extra if item.startswith("-") or "=" not in item]
+    if extra and (stray or not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
+    return args
 
-    args = build_parser().parse_args(argv)
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)  # --help and --version end here, before anything heavy is imported
+    from finetune.errors import TrainingError, TunelabError
+    from finetune.train import end_processes
+    from hpo.errors import SearchConfigError, SearchError
+
     try:
         code = args.func(args)
-    except USER_ERRORS as exc:
+    except (TunelabError, SearchConfigError) as exc:  # bad input the user can fix
         print(f"tunelab: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except FAILURES as exc:
+    except (TrainingError, SearchError) as exc:  # the input was fine; the training or the search failed
         print(f"tunelab: error: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:

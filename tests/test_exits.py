@@ -194,3 +194,38 @@ def test_importing_tunelab_changes_no_global_state():
     )
     completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert completed.returncode == 0, completed.stderr[-2000:]
+
+
+def test_help_and_version_import_nothing_heavy():
+    code = (
+        "import sys\n"
+        "from recipes.cli import parse_args\n"
+        "for command in ([], ['train'], ['search'], ['run'], ['worker'], ['evaluate']):\n"
+        "    try:\n"
+        "        parse_args([*command, '--help'])\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "assert not {'torch', 'transformers', 'optuna', 'finetune', 'hpo'} & set(sys.modules), sorted(sys.modules)\n"
+    )
+    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    version = subprocess.run([sys.executable, "-m", "recipes.cli", "--version"], capture_output=True, text=True)
+    assert version.stdout.startswith("tunelab ")
+
+
+def test_the_help_lists_the_samplers_and_schedulers_there_are():
+    from hpo import SAMPLERS, SCHEDULERS
+    from recipes.cli import SAMPLER_NAMES, SCHEDULER_NAMES
+
+    assert (SAMPLER_NAMES, SCHEDULER_NAMES) == (SAMPLERS, SCHEDULERS)
+
+
+def test_overrides_may_follow_the_flags():
+    from recipes.cli import parse_args
+
+    args = parse_args(["search", "c.yaml", "method.lora_r=16", "--sampler", "tpe", "training.learning_rate=1e-3"])
+    assert args.sampler == "tpe" and args.overrides == ["method.lora_r=16", "training.learning_rate=1e-3"]
+    with pytest.raises(SystemExit):
+        parse_args(["search", "c.yaml", "--sampler", "tpe", "stray"])  # not key=value: still refused
+    with pytest.raises(SystemExit):
+        parse_args(["report", "folder", "x=1"])  # report takes no overrides

@@ -55,9 +55,10 @@ def select_finetune_winner(
 
     def rerun(record: TrialRecord, replicate: int) -> tuple[float, int]:
         done[0] += 1
-        _say(f"choosing the winner: re-run {done[0]}/{total} (trial {record.number}, fresh seed {replicate + 1})")
+        seed = SELECTION_SEED + replicate
+        _say(f"choosing the winner: re-run {done[0]}/{total} (trial {record.number}, seed {seed})")
         score, steps = rerun_candidate(configs[record.number], record.number, replicate, folder, scoring)
-        _say(f"trial {record.number} re-run {replicate + 1}: {scoring.metric}={score:.4g}")
+        _say(f"trial {record.number} re-run with seed {seed}: {scoring.metric}={score:.4g}")
         return score, steps
 
     picked = [next(t for t in result.trials if t.number == number) for number in configs]
