@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -90,6 +91,10 @@ class DataConfig:
     max_length: int = 128
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
+    # Generation (tunelab evaluate --generate): a regex whose first group is the answer in references and
+    # generations alike (e.g. "#### (\\S+)"; null: the whole text), and the longest continuation in tokens.
+    answer_pattern: str | None = None
+    max_new_tokens: int = 64
     # k-fold cross-validation: the labelled rows that are not test (train + validation) are dealt into
     # cv_folds stratified folds with validation_split_seed; fold cv_fold is the validation split.
     cv_folds: int | None = None
@@ -114,6 +119,14 @@ class DataConfig:
             value = getattr(self, key)
             if value is not None and value <= 0:
                 raise ConfigError(f"data.{key} must be > 0 or null, got {value}")
+        if self.max_new_tokens <= 0:
+            raise ConfigError(f"data.max_new_tokens must be > 0, got {self.max_new_tokens}")
+        if self.answer_pattern is not None:
+            try:
+                re.compile(self.answer_pattern)
+            except re.error as exc:
+                message = f"data.answer_pattern: {self.answer_pattern!r} is not a regular expression: {exc}"
+                raise ConfigError(message) from exc
         allowed = {"text", "prompt", "completion", "messages", "instruction", "input", "output"}
         unknown = set(self.columns) - allowed
         if unknown:

@@ -54,22 +54,46 @@ def load_trained(run_dir: str | Path) -> tuple[PreTrainedModel, PreTrainedTokeni
     return model, tokenizer, config
 
 
-def evaluate(run_dir: str | Path, split: str = "validation", batch_size: int | None = None) -> dict[str, float]:
-    """Metrics of a saved run on ``split`` ('validation' or 'test'), keys prefixed with the split name."""
+def evaluate(
+    run_dir: str | Path, split: str = "validation", batch_size: int | None = None, *, generate: bool = False
+) -> dict[str, float]:
+    """Metrics of a saved run on ``split`` ('validation' or 'test'), keys prefixed with the split name.
+
+    ``generate`` (causal LMs): also greedy generations scored by exact match and token F1
+    (finetune.generate), written to RUN_DIR/generations_<split>.jsonl."""
     _check_split(split)
     model, tokenizer, config = load_trained(run_dir)
-    return _evaluate_model(model, tokenizer, config, split, batch_size, where=str(run_dir))
+    metrics = _evaluate_model(model, tokenizer, config, split, batch_size, where=str(run_dir))
+    if generate:
+        metrics |= _generate(model, tokenizer, config, split, Path(run_dir) / f"generations_{split}.jsonl")
+    return metrics
 
 
-def evaluate_untrained(config: FinetuneConfig, split: str = "validation") -> dict[str, float]:
-    """Metrics of the model before fine-tuning (the pretrained base; for classification, a fresh head)."""
+def evaluate_untrained(
+    config: FinetuneConfig, split: str = "validation", *, generate: bool = False
+) -> dict[str, float]:
+    """Metrics of the model before fine-tuning (the pretrained base; for classification, a fresh head).
+    With ``generate``, the generations go to <training.output_dir>/generations_<split>_untrained.jsonl."""
     _check_split(split)
     set_seed(config.training.seed)
     source = resolve_source(config.model)
     tokenizer = load_tokenizer(config.model, source)
     label_names = prepare_inputs(config, tokenizer).label_names
-    model = build_model(config, source, tokenizer, label_names)
-    return _evaluate_model(model.eval(), tokenizer, config, split, None, where="the config")
+    model = build_model(config, source, tokenizer, label_names).eval()
+    metrics = _evaluate_model(model, tokenizer, config, split, None, where="the config")
+    if generate:
+        path = Path(config.training.output_dir) / f"generations_{split}_untrained.jsonl"
+        metrics |= _generate(model, tokenizer, config, split, path)
+    return metrics
+
+
+def _generate(model, tokenizer, config: FinetuneConfig, split: str, path: Path) -> dict[str, float]:
+    from finetune.generate import generate_on_split, write_generations
+
+    metrics, records = generate_on_split(model, tokenizer, config, split)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_generations(records, path)
+    return metrics
 
 
 def _check_split(split: str) -> None:

@@ -140,11 +140,7 @@ def tokenize_sft(
     """input_ids, attention_mask and labels; labels are -100 outside completions unless completion_only_loss=False."""
     if not tokenizer.is_fast:
         raise DataError("causal-LM SFT needs a fast tokenizer (offset mapping) for its loss masks")
-    renamed = {source: canonical for canonical, source in data.columns.items() if source != canonical}
-    _require_columns(split, split_name, origin, list(renamed))
-    split = split.rename_columns(renamed) if renamed else split
-    sft_format = detect_format(split, data)
-    _require_columns(split, split_name, origin, list(FORMAT_COLUMNS[sft_format]))
+    split, sft_format = canonical_sft_split(split, split_name, origin, data)
 
     def encode(row: dict) -> dict:
         text, spans = render_sft(row, sft_format, tokenizer)
@@ -173,6 +169,43 @@ def tokenize_sft(
             f"{split_name} ({origin}): no row keeps any completion token within data.max_length={data.max_length}"
         )
     return tokenized
+
+
+def canonical_sft_split(split: Dataset, split_name: str, origin: str, data: DataConfig) -> tuple[Dataset, str]:
+    """The split with its columns renamed to the canonical ones (data.columns), and its SFT format."""
+    renamed = {source: canonical for canonical, source in data.columns.items() if source != canonical}
+    _require_columns(split, split_name, origin, list(renamed))
+    split = split.rename_columns(renamed) if renamed else split
+    sft_format = detect_format(split, data)
+    _require_columns(split, split_name, origin, list(FORMAT_COLUMNS[sft_format]))
+    return split, sft_format
+
+
+def render_prompt(row: dict, sft_format: str, tokenizer: PreTrainedTokenizerBase) -> tuple[str, str]:
+    """(the prompt exactly as training renders it before the answer, the reference answer) for generation."""
+    if sft_format == "prompt_completion":
+        return str(row["prompt"]), str(row["completion"])
+    if sft_format == "instruction":
+        user, extra = str(row["instruction"]), str(row.get("input") or "")
+        if tokenizer.chat_template:
+            content = user + ("\n\n" + extra if extra else "")
+            prompt = tokenizer.apply_chat_template(
+                [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
+            )
+            return prompt, str(row["output"])
+        template = ALPACA_WITH_INPUT if extra else ALPACA_NO_INPUT
+        return template.format(instruction=user, input=extra), str(row["output"])
+    if sft_format == "messages":
+        messages = list(row["messages"])
+        last = max((i for i, m in enumerate(messages) if m.get("role") == "assistant"), default=None)
+        if last is None:
+            raise DataError("data.format='messages': a conversation without an assistant turn has no answer to score")
+        prompt = tokenizer.apply_chat_template(messages[:last], tokenize=False, add_generation_prompt=True)
+        return prompt, str(messages[last]["content"])
+    raise DataError(
+        f"data.format={sft_format!r} has no prompt and answer to tell apart: generation needs prompt_completion, "
+        "instruction or messages rows"
+    )
 
 
 def _require_columns(split: Dataset, split_name: str, origin: str, columns: list[str]) -> None:

@@ -91,9 +91,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.untrained:
         # RUN_DIR is then a config: how good is the model before any fine-tuning?
         config = load_finetune_config(args.run_dir, args.overrides)
-        metrics = finetune.evaluate_untrained(config, args.split)
+        metrics = finetune.evaluate_untrained(config, args.split, generate=args.generate)
     else:
-        metrics = finetune.evaluate(args.run_dir, args.split)
+        metrics = finetune.evaluate(args.run_dir, args.split, generate=args.generate)
     print(json.dumps(metrics, indent=2))
     return 0
 
@@ -208,6 +208,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("overrides", nargs="*", help="with --untrained: section.key=value overrides")
     evaluate.add_argument("--untrained", action="store_true", help="evaluate the model before fine-tuning")
     evaluate.add_argument("--split", default="test", choices=["train", "validation", "test"])
+    evaluate.add_argument(
+        "--generate",
+        action="store_true",
+        help="causal LMs: also generate greedily and score exact match and token F1 against the references "
+        "(data.answer_pattern, data.max_new_tokens); writes generations_<split>.jsonl",
+    )
     evaluate.set_defaults(func=_evaluate)
 
     search = commands.add_parser("search", help="search hyperparameters around a fine-tuning config")

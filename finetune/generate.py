@@ -1,0 +1,130 @@
+"""Greedy generation on a split of a causal-LM run, scored against the references: exact match and token F1.
+
+Prompts are rendered exactly as training renders them before the answer (the chat template with its
+generation prompt, or the raw prompt), left-padded in batches, and decoded greedily with the KV cache
+until EOS, the chat template's end of turn, or data.max_new_tokens. With data.answer_pattern (a regex
+whose first group is the answer, e.g. "#### (\\S+)"), both the reference and the generation are reduced
+to that answer before scoring; a generation where it does not match scores 0.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import string
+from collections import Counter
+from pathlib import Path
+
+import torch
+from transformers import GenerationConfig, PreTrainedTokenizerBase
+
+from finetune.config import FinetuneConfig
+from finetune.data import load_splits
+from finetune.errors import ConfigError, DataError
+from finetune.preprocess import canonical_sft_split, render_prompt
+
+# End-of-turn tokens of common chat templates: generation stops at any of them, as at EOS.
+END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>")
+
+
+def generate_on_split(
+    model, tokenizer: PreTrainedTokenizerBase, config: FinetuneConfig, split: str, *, batch_size: int | None = None
+) -> tuple[dict[str, float], list[dict[str, str]]]:
+    """(metrics prefixed with the split name, one {prompt, reference, generated} row per example)."""
+    if config.model.task != "causal_lm":
+        raise ConfigError("--generate scores causal-LM runs; this run's model.task is classification")
+    rows, sft_format = _split_rows(config, split)
+    examples = [render_prompt(row, sft_format, tokenizer) for row in rows]
+    prompts = [prompt for prompt, _ in examples]
+    generated = generate(model, tokenizer, prompts, config.data.max_new_tokens, batch_size or 8)
+    records = [
+        {"prompt": prompt, "reference": reference, "generated": text}
+        for (prompt, reference), text in zip(examples, generated, strict=True)
+    ]
+    metrics = score(records, config.data.answer_pattern)
+    return {f"{split}_{name}": value for name, value in metrics.items()}, records
+
+
+def _split_rows(config: FinetuneConfig, split: str) -> tuple[list[dict], str]:
+    """The split's raw rows (the same rows evaluation and training see) and their SFT format."""
+    splits = load_splits(config.data)
+    dataset = getattr(splits, split)
+    if dataset is None:
+        raise DataError(f"there is no {split} split (set data.{split}_file or data.{split}_size)")
+    dataset, sft_format = canonical_sft_split(dataset, split, splits.origins[split], config.data)
+    return list(dataset), sft_format
+
+
+def stop_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """EOS and every end-of-turn token the tokenizer knows."""
+    ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    vocabulary = tokenizer.get_vocab()
+    ids += [vocabulary[token] for token in END_OF_TURN_TOKENS if token in vocabulary]
+    return sorted(set(ids))
+
+
+@torch.no_grad()
+def generate(model, tokenizer: PreTrainedTokenizerBase, prompts: list[str], max_new_tokens: int, batch_size: int):
+    """Greedy continuations of ``prompts``, decoded without special tokens; batches are left-padded."""
+    tokenizer.padding_side = "left"  # the continuation starts right after each prompt's last token
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    settings = GenerationConfig(
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        use_cache=True,
+        eos_token_id=stop_token_ids(tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    device = next(model.parameters()).device
+    texts = []
+    for start in range(0, len(prompts), batch_size):
+        batch = tokenizer(prompts[start : start + batch_size], return_tensors="pt", padding=True).to(device)
+        output = model.generate(**batch, generation_config=settings)
+        texts += tokenizer.batch_decode(output[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
+    return [text.strip() for text in texts]
+
+
+def normalize(text: str) -> str:
+    """Lower case, no punctuation, no articles, single spaces (SQuAD's normalisation)."""
+    text = "".join(ch for ch in text.lower() if ch not in set(string.punctuation))
+    return " ".join(word for word in text.split() if word not in ("a", "an", "the"))
+
+
+def extract_answer(text: str, pattern: str | None) -> str:
+    if pattern is None:
+        return text
+    match = re.search(pattern, text)
+    if match is None:
+        return ""
+    return match.group(1) if match.groups() else match.group(0)
+
+
+def token_f1(prediction: str, reference: str) -> float:
+    predicted, expected = normalize(prediction).split(), normalize(reference).split()
+    if not predicted or not expected:
+        return float(predicted == expected)
+    common = sum((Counter(predicted) & Counter(expected)).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(predicted), common / len(expected)
+    return 2 * precision * recall / (precision + recall)
+
+
+def score(records: list[dict[str, str]], answer_pattern: str | None) -> dict[str, float]:
+    """exact_match and token_f1 over the records (answers extracted with ``answer_pattern`` first)."""
+    matches, f1s = [], []
+    for record in records:
+        reference = extract_answer(record["reference"], answer_pattern) or record["reference"]
+        prediction = extract_answer(record["generated"], answer_pattern)
+        matches.append(float(normalize(prediction) == normalize(reference)))
+        f1s.append(token_f1(prediction, reference))
+    count = len(records)
+    return {"exact_match": sum(matches) / count, "token_f1": sum(f1s) / count, "generated": float(count)}
+
+
+def write_generations(records: list[dict[str, str]], path: str | Path) -> str:
+    with open(path, "w") as handle:
+        for record in records:
+            handle.write(json.dumps(record) + "\n")
+    return str(path)

@@ -1,0 +1,86 @@
+"""Generation-based evaluation of causal-LM runs: greedy, batched with left padding, scored by exact match and F1."""
+
+import json
+
+import pytest
+from conftest import causal_config
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+import finetune
+from finetune import ConfigError, DataError, FinetuneConfig
+from finetune.generate import generate, score, stop_token_ids, token_f1
+from recipes.cli import main
+
+
+def test_scores_with_and_without_an_answer_pattern():
+    records = [
+        {"reference": "so 6 + 7 = 13\n#### 13", "generated": "6 + 7 makes 13. #### 13"},
+        {"reference": "#### 8", "generated": "it is 8"},  # no "####": no answer extracted, scores 0
+        {"reference": "#### 5", "generated": "#### 50"},
+    ]
+    assert score(records, r"#### (\S+)") == {
+        "exact_match": pytest.approx(1 / 3),
+        "token_f1": pytest.approx(1 / 3),
+        "generated": 3.0,
+    }
+    plain = [{"reference": "The Paris!", "generated": "paris"}, {"reference": "in the river", "generated": "river"}]
+    result = score(plain, None)
+    assert result["exact_match"] == 0.5  # normalised: case, punctuation and articles do not count
+    assert result["token_f1"] == pytest.approx((1.0 + token_f1("river", "in the river")) / 2)
+    assert token_f1("river", "in the river") == pytest.approx(2 * 1.0 * 0.5 / 1.5)
+
+
+def _train(tiny_llama, sft_files, tmp_path, fmt, **data):
+    raw = causal_config(
+        tiny_llama, sft_files[fmt], tmp_path / "run", data={"test_size": 6, "max_new_tokens": 5, **data}
+    )
+    finetune.train(FinetuneConfig.from_dict(raw))
+    return tmp_path / "run", raw
+
+
+@pytest.mark.parametrize("fmt", ["messages", "prompt_completion", "instruction"])
+def test_evaluate_generate_writes_generations_and_scores(tiny_llama, sft_files, tmp_path, fmt):
+    data = {"columns": {"output": "response", "input": "context"}} if fmt == "instruction" else {}
+    run_dir, _ = _train(tiny_llama, sft_files, tmp_path, fmt, **data)
+    metrics = finetune.evaluate(run_dir, "test", generate=True)
+    rows = [json.loads(line) for line in (run_dir / "generations_test.jsonl").read_text().splitlines()]
+    assert len(rows) == 6 and metrics["test_generated"] == 6
+    assert set(rows[0]) == {"prompt", "reference", "generated"}
+    assert all(r["reference"] in ("paris", "the ocean", "one or two", "in the river") for r in rows)
+    if fmt != "prompt_completion":
+        assert rows[0]["prompt"].endswith("<|im_start|>assistant\n")  # the chat template's generation prompt
+    assert 0 <= metrics["test_exact_match"] <= metrics["test_token_f1"] <= 1 and "test_loss" in metrics
+    again = finetune.evaluate(run_dir, "test", generate=True)  # greedy: the same text every time
+    assert [json.loads(line) for line in (run_dir / "generations_test.jsonl").read_text().splitlines()] == rows
+    assert again == metrics
+
+
+def test_batched_left_padded_generation_equals_one_at_a_time(tiny_llama):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama).eval()
+    prompts = ["what is water?", "why is the sky blue? what is the capital of france?", "how many humps?"]
+    alone = [generate(model, tokenizer, [p], max_new_tokens=6, batch_size=1)[0] for p in prompts]
+    assert generate(model, tokenizer, prompts, max_new_tokens=6, batch_size=3) == alone
+    assert all(len(tokenizer(text, add_special_tokens=False)["input_ids"]) <= 6 for text in alone)
+    assert set(stop_token_ids(tokenizer)) == {tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")}
+
+
+def test_untrained_generation_from_the_command_line(tiny_llama, sft_files, tmp_path, capsys):
+    import yaml
+
+    raw = causal_config(tiny_llama, sft_files["messages"], tmp_path / "out", data={"test_size": 4, "max_new_tokens": 3})
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert main(["evaluate", str(path), "--untrained", "--split", "test", "--generate"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["test_generated"] == 4 and "test_exact_match" in metrics
+    assert len((tmp_path / "out" / "generations_test_untrained.jsonl").read_text().splitlines()) == 4
+
+
+def test_generation_needs_a_prompt_and_an_answer(tiny_llama, sft_files, tmp_path):
+    run_dir, _ = _train(tiny_llama, sft_files, tmp_path, "text")
+    with pytest.raises(DataError, match="data.format='text' has no prompt and answer"):
+        finetune.evaluate(run_dir, "test", generate=True)
+    raw = causal_config(tiny_llama, sft_files["messages"], tmp_path / "x", data={"answer_pattern": "(unclosed"})
+    with pytest.raises(ConfigError, match="data.answer_pattern"):
+        FinetuneConfig.from_dict(raw)
