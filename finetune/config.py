@@ -95,6 +95,9 @@ class DataConfig:
     # generations alike (e.g. "#### (\\S+)"; null: the whole text), and the longest continuation in tokens.
     answer_pattern: str | None = None
     max_new_tokens: int = 64
+    # Causal LMs: also generate on the first N validation rows at each evaluation and log eval_exact_match
+    # and eval_token_f1 (a search objective or training.metric_for_best_model); null: loss only.
+    max_generation_samples: int | None = None
     # k-fold cross-validation: the labelled rows that are not test (train + validation) are dealt into
     # cv_folds stratified folds with validation_split_seed; fold cv_fold is the validation split.
     cv_folds: int | None = None
@@ -115,7 +118,7 @@ class DataConfig:
             value = getattr(self, key)
             if value < 0:
                 raise ConfigError(f"data.{key} must be >= 0 (a fraction < 1 or a row count), got {value}")
-        for key in ("max_train_samples", "max_eval_samples"):
+        for key in ("max_train_samples", "max_eval_samples", "max_generation_samples"):
             value = getattr(self, key)
             if value is not None and value <= 0:
                 raise ConfigError(f"data.{key} must be > 0 or null, got {value}")
@@ -318,6 +321,8 @@ class FinetuneConfig:
             )
         if self.method.head == "mlp" and self.model.task != "classification":
             raise ConfigError("method.head='mlp' replaces a classification head: it needs model.task='classification'")
+        if self.data.max_generation_samples and self.model.task != "causal_lm":
+            raise ConfigError("data.max_generation_samples scores generated answers: it needs model.task='causal_lm'")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -16,7 +16,7 @@ from collections import Counter
 from pathlib import Path
 
 import torch
-from transformers import GenerationConfig, PreTrainedTokenizerBase
+from transformers import GenerationConfig, PreTrainedTokenizerBase, TrainerCallback
 
 from finetune.config import FinetuneConfig
 from finetune.data import load_splits
@@ -63,12 +63,23 @@ def stop_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
     return sorted(set(ids))
 
 
-@torch.no_grad()
 def generate(model, tokenizer: PreTrainedTokenizerBase, prompts: list[str], max_new_tokens: int, batch_size: int):
-    """Greedy continuations of ``prompts``, decoded without special tokens; batches are left-padded."""
-    tokenizer.padding_side = "left"  # the continuation starts right after each prompt's last token
+    """Greedy continuations of ``prompts``, decoded without special tokens; batches are left-padded (the
+    tokenizer's padding side is restored after: a training collator may share it)."""
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    padding_side, was_training = tokenizer.padding_side, model.training
+    tokenizer.padding_side = "left"  # the continuation starts right after each prompt's last token
+    model.eval()
+    try:
+        return _generate_batches(model, tokenizer, prompts, max_new_tokens, batch_size)
+    finally:
+        tokenizer.padding_side = padding_side
+        model.train(was_training)
+
+
+@torch.no_grad()
+def _generate_batches(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int) -> list[str]:
     settings = GenerationConfig(
         max_new_tokens=max_new_tokens,
         do_sample=False,
@@ -83,6 +94,32 @@ def generate(model, tokenizer: PreTrainedTokenizerBase, prompts: list[str], max_
         output = model.generate(**batch, generation_config=settings)
         texts += tokenizer.batch_decode(output[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
     return [text.strip() for text in texts]
+
+
+class GenerationMetrics(TrainerCallback):
+    """Adds eval_exact_match and eval_token_f1, measured on the first data.max_generation_samples validation
+    rows, to each evaluation (its log entry and the metrics the schedulers and the kept model are chosen on)."""
+
+    def __init__(self, config: FinetuneConfig, tokenizer: PreTrainedTokenizerBase):
+        rows, sft_format = _split_rows(config, "validation")
+        examples = [render_prompt(row, sft_format, tokenizer) for row in rows[: config.data.max_generation_samples]]
+        self.prompts = [prompt for prompt, _ in examples]
+        self.references = [reference for _, reference in examples]
+        self.tokenizer, self.data = tokenizer, config.data
+        self.batch_size = config.training.per_device_eval_batch_size
+        self.measured_steps: set[int] = set()
+
+    def on_evaluate(self, args, state, control, model=None, metrics=None, **kwargs):
+        entry = state.log_history[-1] if state.log_history else None
+        if model is None or not entry or "eval_loss" not in entry or state.global_step in self.measured_steps:
+            return
+        self.measured_steps.add(state.global_step)
+        texts = generate(model, self.tokenizer, self.prompts, self.data.max_new_tokens, self.batch_size)
+        records = [{"reference": r, "generated": t} for r, t in zip(self.references, texts, strict=True)]
+        values = {f"eval_{k}": v for k, v in score(records, self.data.answer_pattern).items() if k != "generated"}
+        entry.update(values)
+        if metrics is not None:
+            metrics.update(values)
 
 
 def normalize(text: str) -> str:

@@ -184,6 +184,10 @@ def train(config: FinetuneConfig, callbacks: list[TrainerCallback] | None = None
 
 def _trainer(config: FinetuneConfig, model, tokenizer, inputs, callbacks: list[TrainerCallback]) -> Trainer:
     extra = _tracking_callbacks(config)
+    if config.data.max_generation_samples:
+        from finetune.generate import GenerationMetrics
+
+        extra.append(GenerationMetrics(config, tokenizer))
     if config.training.train_split_metrics:
         batch = config.training.per_device_eval_batch_size
         extra.append(TrainSplitMetrics(inputs.train, inputs.collator, batch, config.model.task))

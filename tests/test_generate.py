@@ -84,3 +84,51 @@ def test_generation_needs_a_prompt_and_an_answer(tiny_llama, sft_files, tmp_path
     raw = causal_config(tiny_llama, sft_files["messages"], tmp_path / "x", data={"answer_pattern": "(unclosed"})
     with pytest.raises(ConfigError, match="data.answer_pattern"):
         FinetuneConfig.from_dict(raw)
+
+
+def test_each_evaluation_can_score_generated_answers_without_changing_training(tiny_llama, sft_files, tmp_path):
+    def run(out, **data):
+        raw = causal_config(tiny_llama, sft_files["messages"], tmp_path / out, data={"max_new_tokens": 4, **data})
+        return finetune.train(FinetuneConfig.from_dict(raw))
+
+    plain = run("plain")
+    scored = run("scored", max_generation_samples=3)
+    assert [e["step"] for e in scored.evaluations] == [2, 4]
+    for entry in scored.evaluations:
+        assert 0 <= entry["eval_exact_match"] <= entry["eval_token_f1"] <= 1
+    assert not any("eval_exact_match" in e for e in plain.evaluations)
+    # Generating in between (left padding, eval mode) leaves the training itself exactly as it was.
+    assert scored.train_losses == plain.train_losses
+    assert [e["eval_loss"] for e in scored.evaluations] == [e["eval_loss"] for e in plain.evaluations]
+
+
+def test_a_search_can_tune_for_exact_match(tiny_llama, sft_files, tmp_path):
+    from hpo import Budget, Float, Objective, SearchSettings, SearchSpace, search_finetune
+
+    raw = causal_config(tiny_llama, sft_files["messages"], tmp_path / "unused", data={"max_new_tokens": 4})
+    settings = SearchSettings(
+        space=SearchSpace({"training.learning_rate": Float(low=1e-4, high=1e-2, log=True)}),
+        sampler="random",
+        scheduler="none",
+        budget=Budget(trials=3),
+        objective=Objective(metric="exact_match"),
+        progress=False,
+    )
+    search = search_finetune(FinetuneConfig.from_dict(raw), settings, run_dir=tmp_path / "search")
+    assert search.metric == "eval_exact_match" and search.result.direction == "maximize"
+    assert all(0 <= t.value <= 1 for t in search.result.trials if t.state == "COMPLETE")
+    assert search.best_config.data.max_generation_samples is None  # the trials' scoring is not the winner's config
+
+
+def test_generation_objectives_need_a_causal_lm(tiny_bert, sentiment_files, tmp_path):
+    from conftest import classification_config
+
+    from hpo import Objective, SearchSettings
+    from hpo.finetune import plan_search
+
+    base = FinetuneConfig.from_dict(classification_config(tiny_bert, sentiment_files, tmp_path / "x"))
+    with pytest.raises(ConfigError, match="scores generated answers: it needs a causal LM"):
+        plan_search(base, SearchSettings(objective=Objective(metric="exact_match")))
+    raw = classification_config(tiny_bert, sentiment_files, tmp_path / "x", data={"max_generation_samples": 4})
+    with pytest.raises(ConfigError, match="data.max_generation_samples scores generated answers"):
+        FinetuneConfig.from_dict(raw)

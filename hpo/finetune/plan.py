@@ -24,6 +24,10 @@ from hpo.finetune.settings import SearchSettings
 from hpo.space import SearchSpace
 from hpo.winner_rule import SelectionSettings, trial_score
 
+# Objectives scored on generated answers (finetune.generate): trials then generate at each evaluation on
+# the first data.max_generation_samples validation rows (GENERATION_SAMPLES when the config sets none).
+GENERATION_METRICS = ("eval_exact_match", "eval_token_f1")
+GENERATION_SAMPLES = 64
 # Rungs per untuned run: trials are evaluated every 1/9 of it, so the schedulers' rungs (1/9 x 3^k of a
 # run, reduction factor 3) always fall on an evaluation.
 EVALUATIONS_PER_RUN = 9
@@ -56,11 +60,16 @@ class SearchPlan:
     budget: Budget  # what exploration may spend
     rerun_budget: RerunBudget | None  # admission of trials (None: no re-runs, or no step budget)
     selection: SelectionSettings
+    generation_samples: int | None = None  # validation rows generated on at each evaluation (None: none)
 
     @property
     def search_evaluations(self) -> dict[str, Any]:
-        """Overrides of every trial and re-run: evaluations on the rung grid, scored on validation only."""
-        return {"training.eval_steps": self.min_steps, "training.train_split_metrics": False}
+        """Overrides of every trial and re-run: evaluations on the rung grid, scored on validation only
+        (and generated answers on a fixed subset when the objective needs them)."""
+        overrides = {"training.eval_steps": self.min_steps, "training.train_split_metrics": False}
+        if self.generation_samples:
+            overrides["data.max_generation_samples"] = self.generation_samples
+        return overrides
 
     def trial_length(self, config: FinetuneConfig) -> int:
         """Optimizer steps ``config`` will run as a trial, all folds."""
@@ -78,6 +87,11 @@ def plan_search(base: FinetuneConfig, settings: SearchSettings, *, world_size: i
         base.method.name, base.model.task, also_tune=settings.also_tune, from_scratch=base.model.init == "scratch"
     )
     metric, direction = settings.objective.resolve(base.model.task)
+    generation_samples = None
+    if metric in GENERATION_METRICS:
+        if base.model.task != "causal_lm":
+            raise ConfigError(f"search.objective.metric {metric!r} scores generated answers: it needs a causal LM")
+        generation_samples = base.data.max_generation_samples or GENERATION_SAMPLES
     base_values = flatten(base)
     check_combinations(space, base_values)
     folds, validation = resolve_folds(settings.objective.cv_folds, base)
@@ -108,6 +122,7 @@ def plan_search(base: FinetuneConfig, settings: SearchSettings, *, world_size: i
         budget=budget,
         rerun_budget=rerun_budget,
         selection=settings.selection,
+        generation_samples=generation_samples,
     )
 
 
