@@ -141,6 +141,7 @@ def training_arguments(config: FinetuneConfig, checkpoint_dir: Path) -> Training
         bf16=t.mixed_precision == "bf16",
         fp16=t.mixed_precision == "fp16",
         dataloader_num_workers=t.dataloader_num_workers,
+        dataloader_pin_memory=torch.cuda.is_available(),  # pinned memory only helps copies to a GPU
         disable_tqdm=t.disable_progress_bar,
         remove_unused_columns=False,  # inputs hold only model columns already
         prediction_loss_only=config.model.task == "causal_lm",

@@ -196,14 +196,19 @@ def build_parser() -> argparse.ArgumentParser:
         prog="tunelab", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--version", action="version", version=f"tunelab {_version()}")
+    # Every command takes --verbose: without it, libraries' progress bars, load reports and warnings are hidden.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--verbose", action="store_true", help="show the libraries' own output (progress bars, load reports, warnings)"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
-    train = commands.add_parser("train", help="fine-tune once from a config")
+    train = commands.add_parser("train", help="fine-tune once from a config", parents=[common])
     train.add_argument("config", help="YAML config with model, data, method, training sections")
     train.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. training.learning_rate=1e-4")
     train.set_defaults(func=_train)
 
-    evaluate = commands.add_parser("evaluate", help="evaluate a saved run on a split")
+    evaluate = commands.add_parser("evaluate", help="evaluate a saved run on a split", parents=[common])
     evaluate.add_argument("run_dir", help="a finished run folder (or, with --untrained, a config)")
     evaluate.add_argument("overrides", nargs="*", help="with --untrained: section.key=value overrides")
     evaluate.add_argument("--untrained", action="store_true", help="evaluate the model before fine-tuning")
@@ -216,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.set_defaults(func=_evaluate)
 
-    search = commands.add_parser("search", help="search hyperparameters around a fine-tuning config")
+    search = commands.add_parser("search", help="search hyperparameters around a fine-tuning config", parents=[common])
     search.add_argument("config")
     search.add_argument("overrides", nargs="*", help="section.key=value overrides of the base (untuned) config")
     search.add_argument("--space", help="YAML search space (default: the method-aware default space)")
@@ -252,14 +257,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     search.set_defaults(func=_search)
 
-    run = commands.add_parser("run", help="tune, retrain best and untuned over seeds, compare on test, report")
+    run = commands.add_parser(
+        "run", help="tune, retrain best and untuned over seeds, compare on test, report", parents=[common]
+    )
     run.add_argument("recipe")
     run.add_argument("overrides", nargs="*", help="key=value: section.key, search.*, seeds")
     run.add_argument("--run-dir", help="default: <training.output_dir>_run")
     run.set_defaults(func=_run)
 
     worker = commands.add_parser(
-        "worker", help="join a search shared through a database; train until its budget is spent"
+        "worker", help="join a search shared through a database; train until its budget is spent", parents=[common]
     )
     worker.add_argument("recipe")
     worker.add_argument("overrides", nargs="*", help="key=value: section.key, search.*")
@@ -268,15 +275,19 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--run-dir", help="this worker's local trial folder")
     worker.set_defaults(func=_worker)
 
-    report = commands.add_parser("report", help="regenerate report.md/html of a finished `tunelab run` folder")
+    report = commands.add_parser(
+        "report", help="regenerate report.md/html of a finished `tunelab run` folder", parents=[common]
+    )
     report.add_argument("run_dir")
     report.set_defaults(func=_report)
 
-    compare = commands.add_parser("compare", help="compare the arms of finished `tunelab run` folders")
+    compare = commands.add_parser(
+        "compare", help="compare the arms of finished `tunelab run` folders", parents=[common]
+    )
     compare.add_argument("run_dirs", nargs="+")
     compare.set_defaults(func=_compare)
 
-    trials = commands.add_parser("trials", help="print the trials table of a search run folder")
+    trials = commands.add_parser("trials", help="print the trials table of a search run folder", parents=[common])
     trials.add_argument("run_dir")
     trials.set_defaults(func=_trials)
     return parser
@@ -304,6 +315,21 @@ def _cv_folds(text: str) -> int | str | None:
         raise ConfigError(f"--cv-folds: expected an integer >= 2, auto or none, got {text!r}") from exc
 
 
+def quiet_libraries() -> None:
+    """One line per event from tunelab: the libraries' progress bars, load reports and deprecation warnings
+    off (set here, at the command line's entry, not on import)."""
+    import warnings
+
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line; section.key=value overrides may also come after the flags, as people type them."""
     parser = build_parser()
@@ -318,6 +344,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)  # --help and --version end here, before anything heavy is imported
+    if not args.verbose:
+        quiet_libraries()
     from finetune.errors import TrainingError, TunelabError
     from finetune.train import end_processes
     from hpo.errors import SearchConfigError, SearchError

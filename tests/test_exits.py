@@ -1,6 +1,7 @@
 """How the command line ends: one error line and a documented exit code; Ctrl-C leaves a resumable search;
 out of memory is retried, then recorded as infeasible; importing tunelab changes no global state."""
 
+import os
 import subprocess
 import sys
 
@@ -229,3 +230,17 @@ def test_overrides_may_follow_the_flags():
         parse_args(["search", "c.yaml", "--sampler", "tpe", "stray"])  # not key=value: still refused
     with pytest.raises(SystemExit):
         parse_args(["report", "folder", "x=1"])  # report takes no overrides
+
+
+def test_output_is_tunelabs_own_lines_unless_verbose(tiny_bert, sentiment_files, tmp_path):
+    path = _config_file(tiny_bert, sentiment_files, tmp_path, max_steps=2, eval_steps=2)
+
+    def train(*flags):
+        command = [sys.executable, "-m", "recipes.cli", "train", path, *flags]
+        done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert done.returncode == 0, done.stderr[-2000:]
+        return done.stderr
+
+    quiet, verbose = train(), train("--verbose")
+    assert [line.split()[0] for line in quiet.splitlines()] == ["[finetune]"], quiet
+    assert "Map" in verbose  # the datasets progress bars the quiet run hides
