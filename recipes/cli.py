@@ -328,6 +328,8 @@ def quiet_libraries() -> None:
     transformers.utils.logging.disable_progress_bar()
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
+    # The libraries' advice to their own developers (tensor copies, pinned memory...): not the user's to act on.
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"(torch|transformers|datasets|peft|accelerate)\b")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
