@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import html
 import importlib.metadata
+import json
 import platform
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from hpo.results import SearchResult
 from recipes.fit import fit_lines, fit_table, plot_fit
 
 LIBRARIES = ("torch", "transformers", "peft", "accelerate", "optuna", "datasets")
+SIDE_BY_SIDE_PROMPTS = 3  # test prompts shown with both arms' answers (causal LMs)
 INTERVALS = {"welch": "Welch t", "bootstrap": "percentile bootstrap"}  # recipes.stats: how the CI was made
 
 
@@ -96,6 +98,9 @@ def _sections(results: dict[str, Any], search: SearchResult) -> list[tuple[str, 
             pass
     environment += hardware()
     sections = [("Per-seed results", per_seed)]
+    if "test_exact_match" in runs["tuned"][0]["test"]:
+        sections += [("Generated answers on test", generation_table(results))]
+        sections += [("The same test prompts, answered by each arm (first seed)", side_by_side(results))]
     if results["search"].get("selection"):
         sections.append(("How the winner was chosen", selection_table(results)))
     return [
@@ -131,6 +136,43 @@ def _budget_rows(results: dict[str, Any]) -> list[list[str]]:
         ["best validation during search", f"{s['best_value']:.4f} (trial {s['best_trial']})"],
         ["retrain wall time, both arms (s)", f"{_retrain_seconds(results):.0f}"],
     ]
+
+
+def generation_table(results: dict[str, Any]) -> list[list[str]]:
+    """Exact match and token F1 of the greedy answers on test, per arm (mean +/- std over seeds)."""
+    rows = [["arm", "exact match", "token F1", "test loss"]]
+    for arm in ("tuned", "untuned"):
+        tests = [run["test"] for run in results["runs"][arm]]
+        rows.append(
+            [arm, *(_mean_std([t[f"test_{key}"] for t in tests]) for key in ("exact_match", "token_f1", "loss"))]
+        )
+    return rows
+
+
+def side_by_side(results: dict[str, Any], count: int = SIDE_BY_SIDE_PROMPTS) -> list[list[str]]:
+    answers = {arm: _read_generations(results["runs"][arm][0].get("generations")) for arm in ("untuned", "tuned")}
+    rows = [["prompt (end)", "reference", "untuned", "tuned"]]
+    for untuned, tuned in list(zip(answers["untuned"], answers["tuned"], strict=False))[:count]:
+        texts = [untuned["prompt"][-160:], untuned["reference"][:200], untuned["generated"][:200]]
+        rows.append([_one_line(text) for text in [*texts, tuned["generated"][:200]]])
+    return rows
+
+
+def _one_line(text: str) -> str:
+    """A generated text as one table cell: its newlines shown as ⏎."""
+    return text.replace("\n", " ⏎ ")
+
+
+def _read_generations(path: str | None) -> list[dict[str, str]]:
+    if not path or not Path(path).is_file():
+        return []
+    return [json.loads(line) for line in Path(path).read_text().splitlines()]
+
+
+def _mean_std(values: list[float]) -> str:
+    mean = sum(values) / len(values)
+    std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5 if len(values) > 1 else 0.0
+    return f"{mean:.3f} +/- {std:.3f}"
 
 
 def shown_value(value: Any) -> str:
@@ -231,7 +273,7 @@ def _markdown(results, sections, plots, run_dir: Path) -> str:
     lines += [*fit_lines(results), ""]
     for title, table in sections:
         lines += [f"## {title}", "", "| " + " | ".join(table[0]) + " |", "|" + "---|" * len(table[0])]
-        lines += ["| " + " | ".join(row) + " |" for row in table[1:]] + [""]
+        lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in table[1:]] + [""]
     lines += ["## Plots", ""]
     lines += [f"![{name}]({Path(path).relative_to(run_dir)})" for name, path in plots.items() if name != "seeds"]
     lines += ["", "## Configurations", ""]

@@ -96,7 +96,12 @@ def _seed_run(config: FinetuneConfig, arm: str, seed: int, run_dir: Path) -> dic
         "trainable_params": result.trainable_params,
         "total_params": result.total_params,
     }
-    record["test"] = finetune.evaluate(out, "test")  # on every process: evaluation is collective
+    # On every process: evaluation is collective. A causal LM also answers the test prompts (greedy), so
+    # the report can show exact match and token F1 per arm, and the answers side by side.
+    causal = config.model.task == "causal_lm"
+    record["test"] = finetune.evaluate(out, "test", generate=causal)
+    if causal:
+        record["generations"] = str(out / "generations_test.jsonl")
     if process_state().is_main_process:
         done.write_text(json.dumps(record, indent=2))
     return record

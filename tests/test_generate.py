@@ -152,3 +152,33 @@ def test_generation_objectives_need_a_causal_lm(tiny_bert, sentiment_files, tmp_
     raw = classification_config(tiny_bert, sentiment_files, tmp_path / "x", data={"max_generation_samples": 4})
     with pytest.raises(ConfigError, match="data.max_generation_samples scores generated answers"):
         FinetuneConfig.from_dict(raw)
+
+
+def test_a_causal_lm_run_reports_generated_answers_for_both_arms(tiny_llama, sft_files, tmp_path, capsys):
+    import yaml
+
+    from recipes.run import main as run_main
+
+    raw = causal_config(tiny_llama, sft_files["messages"], tmp_path / "out", data={"test_size": 4, "max_new_tokens": 4})
+    raw["search"] = {
+        "sampler": "random",
+        "scheduler": "none",
+        "budget": {"trials": 2},
+        "selection": {"seeds": 0},
+        "space": {"training.learning_rate": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True}},
+    }
+    raw["seeds"] = 2
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(raw))
+    assert run_main([str(recipe), "--run-dir", str(tmp_path / "run")]) == 0
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    for arm in ("tuned", "untuned"):
+        for run in results["runs"][arm]:
+            assert run["test"]["test_generated"] == 4 and 0 <= run["test"]["test_exact_match"] <= 1
+            assert len(open(run["generations"]).read().splitlines()) == 4
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "## Generated answers on test" in report and "| tuned | " in report
+    side = report[report.index("## The same test prompts, answered by each arm") :].split("\n## ")[0]
+    # Three prompts, each a table row with both arms' answers (newlines shown as ⏎, pipes escaped).
+    rows = [line for line in side.splitlines() if line.startswith("| ")][1:]
+    assert len(rows) == 3 and all("<\\|im_start\\|>assistant ⏎" in row for row in rows), rows
