@@ -203,12 +203,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
-    train = commands.add_parser("train", help="fine-tune once from a config", parents=[common])
+    def command(name: str, func, help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, parents=[common])
+        sub.set_defaults(func=func)
+        return sub
+
+    train = command("train", _train, "fine-tune once from a config")
     train.add_argument("config", help="YAML config with model, data, method, training sections")
     train.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. training.learning_rate=1e-4")
-    train.set_defaults(func=_train)
 
-    evaluate = commands.add_parser("evaluate", help="evaluate a saved run on a split", parents=[common])
+    evaluate = command("evaluate", _evaluate, "evaluate a saved run on a split")
     evaluate.add_argument("run_dir", help="a finished run folder (or, with --untrained, a config)")
     evaluate.add_argument("overrides", nargs="*", help="with --untrained: section.key=value overrides")
     evaluate.add_argument("--untrained", action="store_true", help="evaluate the model before fine-tuning")
@@ -219,9 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="causal LMs: also generate greedily and score exact match and token F1 against the references "
         "(data.answer_pattern, data.max_new_tokens); writes generations_<split>.jsonl",
     )
-    evaluate.set_defaults(func=_evaluate)
 
-    search = commands.add_parser("search", help="search hyperparameters around a fine-tuning config", parents=[common])
+    search = command("search", _search, "search hyperparameters around a fine-tuning config")
     search.add_argument("config")
     search.add_argument("overrides", nargs="*", help="section.key=value overrides of the base (untuned) config")
     search.add_argument("--space", help="YAML search space (default: the method-aware default space)")
@@ -255,41 +258,27 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["none", "subprocess"],
         help="subprocess: each trial in its own process, GPU memory fully returned (default: none)",
     )
-    search.set_defaults(func=_search)
 
-    run = commands.add_parser(
-        "run", help="tune, retrain best and untuned over seeds, compare on test, report", parents=[common]
-    )
+    run = command("run", _run, "tune, retrain best and untuned over seeds, compare on test, report")
     run.add_argument("recipe")
     run.add_argument("overrides", nargs="*", help="key=value: section.key, search.*, seeds")
     run.add_argument("--run-dir", help="default: <training.output_dir>_run")
-    run.set_defaults(func=_run)
 
-    worker = commands.add_parser(
-        "worker", help="join a search shared through a database; train until its budget is spent", parents=[common]
-    )
+    worker = command("worker", _worker, "join a search shared through a database; train until its budget is spent")
     worker.add_argument("recipe")
     worker.add_argument("overrides", nargs="*", help="key=value: section.key, search.*")
     worker.add_argument("--storage", help="postgresql://... shared by all workers (default: search.storage)")
     worker.add_argument("--study", help="study name (default: search.study_name)")
     worker.add_argument("--run-dir", help="this worker's local trial folder")
-    worker.set_defaults(func=_worker)
 
-    report = commands.add_parser(
-        "report", help="regenerate report.md/html of a finished `tunelab run` folder", parents=[common]
-    )
+    report = command("report", _report, "regenerate report.md/html of a finished `tunelab run` folder")
     report.add_argument("run_dir")
-    report.set_defaults(func=_report)
 
-    compare = commands.add_parser(
-        "compare", help="compare the arms of finished `tunelab run` folders", parents=[common]
-    )
+    compare = command("compare", _compare, "compare the arms of finished `tunelab run` folders")
     compare.add_argument("run_dirs", nargs="+")
-    compare.set_defaults(func=_compare)
 
-    trials = commands.add_parser("trials", help="print the trials table of a search run folder", parents=[common])
+    trials = command("trials", _trials, "print the trials table of a search run folder")
     trials.add_argument("run_dir")
-    trials.set_defaults(func=_trials)
     return parser
 
 

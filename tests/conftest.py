@@ -197,6 +197,23 @@ def causal_config(tiny_llama: str, train_file: str, out: Path, **sections) -> di
     return config
 
 
+# A tiny recipe's search: random search over the learning rate, 3 trials (a caller may change any key).
+TINY_SEARCH = {
+    "sampler": "random",
+    "scheduler": "none",
+    "budget": {"trials": 3},
+    "space": {"training.learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}},
+}
+
+
+def write_recipe(raw: dict, path: Path, *, seeds: int = 2, **search) -> str:
+    """``raw`` (a finetune config) as a recipe YAML at ``path``, with TINY_SEARCH updated by ``search``."""
+    import yaml
+
+    path.write_text(yaml.safe_dump({**raw, "search": {**TINY_SEARCH, **search}, "seeds": seeds}))
+    return str(path)
+
+
 POSTGRES_SCRIPT = Path(__file__).resolve().parents[1] / ".ci" / "postgres.sh"
 DEFAULT_POSTGRES_URL = "postgresql://postgres:tunelab@127.0.0.1:5432/postgres"
 

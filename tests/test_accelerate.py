@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import yaml
-from conftest import classification_config
+from conftest import classification_config, write_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -120,16 +120,7 @@ def test_two_process_recipe_matches_the_single_process_shape(tiny_bert, sentimen
 
     raw = classification_config(tiny_bert, sentiment_files, tmp_path / "out", method={"name": "lora"})
     raw["training"].update({"max_steps": -1, "num_train_epochs": 1, "eval_steps": None, "learning_rate": 1e-3})
-    raw["search"] = {
-        "sampler": "random",
-        "scheduler": "none",
-        "budget": {"trials": 3},
-        "selection": {"top_k": 2, "seeds": 2},
-        "space": {"training.learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}},
-    }
-    raw["seeds"] = 2
-    path = tmp_path / "recipe.yaml"
-    path.write_text(yaml.safe_dump(raw))
+    path = write_recipe(raw, tmp_path / "recipe.yaml", selection={"top_k": 2, "seeds": 2})
     command = _launch("-m", "recipes.run", str(path), "--run-dir", str(tmp_path / "two"))
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)

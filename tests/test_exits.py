@@ -153,34 +153,29 @@ def test_a_trial_out_of_memory_twice_is_infeasible_and_the_search_goes_on(
 
 
 @pytest.mark.parametrize(
-    ("budget", "message"),
+    ("where", "budget", "message"),
     [
-        ({}, "give at least one of trials, steps, full_run_equivalents, wall_seconds"),
-        ({"trials": 0}, r"search.budget.trials must be > 0, got 0"),
-        ({"steps": -5}, r"search.budget.steps must be > 0, got -5"),
-        ({"wall_seconds": 0.0}, r"search.budget.wall_seconds must be > 0"),
+        ("code", {}, "give at least one of trials, steps, full_run_equivalents, wall_seconds"),
+        ("code", {"trials": 0}, r"search.budget.trials must be > 0, got 0"),
+        ("code", {"steps": -5}, r"search.budget.steps must be > 0, got -5"),
+        ("code", {"wall_seconds": 0.0}, r"search.budget.wall_seconds must be > 0"),
+        ("recipe", {"full_run_equivalents": 0}, "0 full-run equivalents leave less than one full run to explore"),
+        ("recipe", {"full_run_equivalents": -2}, "-2 full-run equivalents leave less than one full run to explore"),
+        ("recipe", {"hours": 2}, r"search.budget: unknown key\(s\) \['hours'\]"),
+        ("recipe", {"minutes": -1}, r"search.budget.wall_seconds must be > 0"),
     ],
 )
-def test_impossible_budgets_are_refused(budget, message):
-    with pytest.raises(SearchConfigError, match=message):
-        Budget(**budget)
-
-
-@pytest.mark.parametrize(
-    ("section", "message"),
-    [
-        ({"full_run_equivalents": 0}, "0 full-run equivalents leave less than one full run to explore"),
-        ({"full_run_equivalents": -2}, "-2 full-run equivalents leave less than one full run to explore"),
-        ({"hours": 2}, r"search.budget: unknown key\(s\) \['hours'\]"),
-        ({"minutes": -1}, r"search.budget.wall_seconds must be > 0"),
-    ],
-)
-def test_impossible_budgets_in_a_recipe_are_config_errors(section, message):
+def test_impossible_budgets_are_refused(where, budget, message):
+    """In code, hpo's own error; in a recipe's search.budget (or the flags), a ConfigError naming the key."""
     from finetune import ConfigError
     from hpo import SearchSettings
 
-    with pytest.raises(ConfigError, match=message):
-        SearchSettings.from_dict({"budget": section})
+    if where == "code":
+        with pytest.raises(SearchConfigError, match=message):
+            Budget(**budget)
+    else:
+        with pytest.raises(ConfigError, match=message):
+            SearchSettings.from_dict({"budget": budget})
 
 
 def test_importing_tunelab_changes_no_global_state():
@@ -193,6 +188,10 @@ def test_importing_tunelab_changes_no_global_state():
         "assert optuna.logging.get_verbosity() == verbosity, 'optuna verbosity changed'\n"
         "assert 'matplotlib.pyplot' not in sys.modules, 'pyplot imported'\n"
     )
+    _runs_in_a_fresh_python(code)
+
+
+def _runs_in_a_fresh_python(code: str) -> None:
     completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert completed.returncode == 0, completed.stderr[-2000:]
 
@@ -208,8 +207,7 @@ def test_help_and_version_import_nothing_heavy():
         "        pass\n"
         "assert not {'torch', 'transformers', 'optuna', 'finetune', 'hpo'} & set(sys.modules), sorted(sys.modules)\n"
     )
-    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert completed.returncode == 0, completed.stderr[-2000:]
+    _runs_in_a_fresh_python(code)
     version = subprocess.run([sys.executable, "-m", "recipes.cli", "--version"], capture_output=True, text=True)
     assert version.stdout.startswith("tunelab ")
 

@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from conftest import causal_config
+from conftest import causal_config, write_recipe
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import finetune
@@ -155,22 +155,12 @@ def test_generation_objectives_need_a_causal_lm(tiny_bert, sentiment_files, tmp_
 
 
 def test_a_causal_lm_run_reports_generated_answers_for_both_arms(tiny_llama, sft_files, tmp_path, capsys):
-    import yaml
 
     from recipes.run import main as run_main
 
     raw = causal_config(tiny_llama, sft_files["messages"], tmp_path / "out", data={"test_size": 4, "max_new_tokens": 4})
-    raw["search"] = {
-        "sampler": "random",
-        "scheduler": "none",
-        "budget": {"trials": 2},
-        "selection": {"seeds": 0},
-        "space": {"training.learning_rate": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True}},
-    }
-    raw["seeds"] = 2
-    recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(yaml.safe_dump(raw))
-    assert run_main([str(recipe), "--run-dir", str(tmp_path / "run")]) == 0
+    recipe = write_recipe(raw, tmp_path / "recipe.yaml", budget={"trials": 2}, selection={"seeds": 0})
+    assert run_main([recipe, "--run-dir", str(tmp_path / "run")]) == 0
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     for arm in ("tuned", "untuned"):
         for run in results["runs"][arm]:

@@ -4,7 +4,7 @@ import json
 
 import pytest
 import yaml
-from conftest import classification_config
+from conftest import TINY_SEARCH, classification_config
 
 from finetune import ConfigError
 from recipes.recipe import load_recipe
@@ -18,13 +18,7 @@ def _recipe(tmp_path, tiny_bert, sentiment_files, **extra):
         tmp_path / "out",
         training={"max_steps": -1, "num_train_epochs": 1, "eval_steps": None, "learning_rate": 1e-3},
     )
-    raw["search"] = {
-        "sampler": "random",
-        "scheduler": "none",
-        "budget": {"trials": 3},
-        "space": {"training.learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}},
-    }
-    raw["seeds"] = 2
+    raw["search"], raw["seeds"] = dict(TINY_SEARCH), 2
     raw.update(extra)
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(raw))

@@ -12,8 +12,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-import yaml
-from conftest import classification_config
+from conftest import classification_config, write_recipe
 
 from recipes.run import main
 
@@ -52,18 +51,9 @@ PROBE = """<script>window.addEventListener('load', () => {
 def test_the_report_reads_well_in_a_browser(tmp_path, tiny_bert, sentiment_files):
     browser = _browser()
     raw = classification_config(tiny_bert, sentiment_files, tmp_path / "out", training={"max_steps": 6})
-    raw["search"] = {
-        "sampler": "random",
-        "scheduler": "none",
-        "budget": {"trials": 3},
-        "selection": {"top_k": 2, "seeds": 2},
-        "space": {"training.learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}},
-    }
-    raw["seeds"] = 2
-    recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(yaml.safe_dump(raw))
+    recipe = write_recipe(raw, tmp_path / "recipe.yaml", selection={"top_k": 2, "seeds": 2})
     run_dir = tmp_path / "run"
-    assert main([str(recipe), "--run-dir", str(run_dir)]) == 0
+    assert main([recipe, "--run-dir", str(run_dir)]) == 0
     page = (run_dir / "report.html").read_text()
     probed = tmp_path / "probed.html"
     probed.write_text(page.replace("</body>", PROBE + "</body>"))
