@@ -9,7 +9,7 @@ from transformers import DataCollatorForSeq2Seq, DataCollatorWithPadding, PreTra
 
 from finetune.config import FinetuneConfig
 from finetune.data import load_splits
-from finetune.preprocess import label_names_from, tokenize_classification, tokenize_sft
+from finetune.preprocess import label_names_from, require_labels, tokenize_classification, tokenize_sft
 
 
 @dataclass
@@ -31,6 +31,7 @@ def prepare_inputs(config: FinetuneConfig, tokenizer: PreTrainedTokenizerBase) -
         if data.label_column not in raw.train.column_names:
             label_names = []  # tokenize_classification reports the missing column with its file
         else:
+            require_labels(raw.train, "train", raw.origins["train"], data.label_column)
             label_names = label_names_from(raw.train, data)
         for name in ("train", "validation", "test"):
             split = getattr(raw, name)

@@ -31,6 +31,17 @@ def label_names_from(train: Dataset, data: DataConfig) -> list[str]:
     return sorted(values, key=lambda v: (0, int(v), v) if v.lstrip("-").isdigit() else (1, 0, v))
 
 
+def require_labels(split: Dataset, split_name: str, origin: str, column: str) -> None:
+    """Every row has a label: a missing one is named by its row, not discovered as a label called 'None'."""
+    missing = [i for i, value in enumerate(split[column]) if value is None or str(value).strip() == ""]
+    if missing:
+        rows = ", ".join(str(i + 1) for i in missing[:5]) + (" ..." if len(missing) > 5 else "")
+        raise DataError(
+            f"{split_name} ({origin}): {len(missing)} row(s) have no value in column {column!r} (rows {rows}, "
+            "counting from 1); give every row a label or drop those rows"
+        )
+
+
 def tokenize_classification(
     split: Dataset,
     split_name: str,
@@ -42,6 +53,7 @@ def tokenize_classification(
 ) -> Dataset:
     needed = [data.text_column, data.label_column] + ([data.text_pair_column] if data.text_pair_column else [])
     _require_columns(split, split_name, origin, needed)
+    require_labels(split, split_name, origin, data.label_column)
     label_ids = {name: i for i, name in enumerate(label_names)}
     unknown = sorted({str(v) for v in split[data.label_column]} - set(label_ids))
     if unknown:

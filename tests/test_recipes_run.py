@@ -117,3 +117,26 @@ def test_report_says_when_the_budget_was_overrun():
     assert over.startswith("9.12 of 8.00 (over by 14%: trials that several workers started")
     # A search with no step budget (trials or wall time only): nothing to compare against.
     assert spent_against_budget({"full_run_equivalents_spent": 3.0, "full_run_equivalents_budget": None}) == "3.00"
+
+
+def test_the_report_says_why_fewer_candidates_than_top_k_were_re_run():
+    from recipes.report import selection_lines
+
+    candidate = {"trial": 0, "role": "untuned", "values": [0.5, 0.51], "search_value": 0.5, "rerun_mean": 0.505}
+    selection = {
+        "winner": 0,
+        "reason": "the baseline is kept",
+        "candidates": [candidate, {**candidate, "trial": 4, "role": None}],
+        "noise_std": 0.01,
+        "margin": 0.03,
+        "winners_curse": -0.005,
+    }
+    results = {
+        "metric": "accuracy",
+        "comparison": {"tuned_mean": 0.5},
+        "search": {"selection": selection, "selection_settings": {"top_k": 3, "seeds": 2, "confidence": 0.98}},
+    }
+    text = selection_lines(results)[0]
+    assert "the top 2 candidates (search.selection.top_k is 3: no further candidate's re-runs fit" in text
+    results["search"]["selection_settings"]["top_k"] = 2
+    assert "top_k is" not in selection_lines(results)[0]

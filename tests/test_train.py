@@ -135,6 +135,21 @@ def _assert_nothing_written(out):
     assert not out.exists(), f"{out} was written although the input was bad"
 
 
+@pytest.mark.parametrize("split", ["train", "validation"])
+def test_a_row_without_a_label_is_named(tiny_bert, sentiment_files, tmp_path, split):
+    import json
+
+    rows = [json.loads(line) for line in open(sentiment_files[split]).read().splitlines()]
+    rows[2]["label"] = None
+    del rows[4]["label"]  # absent from one jsonl row: read back as null
+    broken = tmp_path / f"{split}.jsonl"
+    broken.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    raw = classification_config(tiny_bert, {**sentiment_files, split: str(broken)}, tmp_path / "run")
+    with pytest.raises(DataError, match=rf"{split} \(.*\): 2 row\(s\) have no value in column 'label' \(rows 3, 5,"):
+        finetune.train(FinetuneConfig.from_dict(raw))
+    _assert_nothing_written(tmp_path / "run")
+
+
 def test_missing_column_fails_before_writing(tiny_bert, sentiment_files, tmp_path):
     raw = classification_config(tiny_bert, sentiment_files, tmp_path / "run", data={"text_column": "review"})
     with pytest.raises(DataError, match=r"train \(.*train.jsonl\): missing column\(s\) \['review'\]"):

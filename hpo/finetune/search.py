@@ -151,6 +151,7 @@ def _summary(
         # Trials that ran shorter than proposed (fewer epochs or a larger batch) so their re-runs would fit.
         "trials_shortened": sum(bool(t.extra.get(attributes.SHORTENED)) for t in result.trials),
         "selection": chosen.to_dict() if chosen else None,
+        "selection_settings": asdict(plan.selection),
         "winner_trial": winner,
         "winner_role": winner_trial.extra.get(attributes.ROLE),
         "best_checkpoint": search.best_checkpoint,
