@@ -65,7 +65,8 @@ def evaluate(
     model, tokenizer, config = load_trained(run_dir)
     metrics = _evaluate_model(model, tokenizer, config, split, batch_size, where=str(run_dir))
     if generate:
-        metrics |= _generate(model, tokenizer, config, split, Path(run_dir) / f"generations_{split}.jsonl")
+        path = Path(run_dir) / f"generations_{split}.jsonl"
+        metrics |= _generate(model, tokenizer, config, split, path, batch_size)
     return metrics
 
 
@@ -83,14 +84,16 @@ def evaluate_untrained(
     metrics = _evaluate_model(model, tokenizer, config, split, None, where="the config")
     if generate:
         path = Path(config.training.output_dir) / f"generations_{split}_untrained.jsonl"
-        metrics |= _generate(model, tokenizer, config, split, path)
+        metrics |= _generate(model, tokenizer, config, split, path, None)
     return metrics
 
 
-def _generate(model, tokenizer, config: FinetuneConfig, split: str, path: Path) -> dict[str, float]:
+def _generate(
+    model, tokenizer, config: FinetuneConfig, split: str, path: Path, batch_size: int | None
+) -> dict[str, float]:
     from finetune.generate import generate_on_split, write_generations
 
-    metrics, records = generate_on_split(model, tokenizer, config, split)
+    metrics, records = generate_on_split(model, tokenizer, config, split, batch_size=batch_size)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_generations(records, path)
     return metrics

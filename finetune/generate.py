@@ -37,7 +37,8 @@ def generate_on_split(
     rows, sft_format = _split_rows(config, split)
     examples = [render_prompt(row, sft_format, tokenizer) for row in rows]
     prompts = [prompt for prompt, _ in examples]
-    generated = generate(model, tokenizer, prompts, config.data.max_new_tokens, batch_size or 8)
+    batch_size = batch_size or config.training.per_device_eval_batch_size  # as evaluation and GenerationMetrics
+    generated = generate(model, tokenizer, prompts, config.data.max_new_tokens, batch_size)
     records = [
         {"prompt": prompt, "reference": reference, "generated": text}
         for (prompt, reference), text in zip(examples, generated, strict=True)
