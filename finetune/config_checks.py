@@ -57,7 +57,12 @@ def describe(hint: Any) -> str:
 def _try_coerce(hint: Any, value: Any) -> tuple[bool, Any]:
     origin = typing.get_origin(hint)
     if origin is Literal:
-        return (value in typing.get_args(hint)), value
+        choices = typing.get_args(hint)
+        if isinstance(value, bool):
+            # YAML 1.1 reads no/off and yes/on as booleans: mixed_precision=no means the word.
+            words = [word for word in (("yes", "on") if value else ("no", "off")) if word in choices]
+            return bool(words), words[0] if words else value
+        return (value in choices), value
     if origin in (Union, types.UnionType):
         for option in typing.get_args(hint):
             ok, result = _try_coerce(option, value)

@@ -140,6 +140,9 @@ def training_arguments(config: FinetuneConfig, checkpoint_dir: Path) -> Training
         include_num_input_tokens_seen="non_padding",
         bf16=t.mixed_precision == "bf16",
         fp16=t.mixed_precision == "fp16",
+        # bf16 autocast on a machine without an accelerator: transformers wants the CPU named (without it,
+        # it refuses bf16); CPUs with bf16 instructions run a LoRA step about twice as fast.
+        use_cpu=t.mixed_precision == "bf16" and not _has_accelerator(),
         dataloader_num_workers=t.dataloader_num_workers,
         dataloader_pin_memory=torch.cuda.is_available(),  # pinned memory only helps copies to a GPU
         disable_tqdm=t.disable_progress_bar,
@@ -151,6 +154,14 @@ def training_arguments(config: FinetuneConfig, checkpoint_dir: Path) -> Training
         run_name=t.run_name or Path(t.output_dir).name,
         # Passed only when asked: the argument is deprecated in transformers 5 and warns otherwise.
         **({"gradient_checkpointing": True} if t.gradient_checkpointing else {}),
+    )
+
+
+def _has_accelerator() -> bool:
+    return (
+        torch.cuda.is_available()
+        or (hasattr(torch, "xpu") and torch.xpu.is_available())
+        or (torch.backends.mps.is_available())
     )
 
 

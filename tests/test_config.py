@@ -24,12 +24,14 @@ def test_yaml_with_typed_overrides(tmp_path):
             "method.name=dora",
             "training.eval_steps=10",
             "method.target_modules=[query, value]",
+            "training.mixed_precision=no",  # YAML 1.1 reads a bare no as false: the word is meant
         ],
     )
     assert config.training.learning_rate == pytest.approx(1e-4)
     assert isinstance(config.training.learning_rate, float)
     assert config.method.name == "dora" and config.training.eval_steps == 10
     assert config.method.target_modules == ["query", "value"]
+    assert config.training.mixed_precision == "no"
     # Relative data paths resolve against the YAML's folder, not the working directory.
     assert config.data.train_file == str((tmp_path / "data" / "t.jsonl").resolve())
 

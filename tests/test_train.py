@@ -57,6 +57,28 @@ def test_causal_lm_method_trains_saves_and_reloads(tiny_llama, sft_files, tmp_pa
     assert reloaded["validation_loss"] == pytest.approx(result.final_metrics["eval_loss"], abs=1e-5)
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CPU-only machines (tests/test_cuda.py covers the GPU)")
+def test_bf16_on_a_cpu_only_machine_trains_under_autocast(tiny_llama, sft_files, tmp_path):
+    """transformers refuses bf16 without an accelerator unless the CPU is named; the forward passes must then
+    run under bf16 autocast (the weights stay float32)."""
+    seen = []
+
+    class AutocastProbe(TrainerCallback):
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            # An inner layer: accelerate wraps the outer model's forward in autocast, inside its hooks.
+            layer = next(module for module in model.modules() if isinstance(module, torch.nn.Linear))
+            layer.register_forward_hook(
+                lambda *_: seen.append(torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu"))
+            )
+
+    raw = causal_config(tiny_llama, sft_files["messages"], tmp_path / "run", training={"mixed_precision": "bf16"})
+    result = finetune.train(FinetuneConfig.from_dict(raw), callbacks=[AutocastProbe()])
+    assert result.optimizer_steps == 4 and seen and set(seen) == {torch.bfloat16}
+    assert finetune.evaluate(tmp_path / "run", "validation")["validation_loss"] == pytest.approx(
+        result.final_metrics["eval_loss"], rel=0.05
+    )
+
+
 def test_final_metrics_are_the_kept_models_without_evaluating_it_again(tiny_bert, sentiment_files, tmp_path):
     config = _cls_config(tiny_bert, sentiment_files, tmp_path / "run", "lora", eval_steps=1, learning_rate=3e-3)
     evaluations = []
