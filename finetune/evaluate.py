@@ -23,6 +23,7 @@ from finetune.errors import ConfigError, DataError
 from finetune.inputs import prepare_inputs
 from finetune.metrics import add_perplexity, classification_metrics
 from finetune.models import ModelSource, build_model, load_model, load_tokenizer, resolve_source
+from finetune.precision import precision_arguments
 from finetune.train import CONFIG_FILE, MODEL_DIR, clean_metrics
 
 
@@ -119,6 +120,7 @@ def _evaluate_model(
             remove_unused_columns=False,
             report_to="none",
             disable_tqdm=True,
+            **precision_arguments(config.training.mixed_precision),
         )
         trainer = Trainer(
             model=model,

@@ -22,6 +22,7 @@ from transformers import GenerationConfig, PreTrainedTokenizerBase, TrainerCallb
 from finetune.config import FinetuneConfig
 from finetune.data import load_splits
 from finetune.errors import ConfigError, DataError
+from finetune.precision import autocast
 from finetune.preprocess import canonical_sft_split, render_prompt
 
 # End-of-turn tokens of common chat templates: generation stops at any of them, as at EOS.
@@ -38,7 +39,8 @@ def generate_on_split(
     examples = [render_prompt(row, sft_format, tokenizer) for row in rows]
     prompts = [prompt for prompt, _ in examples]
     batch_size = batch_size or config.training.per_device_eval_batch_size  # as evaluation and GenerationMetrics
-    generated = generate(model, tokenizer, prompts, config.data.max_new_tokens, batch_size)
+    precision = config.training.mixed_precision
+    generated = generate(model, tokenizer, prompts, config.data.max_new_tokens, batch_size, precision=precision)
     records = [
         {"prompt": prompt, "reference": reference, "generated": text}
         for (prompt, reference), text in zip(examples, generated, strict=True)
@@ -84,16 +86,26 @@ def stop_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
     return sorted(set(ids))
 
 
-def generate(model, tokenizer: PreTrainedTokenizerBase, prompts: list[str], max_new_tokens: int, batch_size: int):
+def generate(
+    model,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str],
+    max_new_tokens: int,
+    batch_size: int,
+    *,
+    precision: str = "no",
+):
     """Greedy continuations of ``prompts``, decoded without special tokens; batches are left-padded (the
-    tokenizer's padding side is restored after: a training collator may share it)."""
+    tokenizer's padding side is restored after: a training collator may share it). ``precision``:
+    training.mixed_precision, whose autocast the forward passes run under, as in training."""
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     padding_side, was_training = tokenizer.padding_side, model.training
     tokenizer.padding_side = "left"  # the continuation starts right after each prompt's last token
     model.eval()
     try:
-        return _generate_batches(model, tokenizer, prompts, max_new_tokens, batch_size)
+        with autocast(precision, next(model.parameters()).device):
+            return _generate_batches(model, tokenizer, prompts, max_new_tokens, batch_size)
     finally:
         tokenizer.padding_side = padding_side
         model.train(was_training)
@@ -128,6 +140,7 @@ class GenerationMetrics(TrainerCallback):
         self.references = [reference for _, reference in examples]
         self.tokenizer, self.data = tokenizer, config.data
         self.batch_size = config.training.per_device_eval_batch_size
+        self.precision = config.training.mixed_precision
         self.measured_steps: set[int] = set()
 
     def on_evaluate(self, args, state, control, model=None, metrics=None, **kwargs):
@@ -135,7 +148,9 @@ class GenerationMetrics(TrainerCallback):
         if model is None or not entry or "eval_loss" not in entry or state.global_step in self.measured_steps:
             return
         self.measured_steps.add(state.global_step)
-        texts = generate(model, self.tokenizer, self.prompts, self.data.max_new_tokens, self.batch_size)
+        texts = generate(
+            model, self.tokenizer, self.prompts, self.data.max_new_tokens, self.batch_size, precision=self.precision
+        )
         records = [{"reference": r, "generated": t} for r, t in zip(self.references, texts, strict=True)]
         scored = score(records, self.data.answer_pattern)
         values = {f"eval_{k}": scored[k] for k in ("exact_match", "token_f1")}

@@ -9,6 +9,7 @@ from transformers import DataCollatorForSeq2Seq, DataCollatorWithPadding, PreTra
 
 from finetune.config import FinetuneConfig
 from finetune.data import load_splits
+from finetune.models import load_tokenizer, resolve_source
 from finetune.preprocess import label_names_from, require_labels, tokenize_classification, tokenize_sft
 
 
@@ -58,3 +59,9 @@ def prepare_inputs(config: FinetuneConfig, tokenizer: PreTrainedTokenizerBase) -
         label_names=label_names,
         collator=collator,
     )
+
+
+def check_inputs(config: FinetuneConfig) -> ModelInputs:
+    """Resolve the model, load its tokenizer and tokenize every split as training will, so that bad input
+    (a missing file or column, an unknown label, a model that is not there) fails before anything trains."""
+    return prepare_inputs(config, load_tokenizer(config.model, resolve_source(config.model)))

@@ -22,6 +22,7 @@ from finetune.inputs import prepare_inputs
 from finetune.methods import apply_method
 from finetune.metrics import add_perplexity, classification_metrics, default_metric
 from finetune.models import build_model, count_parameters, load_tokenizer, resolve_source
+from finetune.precision import precision_arguments
 from finetune.train_metrics import TrainSplitMetrics
 
 CONFIG_FILE = "tunelab_config.yaml"
@@ -138,11 +139,7 @@ def training_arguments(config: FinetuneConfig, checkpoint_dir: Path) -> Training
         logging_nan_inf_filter=False,  # the default hides NaN losses from the log; NanLossGuard needs them
         train_sampling_strategy="group_by_length" if t.group_by_length else "random",
         include_num_input_tokens_seen="non_padding",
-        bf16=t.mixed_precision == "bf16",
-        fp16=t.mixed_precision == "fp16",
-        # bf16 autocast on a machine without an accelerator: transformers wants the CPU named (without it,
-        # it refuses bf16); CPUs with bf16 instructions run a LoRA step about twice as fast.
-        use_cpu=t.mixed_precision == "bf16" and not _has_accelerator(),
+        **precision_arguments(t.mixed_precision),
         dataloader_num_workers=t.dataloader_num_workers,
         dataloader_pin_memory=torch.cuda.is_available(),  # pinned memory only helps copies to a GPU
         disable_tqdm=t.disable_progress_bar,
@@ -154,14 +151,6 @@ def training_arguments(config: FinetuneConfig, checkpoint_dir: Path) -> Training
         run_name=t.run_name or Path(t.output_dir).name,
         # Passed only when asked: the argument is deprecated in transformers 5 and warns otherwise.
         **({"gradient_checkpointing": True} if t.gradient_checkpointing else {}),
-    )
-
-
-def _has_accelerator() -> bool:
-    return (
-        torch.cuda.is_available()
-        or (hasattr(torch, "xpu") and torch.xpu.is_available())
-        or (torch.backends.mps.is_available())
     )
 
 
@@ -202,7 +191,11 @@ def _trainer(config: FinetuneConfig, model, tokenizer, inputs, callbacks: list[T
         extra.append(GenerationMetrics(config, tokenizer))
     if config.training.train_split_metrics:
         batch = config.training.per_device_eval_batch_size
-        extra.append(TrainSplitMetrics(inputs.train, inputs.collator, batch, config.model.task))
+        extra.append(
+            TrainSplitMetrics(
+                inputs.train, inputs.collator, batch, config.model.task, precision=config.training.mixed_precision
+            )
+        )
     trainer = Trainer(
         model=model,
         args=training_arguments(config, Path(config.training.output_dir) / "checkpoints"),

@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader
 from transformers import EvalPrediction, TrainerCallback
 
 from finetune.metrics import add_perplexity, classification_metrics
+from finetune.precision import autocast
 
 TRAIN_SAMPLE_ROWS = 256  # enough for a loss and accuracy to a few points; costs about one small evaluation
 
@@ -20,11 +21,12 @@ TRAIN_SAMPLE_ROWS = 256  # enough for a loss and accuracy to a few points; costs
 class TrainSplitMetrics(TrainerCallback):
     """Adds train_loss, train_accuracy... to each evaluation's log entry (state.log_history)."""
 
-    def __init__(self, train: Dataset, collator, batch_size: int, task: str, seed: int = 0):
+    def __init__(self, train: Dataset, collator, batch_size: int, task: str, *, precision: str = "no", seed: int = 0):
         rows = min(len(train), TRAIN_SAMPLE_ROWS)
         # The same rows at every evaluation (and for every seed of a config): a fixed yardstick.
         self.sample = train.shuffle(seed=seed).select(range(rows)) if rows < len(train) else train
         self.collator, self.batch_size, self.task = collator, batch_size, task
+        self.precision = precision  # measured under the autocast training and validation run under
         self.measured_steps: set[int] = set()
 
     def on_evaluate(self, args, state, control, model=None, metrics=None, **kwargs):
@@ -47,7 +49,8 @@ class TrainSplitMetrics(TrainerCallback):
         )
         for batch in loader:
             batch = {k: v.to(device) for k, v in batch.items()}
-            output = model(**batch)
+            with autocast(self.precision, device):
+                output = model(**batch)
             rows = batch["labels"].shape[0]
             losses.append(float(output.loss) * rows)
             weights.append(rows)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import optuna
 
 from hpo.errors import SearchConfigError
@@ -20,13 +22,16 @@ def build_sampler(name: str, *, seed: int | None, n_startup_trials: int = 5) -> 
             qmc_type="sobol", scramble=True, seed=seed, warn_asynchronous_seeding=False, warn_independent_sampling=False
         )
     if name == "tpe":
-        return optuna.samplers.TPESampler(
-            seed=seed,
-            n_startup_trials=n_startup_trials,
-            multivariate=True,
-            group=True,
-            warn_independent_sampling=False,
-        )
+        # multivariate and group are chosen on purpose (conditional spaces); Optuna's notice that they are
+        # experimental is not for the user.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.TPESampler(
+                seed=seed,
+                n_startup_trials=n_startup_trials,
+                multivariate=True,
+                group=True,  # warn_independent_sampling is off by default since Optuna 4.9 (and deprecated)
+            )
     if name == "gp":
         return optuna.samplers.GPSampler(
             seed=seed,

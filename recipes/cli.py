@@ -59,6 +59,15 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check(args: argparse.Namespace) -> int:
+    from recipes.check import check_recipe, format_check
+    from recipes.recipe import load_recipe
+
+    report = check_recipe(load_recipe(args.recipe, args.overrides), time_steps=not args.no_timing)
+    print(json.dumps(report, indent=2) if args.json else format_check(report))
+    return 0
+
+
 def _worker(args: argparse.Namespace) -> int:
     from recipes.worker import run_worker
 
@@ -203,20 +212,42 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
-    def command(name: str, func, help_text: str) -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, help=help_text, parents=[common])
+    def command(name: str, func, help_text: str, examples: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(
+            name,
+            help=help_text,
+            description=help_text,
+            parents=[common],
+            epilog="examples:\n" + examples,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         sub.set_defaults(func=func)
         return sub
 
-    train = command("train", _train, "fine-tune once from a config")
+    train = command(
+        "train",
+        _train,
+        "fine-tune once from a config",
+        "  tunelab train recipes/configs/sst2_minilm_lora.yaml\n"
+        "  tunelab train recipes/configs/sst2_minilm_lora.yaml training.learning_rate=1e-3 method.lora_r=16",
+    )
     train.add_argument("config", help="YAML config with model, data, method, training sections")
     train.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. training.learning_rate=1e-4")
 
-    evaluate = command("evaluate", _evaluate, "evaluate a saved run on a split")
+    evaluate = command(
+        "evaluate",
+        _evaluate,
+        "evaluate a saved run on a split",
+        "  tunelab evaluate runs/sst2_minilm_lora --split test\n"
+        "  tunelab evaluate runs/sst2_words_smollm2_lora --split test --generate\n"
+        "  tunelab evaluate recipes/configs/sst2_words_smollm2_lora.yaml --untrained --generate",
+    )
     evaluate.add_argument("run_dir", help="a finished run folder (or, with --untrained, a config)")
     evaluate.add_argument("overrides", nargs="*", help="with --untrained: section.key=value overrides")
     evaluate.add_argument("--untrained", action="store_true", help="evaluate the model before fine-tuning")
-    evaluate.add_argument("--split", default="test", choices=["train", "validation", "test"])
+    evaluate.add_argument(
+        "--split", default="test", choices=["train", "validation", "test"], help="the split to score (default: test)"
+    )
     evaluate.add_argument(
         "--generate",
         action="store_true",
@@ -224,8 +255,14 @@ def build_parser() -> argparse.ArgumentParser:
         "(data.answer_pattern, data.max_new_tokens); writes generations_<split>.jsonl",
     )
 
-    search = command("search", _search, "search hyperparameters around a fine-tuning config")
-    search.add_argument("config")
+    search = command(
+        "search",
+        _search,
+        "search hyperparameters around a fine-tuning config",
+        "  tunelab search recipes/configs/sst2_minilm_lora.yaml\n"
+        "  tunelab search recipes/configs/sst2_minilm_lora.yaml --sampler random --scheduler none --budget-trials 10",
+    )
+    search.add_argument("config", help="YAML config (a recipe's search: section is not read: use the flags)")
     search.add_argument("overrides", nargs="*", help="section.key=value overrides of the base (untuned) config")
     search.add_argument("--space", help="YAML search space (default: the method-aware default space)")
     search.add_argument("--sampler", choices=SAMPLER_NAMES, help="default: tpe")
@@ -233,9 +270,11 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument(
         "--budget-fre", type=float, help="budget in full-run equivalents (default 8 with no other budget)"
     )
-    search.add_argument("--budget-trials", type=int)
-    search.add_argument("--budget-steps", type=int)
-    search.add_argument("--budget-minutes", type=float)
+    search.add_argument("--budget-trials", type=int, help="budget in trials (default: none)")
+    search.add_argument(
+        "--budget-steps", type=int, help="budget in optimizer steps, all trials together (default: none)"
+    )
+    search.add_argument("--budget-minutes", type=float, help="budget in wall-clock minutes (default: none)")
     search.add_argument("--metric", help="accuracy, macro_f1, loss... (default: by task)")
     search.add_argument("--use", choices=["best", "last"], help="which evaluation scores a trial (default: best)")
     search.add_argument(
@@ -259,26 +298,65 @@ def build_parser() -> argparse.ArgumentParser:
         help="subprocess: each trial in its own process, GPU memory fully returned (default: none)",
     )
 
-    run = command("run", _run, "tune, retrain best and untuned over seeds, compare on test, report")
-    run.add_argument("recipe")
+    run = command(
+        "run",
+        _run,
+        "tune, retrain best and untuned over seeds, compare on test, report",
+        "  tunelab run recipes/configs/sst2_minilm_lora.yaml\n"
+        "  tunelab run recipes/configs/sst2_words_smollm2_lora.yaml seeds=5 search.budget.full_run_equivalents=6\n"
+        "  accelerate launch --config_file recipes/accelerate/multi_gpu.yaml -m recipes.run RECIPE",
+    )
+    run.add_argument("recipe", help="YAML recipe: a fine-tuning config plus search:, baseline: and seeds:")
     run.add_argument("overrides", nargs="*", help="key=value: section.key, search.*, seeds")
     run.add_argument("--run-dir", help="default: <training.output_dir>_run")
 
-    worker = command("worker", _worker, "join a search shared through a database; train until its budget is spent")
-    worker.add_argument("recipe")
+    check = command(
+        "check",
+        _check,
+        "show what `tunelab run` would do (data, model, steps, estimated time) before training",
+        "  tunelab check recipes/configs/sst2_minilm_lora.yaml\n"
+        "  tunelab check recipes/configs/sst2_words_smollm2_lora.yaml search.budget.full_run_equivalents=6 --json",
+    )
+    check.add_argument("recipe", help="YAML recipe, as given to `tunelab run`")
+    check.add_argument("overrides", nargs="*", help="key=value: section.key, search.*, seeds")
+    check.add_argument("--no-timing", action="store_true", help="plan only: do not time a few training steps")
+    check.add_argument("--json", action="store_true", help="print the plan as JSON")
+
+    worker = command(
+        "worker",
+        _worker,
+        "join a search shared through a database; train until its budget is spent",
+        "  tunelab worker recipes/configs/sst2_minilm_lora.yaml --storage postgresql://user:pw@host/tunelab",
+    )
+    worker.add_argument("recipe", help="the YAML recipe every worker of the search shares")
     worker.add_argument("overrides", nargs="*", help="key=value: section.key, search.*")
     worker.add_argument("--storage", help="postgresql://... shared by all workers (default: search.storage)")
     worker.add_argument("--study", help="study name (default: search.study_name)")
     worker.add_argument("--run-dir", help="this worker's local trial folder")
 
-    report = command("report", _report, "regenerate report.md/html of a finished `tunelab run` folder")
-    report.add_argument("run_dir")
+    report = command(
+        "report",
+        _report,
+        "regenerate report.md/html of a finished `tunelab run` folder",
+        "  tunelab report runs/sst2_minilm_lora_run",
+    )
+    report.add_argument("run_dir", help="a `tunelab run` folder (holds results.json)")
 
-    compare = command("compare", _compare, "compare the arms of finished `tunelab run` folders")
-    compare.add_argument("run_dirs", nargs="+")
+    compare = command(
+        "compare",
+        _compare,
+        "compare the arms of finished `tunelab run` folders",
+        "  tunelab compare runs/sst2_minilm_lora_run runs/sst2_minilm_full_run",
+    )
+    compare.add_argument("run_dirs", nargs="+", help="one or more `tunelab run` folders")
 
-    trials = command("trials", _trials, "print the trials table of a search run folder")
-    trials.add_argument("run_dir")
+    trials = command(
+        "trials",
+        _trials,
+        "print the trials table of a search run folder",
+        "  tunelab trials runs/sst2_minilm_lora_search\n  tunelab trials runs/sst2_minilm_lora_run/search",
+    )
+    trials.add_argument("run_dir", help="a `tunelab search` folder, or the search/ folder of a `tunelab run`")
     return parser
 
 

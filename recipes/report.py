@@ -25,15 +25,22 @@ def headline(results: dict[str, Any]) -> list[str]:
     method = results["untuned_config"]["method"]["name"]
     points = 100 if metric in ("accuracy", "macro_f1") else 1
     unit = " points" if points == 100 else ""
+    digits = 1 if points == 100 else 3  # a loss difference of 0.347 is not "-0.3"
     better = c["difference"] > 0 if results["direction"] == "maximize" else c["difference"] < 0
     lines = [
         f"Question: does tuning the {method} fine-tune beat the untuned run on held-out test {metric}?",
         f"Answer: tuned {method}: {c['tuned_mean']:.3f} +/- {c['tuned_std']:.3f} test {metric} vs untuned "
         f"{c['untuned_mean']:.3f} +/- {c['untuned_std']:.3f} ({c['n_tuned']} seeds each), "
-        f"{c['difference'] * points:+.1f}{unit}, 95% CI ({INTERVALS[c.get('ci_method', 'bootstrap')]}) "
-        f"[{c['ci_low'] * points:+.1f}, {c['ci_high'] * points:+.1f}]"
+        f"{c['difference'] * points:+.{digits}f}{unit}, 95% CI ({INTERVALS[c.get('ci_method', 'bootstrap')]}) "
+        f"[{c['ci_low'] * points:+.{digits}f}, {c['ci_high'] * points:+.{digits}f}]"
         f"{unit}, Welch's t-test p = {c['p_value']:.3g}.",
     ]
+    if all("test_exact_match" in run["test"] for arm in ("tuned", "untuned") for run in results["runs"][arm]):
+        match = {arm: [run["test"]["test_exact_match"] for run in results["runs"][arm]] for arm in ("tuned", "untuned")}
+        lines.append(
+            f"Greedy answers on test, exact match: tuned {_mean_std(match['tuned'])} vs untuned "
+            f"{_mean_std(match['untuned'])}."
+        )
     if _untuned_won(results):
         lines.append("The search kept the untuned configuration: tuning did not help on this task at this budget.")
     elif not c["significant"]:

@@ -29,7 +29,7 @@ ARMS = ("tuned", "untuned")
 
 def run_recipe(recipe: Recipe, run_dir: str | Path) -> dict | None:
     run_dir = Path(run_dir)
-    _require_test_split(recipe.untuned)
+    require_test_split(recipe.untuned)
     started = time.perf_counter()
     main = process_state().is_main_process
 
@@ -107,7 +107,7 @@ def _seed_run(config: FinetuneConfig, arm: str, seed: int, run_dir: Path) -> dic
     return record
 
 
-def _require_test_split(config: FinetuneConfig) -> None:
+def require_test_split(config: FinetuneConfig) -> None:
     data = config.data
     has_test = data.test_file or data.test_size > 0 or data.dataset
     if not has_test:

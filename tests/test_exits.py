@@ -1,6 +1,7 @@
 """How the command line ends: one error line and a documented exit code; Ctrl-C leaves a resumable search;
 out of memory is retried, then recorded as infeasible; importing tunelab changes no global state."""
 
+import argparse
 import os
 import subprocess
 import sys
@@ -217,6 +218,18 @@ def test_the_help_lists_the_samplers_and_schedulers_there_are():
     from recipes.cli import SAMPLER_NAMES, SCHEDULER_NAMES
 
     assert (SAMPLER_NAMES, SCHEDULER_NAMES) == (SAMPLERS, SCHEDULERS)
+
+
+def test_every_argument_says_what_it_is_and_every_command_shows_an_example():
+    from recipes.cli import build_parser
+
+    commands = build_parser()._subparsers._group_actions[0].choices
+    for name, sub in commands.items():
+        assert sub.epilog.startswith("examples:\n  ") and f"tunelab {name} " in sub.epilog, name
+        for action in sub._actions:
+            assert action.help, f"tunelab {name}: {action.dest} has no help text"
+            if action.default not in (None, False, argparse.SUPPRESS) and action.option_strings:
+                assert "default" in action.help, f"tunelab {name}: {action.dest} does not say its default"
 
 
 def test_overrides_may_follow_the_flags():

@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -57,6 +58,15 @@ def test_sampler_respects_types_and_bounds(sampler):
         assert isinstance(p["training.learning_rate"], float) and 1e-5 <= p["training.learning_rate"] <= 1e-1
         assert isinstance(p["training.num_train_epochs"], int) and 1 <= p["training.num_train_epochs"] <= 5
         assert p["training.lr_scheduler_type"] in ("linear", "cosine", "constant")
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_sampler_warns_the_user_of_nothing(sampler):
+    """Optuna's notices about its own experimental options are not for a tunelab user (quiet output)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _run(sampler, trials=12)
+    assert [str(w.message) for w in caught if "optuna" in w.filename] == []
 
 
 @pytest.mark.parametrize("sampler", SAMPLERS)

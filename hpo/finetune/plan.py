@@ -14,6 +14,7 @@ from typing import Any
 from finetune import FinetuneConfig
 from finetune.data import load_splits
 from finetune.errors import ConfigError
+from finetune.inputs import check_inputs
 from finetune.train import planned_steps
 from hpo.budget import Budget
 from hpo.finetune.admission import RerunBudget, check_room_to_explore
@@ -94,6 +95,7 @@ def plan_search(base: FinetuneConfig, settings: SearchSettings, *, world_size: i
         generation_samples = base.data.max_generation_samples or GENERATION_SAMPLES
     base_values = flatten(base)
     check_combinations(space, base_values)
+    check_inputs(base)  # bad data fails here, once, not in every trial
     folds, validation = resolve_folds(settings.objective.cv_folds, base)
     # The unit of the budget is the untuned trial: all its folds.
     data = base.data if folds is None else fold_config(base, folds, 0, "unused").data

@@ -1,0 +1,171 @@
+"""tunelab check RECIPE: what `tunelab run RECIPE` would train and about how long it takes, before training.
+
+It loads the recipe, the data, the tokenizer and the model's config (bad input fails here with the same
+error as `tunelab run`), plans the search without training (hpo.finetune.plan_search), then times a few
+optimizer steps and one evaluation of the untuned configuration to turn steps into minutes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from transformers import AutoConfig, TrainerCallback
+
+import finetune
+from finetune.inputs import check_inputs
+from finetune.models import resolve_source
+from finetune.train import planned_steps
+from hpo.finetune.plan import EVALUATIONS_PER_RUN, plan_search
+from recipes.recipe import Recipe
+from recipes.run import require_test_split
+
+TIMED_STEPS = 4  # the first step warms up; the median of the others is the step time
+
+
+@dataclass(frozen=True)
+class StepTiming:
+    """Measured on the untuned configuration: one optimizer step, one evaluation, and a run's fixed cost
+    (loading the model and the data, saving the kept model)."""
+
+    step_seconds: float
+    evaluation_seconds: float
+    setup_seconds: float
+
+
+def check_recipe(recipe: Recipe, *, time_steps: bool = True) -> dict[str, Any]:
+    """The recipe's data, model and plan (and, with ``time_steps``, the estimated wall time) as a mapping."""
+    config = recipe.untuned
+    require_test_split(config)
+    inputs = check_inputs(config)  # the same loading and checks as training
+    source = resolve_source(config.model)
+    model_config = AutoConfig.from_pretrained(source.path, trust_remote_code=config.model.trust_remote_code)
+    plan = plan_search(config, recipe.search)
+    lengths = [len(ids) for ids in inputs.train["input_ids"]]
+    at_limit = sum(length >= config.data.max_length for length in lengths)
+    report: dict[str, Any] = {
+        "rows": {name: len(getattr(inputs, name)) for name in ("train", "validation", "test")},
+        "labels": inputs.label_names,
+        "tokens_per_train_row": {"mean": statistics.fmean(lengths), "max": max(lengths)},
+        "train_rows_at_max_length": at_limit,
+        "max_length": config.data.max_length,
+        "model": {
+            "name": config.model.name,
+            "type": model_config.model_type,
+            "layers": getattr(model_config, "num_hidden_layers", None),
+            "hidden_size": getattr(model_config, "hidden_size", None),
+        },
+        "validation": plan.validation,
+        "objective": f"{plan.scoring.metric} ({plan.scoring.direction}, {plan.scoring.use} evaluation)",
+        "full_run_steps": plan.full_run_steps,
+        "evaluation_every_steps": plan.min_steps,
+        "search_steps": plan.total_steps,
+        "exploration_steps": plan.budget.steps,
+        "reserve_steps": (plan.total_steps - plan.budget.steps) if plan.rerun_budget else 0,
+        "selection": f"top {plan.selection.top_k} x {plan.selection.seeds} fresh seeds"
+        if plan.selection.enabled
+        else "the best trial wins (no re-runs)",
+        "retrain_runs": 2 * len(recipe.seeds),
+        "retrain_steps": 2 * len(recipe.seeds) * planned_steps(config, plan.trial_rows),
+    }
+    if time_steps:
+        timing = time_untuned_steps(config)
+        report["timing"] = timing.__dict__
+        report["estimated_minutes"] = estimate_minutes(report, timing)
+    return report
+
+
+def time_untuned_steps(config: finetune.FinetuneConfig) -> StepTiming:
+    """Train the untuned configuration for TIMED_STEPS steps with one evaluation, in a scratch folder."""
+    marks = _StepMarks()
+    with tempfile.TemporaryDirectory() as scratch:
+        timed = config.with_overrides(
+            {
+                "training.max_steps": TIMED_STEPS,
+                "training.eval_steps": TIMED_STEPS,
+                "training.train_split_metrics": False,
+                "training.output_dir": str(Path(scratch) / "run"),
+                "training.report_to": "none",
+            }
+        )
+        started = time.perf_counter()
+        finetune.train(timed, callbacks=[marks])
+        total = time.perf_counter() - started
+    steps = [b - a for a, b in itertools.pairwise(marks.step_ends)]
+    step_seconds = statistics.median(steps) if steps else total / TIMED_STEPS
+    evaluation = marks.evaluated - marks.step_ends[-1] if marks.evaluated else 0.0
+    setup = max(total - (marks.step_ends[-1] - marks.train_begin) - evaluation, 0.0)
+    return StepTiming(step_seconds=step_seconds, evaluation_seconds=evaluation, setup_seconds=setup)
+
+
+def estimate_minutes(report: dict[str, Any], timing: StepTiming) -> dict[str, float]:
+    """Steps x step time, plus an evaluation every interval and a fixed cost per run. Exploration's runs
+    are counted as one per full run of steps (pruned trials are shorter but more numerous)."""
+    interval = report["evaluation_every_steps"]
+    search_steps = report["search_steps"] or 0
+    search_runs = max(search_steps / report["full_run_steps"], 1.0)
+    search = (
+        search_steps * timing.step_seconds
+        + search_steps / interval * timing.evaluation_seconds
+        + search_runs * timing.setup_seconds
+    )
+    retrain_steps = report["retrain_steps"]
+    retrains = (
+        retrain_steps * timing.step_seconds
+        + report["retrain_runs"] * (EVALUATIONS_PER_RUN + 2) * timing.evaluation_seconds  # + test, generation
+        + report["retrain_runs"] * timing.setup_seconds
+    )
+    return {"search": search / 60, "retrains": retrains / 60, "total": (search + retrains) / 60}
+
+
+class _StepMarks(TrainerCallback):
+    def __init__(self) -> None:
+        self.train_begin = 0.0
+        self.step_ends: list[float] = []
+        self.evaluated = 0.0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.train_begin = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.step_ends.append(time.perf_counter())
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        self.evaluated = time.perf_counter()
+
+
+def format_check(report: dict[str, Any]) -> str:
+    rows = report["rows"]
+    model = report["model"]
+    lines = [
+        f"data: {rows['train']} train / {rows['validation']} validation / {rows['test']} test rows; "
+        f"{report['tokens_per_train_row']['mean']:.0f} tokens per train row on average "
+        f"(longest {report['tokens_per_train_row']['max']}); {report['train_rows_at_max_length']} at "
+        f"data.max_length={report['max_length']} (truncated)",
+    ]
+    if report["labels"]:
+        lines.append(f"labels: {', '.join(report['labels'])}")
+    lines += [
+        f"model: {model['name']} ({model['type']}, {model['layers']} layers, hidden size {model['hidden_size']})",
+        f"validation: {report['validation']}; objective: {report['objective']}",
+        f"one full run (the untuned configuration): {report['full_run_steps']} steps, "
+        f"evaluated every {report['evaluation_every_steps']}",
+        f"search: {report['search_steps']} steps in all, {report['exploration_steps']} to explore and "
+        f"{report['reserve_steps']} kept to choose the winner ({report['selection']})",
+        f"retrains: {report['retrain_runs']} runs (tuned and untuned, one per seed), about "
+        f"{report['retrain_steps']} steps",
+    ]
+    if "timing" in report:
+        t, minutes = report["timing"], report["estimated_minutes"]
+        lines += [
+            f"measured: {t['step_seconds']:.2f} s per step, {t['evaluation_seconds']:.1f} s per evaluation, "
+            f"{t['setup_seconds']:.1f} s to set up a run",
+            f"estimated wall time: {minutes['total']:.0f} min (search {minutes['search']:.0f}, "
+            f"retrains {minutes['retrains']:.0f}) on this machine",
+        ]
+    return "\n".join(lines)

@@ -1,0 +1,61 @@
+"""tunelab check: the plan of a `tunelab run` (data, model, steps, an estimate) without training a search."""
+
+import json
+
+import pytest
+import yaml
+from conftest import classification_config
+
+from recipes.cli import EXIT_BAD_INPUT
+from recipes.cli import main as cli
+
+
+def _recipe(tmp_path, tiny_bert, sentiment_files, **data):
+    raw = classification_config(
+        tiny_bert,
+        sentiment_files,
+        tmp_path / "out",
+        data=data,
+        training={"max_steps": -1, "num_train_epochs": 1, "eval_steps": None, "learning_rate": 1e-3},
+    )
+    raw["search"] = {"budget": {"full_run_equivalents": 8}, "selection": {"top_k": 2, "seeds": 2}}
+    raw["seeds"] = 3
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return str(path)
+
+
+def test_check_plans_what_run_will_do_and_times_a_few_steps(tmp_path, tiny_bert, sentiment_files, capsys):
+    path = _recipe(tmp_path, tiny_bert, sentiment_files, max_length=8)
+    assert cli(["check", path, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["rows"] == {"train": 96, "validation": 32, "test": 32} and report["labels"] == ["neg", "pos"]
+    # The untuned run: transformers' defaults (batch 8, 3 epochs) on 96 rows; evaluated 9 times per run.
+    assert report["full_run_steps"] == 36 and report["evaluation_every_steps"] == 4
+    assert report["search_steps"] == 8 * 36
+    assert report["exploration_steps"] + report["reserve_steps"] == report["search_steps"]
+    assert 0 < report["reserve_steps"] < report["search_steps"]
+    assert report["retrain_runs"] == 6 and report["retrain_steps"] == 6 * 36
+    # Rows are "the movie was good"-like, 4 words + 2 special tokens: max_length 8 truncates none.
+    assert report["train_rows_at_max_length"] == 0 and report["tokens_per_train_row"]["max"] <= 8
+    timing = report["timing"]
+    assert timing["step_seconds"] > 0 and timing["evaluation_seconds"] > 0
+    minutes = report["estimated_minutes"]
+    assert minutes["total"] == pytest.approx(minutes["search"] + minutes["retrains"])
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out_run").exists()  # nothing kept
+
+    assert cli(["check", path, "data.max_length=4", "--no-timing"]) == 0
+    text = capsys.readouterr().out
+    assert (
+        "96 at data.max_length=4 (truncated)" in text and "one full run (the untuned configuration): 36 steps" in text
+    )
+    assert "measured" not in text
+
+
+def test_check_fails_on_bad_input_as_run_does(tmp_path, tiny_bert, sentiment_files, capsys):
+    path = _recipe(tmp_path, tiny_bert, sentiment_files)
+    for bad in (["data.text_column=missing"], ["data.test_file=null"], ["search.sampler=nope"]):
+        assert cli(["check", path, *bad, "--no-timing"]) == EXIT_BAD_INPUT
+        checked = capsys.readouterr().err
+        assert cli(["run", path, *bad]) == EXIT_BAD_INPUT
+        assert capsys.readouterr().err == checked
