@@ -67,9 +67,9 @@ def check_recipe(recipe: Recipe, *, time_steps: bool = True) -> dict[str, Any]:
         "search_steps": plan.total_steps,
         "exploration_steps": plan.budget.steps,
         "reserve_steps": (plan.total_steps - plan.budget.steps) if plan.rerun_budget else 0,
-        "selection": f"top {plan.selection.top_k} x {plan.selection.seeds} fresh seeds"
+        "selection": f"the top {plan.selection.top_k} candidates re-run with {plan.selection.seeds} fresh seeds each"
         if plan.selection.enabled
-        else "the best trial wins (no re-runs)",
+        else "no re-runs, the best trial wins",
         "retrain_runs": 2 * len(recipe.seeds),
         "retrain_steps": 2 * len(recipe.seeds) * planned_steps(config, plan.trial_rows),
     }
@@ -156,7 +156,7 @@ def format_check(report: dict[str, Any]) -> str:
         f"one full run (the untuned configuration): {report['full_run_steps']} steps, "
         f"evaluated every {report['evaluation_every_steps']}",
         f"search: {report['search_steps']} steps in all, {report['exploration_steps']} to explore and "
-        f"{report['reserve_steps']} kept to choose the winner ({report['selection']})",
+        f"{report['reserve_steps']} kept to choose the winner; selection: {report['selection']}",
         f"retrains: {report['retrain_runs']} runs (tuned and untuned, one per seed), about "
         f"{report['retrain_steps']} steps",
     ]

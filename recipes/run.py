@@ -20,6 +20,8 @@ from finetune.errors import ConfigError
 from finetune.train import process_state
 from hpo.attributes import UNTUNED
 from hpo.finetune import search_finetune
+from hpo.finetune.plan import plan_search
+from recipes.progress import RunProgress
 from recipes.recipe import Recipe
 from recipes.report import write_report
 from recipes.stats import compare
@@ -37,6 +39,9 @@ def run_recipe(recipe: Recipe, run_dir: str | Path) -> dict | None:
     #    re-running the top candidates with fresh seeds (the untuned one is kept unless beaten beyond
     #    the noise). Resumes from its journal and its stored re-runs.
     #    search.storage None: a journal in the run folder; a database URL: shared with `tunelab worker`s.
+    progress = _plan_progress(recipe, enabled=main)
+    progress.say(f"searching: up to {progress.search_steps} steps, then {2 * len(recipe.seeds)} retrains")
+    searched_before = (run_dir / "search" / "summary.json").is_file()
     search = search_finetune(recipe.untuned, recipe.search, run_dir=run_dir / "search")
     process_state().wait_for_everyone()  # the main process has written the search's outputs
     if not main:
@@ -44,15 +49,27 @@ def run_recipe(recipe: Recipe, run_dir: str | Path) -> dict | None:
         best_config = FinetuneConfig.from_yaml(run_dir / "search" / "best_config.yaml")
     else:
         best_config = search.best_config
+    summary = json.loads((run_dir / "search" / "summary.json").read_text())
+    progress.search_steps = round(summary["full_run_equivalents_spent"] * summary["full_run_steps"])
+    progress.add(progress.search_steps, resumed=searched_before)
 
     # 2. Retrain the winner and the untuned baseline with the same replicate seeds; evaluate on test.
     #    When the untuned configuration won, both arms are the same runs: nothing to retrain.
-    runs = {"untuned": [_seed_run(recipe.untuned, "untuned", seed, run_dir) for seed in recipe.seeds]}
-    summary = json.loads((run_dir / "search" / "summary.json").read_text())
-    if summary["winner_role"] == UNTUNED:
+    arms = [("untuned", recipe.untuned)]
+    if summary["winner_role"] != UNTUNED:
+        arms.append(("tuned", best_config))
+    progress.retrain_steps = sum(_planned_steps(config) for _, config in arms) * len(recipe.seeds)
+    runs: dict[str, list[dict]] = {}
+    for arm, config in arms:
+        runs[arm] = []
+        for index, seed in enumerate(recipe.seeds, start=1):
+            progress.say(f"retraining {arm}, seed {index} of {len(recipe.seeds)}, then testing")
+            record, resumed = _seed_run(config, arm, seed, run_dir)
+            runs[arm].append(record)
+            progress.add(record["optimizer_steps"], resumed=resumed)
+    if "tuned" not in runs:
         runs["tuned"] = [{**record, "arm": "tuned"} for record in runs["untuned"]]
-    else:
-        runs["tuned"] = [_seed_run(best_config, "tuned", seed, run_dir) for seed in recipe.seeds]
+    progress.say("writing the report")
     if not main:
         return None
 
@@ -77,12 +94,30 @@ def run_recipe(recipe: Recipe, run_dir: str | Path) -> dict | None:
     return results
 
 
-def _seed_run(config: FinetuneConfig, arm: str, seed: int, run_dir: Path) -> dict:
-    """Train ``config`` with ``seed`` (unless already done) and evaluate it on the test split."""
+def _plan_progress(recipe: Recipe, *, enabled: bool) -> RunProgress:
+    """The run's planned steps: the search budget (plan_search; all of it when the budget is not in steps)
+    and the retrains, both arms at the untuned run's length until the winner is known."""
+    plan = plan_search(recipe.untuned, recipe.search, world_size=process_state().num_processes)
+    search_steps = plan.total_steps or 0
+    return RunProgress(
+        search_steps=search_steps, retrain_steps=2 * len(recipe.seeds) * plan.full_run_steps, enabled=enabled
+    )
+
+
+def _planned_steps(config: FinetuneConfig) -> int:
+    from finetune.data import load_splits
+    from finetune.train import planned_steps
+
+    return planned_steps(config, len(load_splits(config.data).train), process_state().num_processes)
+
+
+def _seed_run(config: FinetuneConfig, arm: str, seed: int, run_dir: Path) -> tuple[dict, bool]:
+    """Train ``config`` with ``seed`` and evaluate it on the test split; (the record, whether it was stored
+    by an earlier invocation and only read back)."""
     out = run_dir / arm / f"seed_{seed}"
     done = out / "test_metrics.json"
     if done.is_file():
-        return json.loads(done.read_text())
+        return json.loads(done.read_text()), True
     overrides = {"training.seed": seed, "training.output_dir": str(out), "training.run_name": f"{arm}/seed_{seed}"}
     result = finetune.train(config.with_overrides(overrides))
     record = {
@@ -104,7 +139,7 @@ def _seed_run(config: FinetuneConfig, arm: str, seed: int, run_dir: Path) -> dic
         record["generations"] = str(out / "generations_test.jsonl")
     if process_state().is_main_process:
         done.write_text(json.dumps(record, indent=2))
-    return record
+    return record, False
 
 
 def require_test_split(config: FinetuneConfig) -> None:

@@ -60,7 +60,14 @@ def test_run_reports_and_resumes(tmp_path, tiny_bert, sentiment_files, capsys):
     path = _recipe(tmp_path, tiny_bert, sentiment_files)
     run_dir = tmp_path / "run"
     assert main([str(path), "--run-dir", str(run_dir)]) == 0
-    assert "Answer: tuned lora:" in capsys.readouterr().out
+    printed = capsys.readouterr()
+    assert "Answer: tuned lora:" in printed.out
+    # One [run] line per phase with the steps of the whole run and one ETA; it ends with all steps done.
+    lines = [line for line in printed.err.splitlines() if line.startswith("[run] ")]
+    assert lines[0].startswith("[run] searching: up to ") and "eta" not in lines[0]
+    assert any(line.startswith("[run] retraining untuned, seed 2 of 2, then testing | steps ") for line in lines)
+    done, total = lines[-1].split(" | ")[1].removeprefix("steps ").removesuffix(" of the run").split("/")
+    assert lines[-1].startswith("[run] writing the report") and done == total and lines[-1].endswith("eta 0.0 min")
     results = json.loads((run_dir / "results.json").read_text())
     assert results["metric"] == "accuracy" and len(results["runs"]["tuned"]) == 2
     comparison = results["comparison"]
@@ -89,6 +96,8 @@ def test_run_reports_and_resumes(tmp_path, tiny_bert, sentiment_files, capsys):
     assert len(stamps) == (2 if untuned_won else 4) + 6
     assert main([str(path), "--run-dir", str(run_dir)]) == 0
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    resumed = [line for line in capsys.readouterr().err.splitlines() if line.startswith("[run] ")]
+    assert resumed and not any("eta" in line for line in resumed)  # stored work is not speed
     assert json.loads((run_dir / "results.json").read_text())["search"]["trials"]["COMPLETE"] == 3
     # The report can be regenerated from the stored results alone.
     (run_dir / "report.md").unlink()
