@@ -71,7 +71,8 @@ def check_recipe(recipe: Recipe, *, time_steps: bool = True) -> dict[str, Any]:
         if plan.selection.enabled
         else "no re-runs, the best trial wins",
         "retrain_runs": 2 * len(recipe.seeds),
-        "retrain_steps": 2 * len(recipe.seeds) * planned_steps(config, plan.trial_rows),
+        # Retrains train on the whole train split (trials under cross-validation on a fold's share).
+        "retrain_steps": 2 * len(recipe.seeds) * planned_steps(config, len(inputs.train)),
     }
     if time_steps:
         timing = time_untuned_steps(config)
