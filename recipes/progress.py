@@ -1,6 +1,8 @@
 """One [run] line at each step of `tunelab run`: the phase, optimizer steps done of the run's planned total
 (search budget + retrains) and one ETA for the whole command, from the steps per second this invocation
-has measured (work stored by an earlier invocation counts as done, not as speed)."""
+has measured. Work stored by an earlier invocation counts as done, not as speed: finished retrains and a
+finished search (a search interrupted halfway counts whole as this invocation's, so the ETA after it is
+optimistic)."""
 
 from __future__ import annotations
 
