@@ -25,6 +25,6 @@ pip list 2>/dev/null | grep -iE "^(optuna|transformers|peft|accelerate|datasets|
 # the floor the backbone still accepts it, so there is nothing to refuse.
 python -m pytest -x -q -p no:cacheprovider tests/test_config.py tests/test_train.py tests/test_preprocess.py \
   tests/test_data.py tests/test_hpo_optimize.py tests/test_hpo_finetune.py tests/test_exits.py tests/test_tracking.py \
-  tests/test_generate.py \
+  tests/test_generate.py tests/test_gpu_recipes_on_cpu.py tests/test_recipes_check.py \
   tests/test_model_tuning.py::test_optimizer_settings_reach_the_optimizer \
   -k "not prefix_tuning_classification_is_a_clear_error"
