@@ -39,10 +39,13 @@ def run_recipe(recipe: Recipe, run_dir: str | Path) -> dict | None:
     #    re-running the top candidates with fresh seeds (the untuned one is kept unless beaten beyond
     #    the noise). Resumes from its journal and its stored re-runs.
     #    search.storage None: a journal in the run folder; a database URL: shared with `tunelab worker`s.
-    progress = _plan_progress(recipe, enabled=main)
+    plan = plan_search(recipe.untuned, recipe.search, world_size=process_state().num_processes)
+    # Both arms at the untuned run's length until the winner is known.
+    retrain_steps = 2 * len(recipe.seeds) * plan.full_run_steps
+    progress = RunProgress(search_steps=plan.total_steps or 0, retrain_steps=retrain_steps, enabled=main)
     progress.say(f"searching: up to {progress.search_steps} steps, then {2 * len(recipe.seeds)} retrains")
     searched_before = (run_dir / "search" / "summary.json").is_file()
-    search = search_finetune(recipe.untuned, recipe.search, run_dir=run_dir / "search")
+    search = search_finetune(recipe.untuned, recipe.search, run_dir=run_dir / "search", plan=plan)
     process_state().wait_for_everyone()  # the main process has written the search's outputs
     if not main:
         # Other processes of a multi-process launch followed the search; they train the arms too.
@@ -92,16 +95,6 @@ def run_recipe(recipe: Recipe, run_dir: str | Path) -> dict | None:
     (run_dir / "results.json").write_text(json.dumps(results, indent=2, default=str))
     write_report(run_dir, results, search.result)
     return results
-
-
-def _plan_progress(recipe: Recipe, *, enabled: bool) -> RunProgress:
-    """The run's planned steps: the search budget (plan_search; all of it when the budget is not in steps)
-    and the retrains, both arms at the untuned run's length until the winner is known."""
-    plan = plan_search(recipe.untuned, recipe.search, world_size=process_state().num_processes)
-    search_steps = plan.total_steps or 0
-    return RunProgress(
-        search_steps=search_steps, retrain_steps=2 * len(recipe.seeds) * plan.full_run_steps, enabled=enabled
-    )
 
 
 def _planned_steps(config: FinetuneConfig) -> int:

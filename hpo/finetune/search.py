@@ -41,7 +41,11 @@ class FinetuneSearch:
 
 
 def search_finetune(
-    base: FinetuneConfig, settings: SearchSettings | None = None, *, run_dir: str | Path
+    base: FinetuneConfig,
+    settings: SearchSettings | None = None,
+    *,
+    run_dir: str | Path,
+    plan: SearchPlan | None = None,
 ) -> FinetuneSearch | None:
     """Tune ``base`` (the user's untuned config) as ``settings`` say; results go to ``run_dir``.
 
@@ -49,12 +53,13 @@ def search_finetune(
     the search and sends each trial's config to the others, which train with it; they return None.
     Several workers may share one search through a database (settings.storage, ``tunelab worker``): each
     calls this with settings.choose_winner False; the run that reports then chooses the winner.
+    ``plan``: plan_search(base, settings) when the caller has made it already (`tunelab run` does).
     """
     settings = settings or SearchSettings()
     run_dir = Path(run_dir)
     processes = process_state()
     # 1. Plan: space, metric, folds, the untuned run's length, the budgets. Nothing trains yet.
-    plan = plan_search(base, settings, world_size=processes.num_processes)
+    plan = plan or plan_search(base, settings, world_size=processes.num_processes)
     choose = plan.selection.enabled and settings.choose_winner
     # 2. The other processes of a multi-process launch train what the main process sends them.
     if not processes.is_main_process:
