@@ -78,11 +78,14 @@ def _untuned_won(results: dict[str, Any]) -> bool:
 def _sections(results: dict[str, Any], search: SearchResult) -> list[tuple[str, list[list[str]]]]:
     metric = results["metric"]
     runs = results["runs"]
-    per_seed = [["seed", "tuned test", "untuned test", "tuned validation", "untuned validation"]]
+    # A row is a pair of runs on the same training rows (validation split); the untuned runs reused from
+    # choosing the winner carry that re-run's seed.
+    per_seed = [["seed (tuned / untuned)", "tuned test", "untuned test", "tuned validation", "untuned validation"]]
     for tuned, untuned in zip(runs["tuned"], runs["untuned"], strict=True):
+        reused = " (re-run from choosing the winner)" if untuned.get("reused_from") else ""
         per_seed.append(
             [
-                str(tuned["seed"]),
+                f"{tuned['seed']} / {untuned['seed']}{reused}",
                 f"{tuned['test'][f'test_{metric}']:.4f}",
                 f"{untuned['test'][f'test_{metric}']:.4f}",
                 f"{tuned['validation'].get(f'eval_{metric}', float('nan')):.4f}",

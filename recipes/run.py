@@ -17,10 +17,11 @@ from pathlib import Path
 import finetune
 from finetune import FinetuneConfig
 from finetune.errors import ConfigError
-from finetune.train import process_state
+from finetune.train import CONFIG_FILE, RESULT_FILE, RunResult, process_state
 from hpo.attributes import UNTUNED
 from hpo.finetune import search_finetune
 from hpo.finetune.plan import plan_search
+from hpo.finetune.reruns import kept_reruns
 from recipes.progress import RunProgress
 from recipes.recipe import Recipe
 from recipes.report import write_report
@@ -40,12 +41,16 @@ def run_recipe(recipe: Recipe, run_dir: str | Path) -> dict | None:
     #    the noise). Resumes from its journal and its stored re-runs.
     #    search.storage None: a journal in the run folder; a database URL: shared with `tunelab worker`s.
     plan = plan_search(recipe.untuned, recipe.search, world_size=process_state().num_processes)
-    # Both arms at the untuned run's length until the winner is known.
-    retrain_steps = 2 * len(recipe.seeds) * plan.full_run_steps
-    progress = RunProgress(search_steps=plan.total_steps or 0, retrain_steps=retrain_steps, enabled=main)
-    progress.say(f"searching: up to {progress.search_steps} steps, then {2 * len(recipe.seeds)} retrains")
+    # The untuned configuration's re-runs double as untuned-arm seeds (step 2); the rest are retrained,
+    # at the untuned run's length until the winner is known.
+    reusable = min(plan.selection.seeds, len(recipe.seeds)) if plan.selection.enabled and not plan.scoring.folds else 0
+    retrains = 2 * len(recipe.seeds) - reusable
+    progress = RunProgress(search_steps=plan.total_steps or 0, retrain_steps=retrains * plan.full_run_steps, enabled=main)
+    progress.say(f"searching: up to {progress.search_steps} steps, then {retrains} retrains")
     searched_before = (run_dir / "search" / "summary.json").is_file()
-    search = search_finetune(recipe.untuned, recipe.search, run_dir=run_dir / "search", plan=plan)
+    search = search_finetune(
+        recipe.untuned, recipe.search, run_dir=run_dir / "search", plan=plan, keep_untuned_reruns=True
+    )
     process_state().wait_for_everyone()  # the main process has written the search's outputs
     if not main:
         # Other processes of a multi-process launch followed the search; they train the arms too.
@@ -56,18 +61,34 @@ def run_recipe(recipe: Recipe, run_dir: str | Path) -> dict | None:
     progress.search_steps = round(summary["full_run_equivalents_spent"] * summary["full_run_steps"])
     progress.add(progress.search_steps, resumed=searched_before)
 
-    # 2. Retrain the winner and the untuned baseline with the same replicate seeds; evaluate on test.
-    #    When the untuned configuration won, both arms are the same runs: nothing to retrain.
-    arms = [("untuned", recipe.untuned)]
+    # 2. Test both arms over the recipe's seeds. The untuned configuration was not selected on, so its
+    #    re-runs from choosing the winner are untuned-arm seeds as they are: tested, not trained again;
+    #    fresh untuned runs fill the remaining seeds. Seed k of the tuned arm trains on the rows that seed k
+    #    of the untuned arm trained on (the same validation split), with a fresh training seed. Every run
+    #    evaluates on the search's schedule, so "the best checkpoint" means the same in both arms as in
+    #    the search. When the untuned configuration won, both arms are the same runs.
+    reused = _untuned_reruns(summary, run_dir / "search" / "selection")[: len(recipe.seeds)]
+    split_seeds = [r["overrides"].get("data.validation_split_seed") for r in reused]
+    split_seeds += [None] * (len(recipe.seeds) - len(reused))
+    schedule = {"training.eval_steps": plan.min_steps}
+    arms = [("untuned", recipe.untuned.with_overrides(schedule))]
     if summary["winner_role"] != UNTUNED:
-        arms.append(("tuned", best_config))
-    progress.retrain_steps = sum(_planned_steps(config) for _, config in arms) * len(recipe.seeds)
-    runs: dict[str, list[dict]] = {}
+        arms.append(("tuned", best_config.with_overrides(schedule)))
+    fresh_untuned = len(recipe.seeds) - len(reused)
+    progress.retrain_steps = _planned_steps(recipe.untuned) * fresh_untuned
+    if len(arms) > 1:
+        progress.retrain_steps += _planned_steps(best_config) * len(recipe.seeds)
+    runs: dict[str, list[dict]] = {"untuned": []}
+    for index, rerun in enumerate(reused, start=1):
+        progress.say(f"testing untuned, seed {index} of {len(recipe.seeds)} (a re-run from choosing the winner)")
+        runs["untuned"].append(_tested_rerun(rerun, run_dir))
     for arm, config in arms:
-        runs[arm] = []
-        for index, seed in enumerate(recipe.seeds, start=1):
+        runs.setdefault(arm, [])
+        for index, (seed, split_seed) in enumerate(zip(recipe.seeds, split_seeds, strict=True), start=1):
+            if arm == "untuned" and index <= len(reused):
+                continue
             progress.say(f"retraining {arm}, seed {index} of {len(recipe.seeds)}, then testing")
-            record, resumed = _seed_run(config, arm, seed, run_dir)
+            record, resumed = _seed_run(config, arm, seed, split_seed, run_dir)
             runs[arm].append(record)
             progress.add(record["optimizer_steps"], resumed=resumed)
     if "tuned" not in runs:
@@ -104,18 +125,60 @@ def _planned_steps(config: FinetuneConfig) -> int:
     return planned_steps(config, len(load_splits(config.data).train), process_state().num_processes)
 
 
-def _seed_run(config: FinetuneConfig, arm: str, seed: int, run_dir: Path) -> tuple[dict, bool]:
-    """Train ``config`` with ``seed`` and evaluate it on the test split; (the record, whether it was stored
-    by an earlier invocation and only read back)."""
+def _untuned_reruns(summary: dict, folder: Path) -> list[dict]:
+    """The untuned configuration's re-runs from choosing the winner whose model was kept."""
+    selection = summary.get("selection")
+    if not selection or summary.get("cross_validation_folds"):
+        return []
+    return kept_reruns(folder, selection["baseline"])
+
+
+def _tested_rerun(rerun: dict, run_dir: Path) -> dict:
+    """An untuned re-run from choosing the winner, moved to untuned/seed_SEED and evaluated on test."""
+    seed = rerun["overrides"]["training.seed"]
+    out = run_dir / "untuned" / f"seed_{seed}"
+    done = out / "test_metrics.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    if process_state().is_main_process and not out.exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        Path(rerun["output_dir"]).rename(out)
+    process_state().wait_for_everyone()
+    result = RunResult.from_json((out / RESULT_FILE).read_text())
+    split_seed = rerun["overrides"].get("data.validation_split_seed")
+    record = _test_record(FinetuneConfig.from_yaml(out / CONFIG_FILE), "untuned", seed, split_seed, result, out)
+    record["reused_from"] = rerun["output_dir"]  # trained once, to choose the winner; not selected on
+    if process_state().is_main_process:
+        done.write_text(json.dumps(record, indent=2))
+    return record
+
+
+def _seed_run(
+    config: FinetuneConfig, arm: str, seed: int, split_seed: int | None, run_dir: Path
+) -> tuple[dict, bool]:
+    """Train ``config`` with ``seed`` (and validation split ``split_seed``, None: the config's) and evaluate
+    it on the test split; (the record, whether it was stored by an earlier invocation and only read back)."""
     out = run_dir / arm / f"seed_{seed}"
     done = out / "test_metrics.json"
     if done.is_file():
         return json.loads(done.read_text()), True
     overrides = {"training.seed": seed, "training.output_dir": str(out), "training.run_name": f"{arm}/seed_{seed}"}
+    if split_seed is not None:
+        overrides["data.validation_split_seed"] = split_seed
     result = finetune.train(config.with_overrides(overrides))
+    record = _test_record(config, arm, seed, split_seed, result, out)
+    if process_state().is_main_process:
+        done.write_text(json.dumps(record, indent=2))
+    return record, False
+
+
+def _test_record(
+    config: FinetuneConfig, arm: str, seed: int, split_seed: int | None, result: RunResult, out: Path
+) -> dict:
     record = {
         "arm": arm,
         "seed": seed,
+        "validation_split_seed": split_seed,
         "validation": result.final_metrics,
         "evaluations": result.evaluations,
         "train_losses": result.train_losses,
@@ -130,9 +193,7 @@ def _seed_run(config: FinetuneConfig, arm: str, seed: int, run_dir: Path) -> tup
     record["test"] = finetune.evaluate(out, "test", generate=causal)
     if causal:
         record["generations"] = str(out / "generations_test.jsonl")
-    if process_state().is_main_process:
-        done.write_text(json.dumps(record, indent=2))
-    return record, False
+    return record
 
 
 def require_test_split(config: FinetuneConfig) -> None:

@@ -1,6 +1,7 @@
 """tunelab run end to end on a tiny model: search, retrain both arms over seeds, compare, report, resume."""
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -56,23 +57,46 @@ def test_bad_recipes(tmp_path, tiny_bert, sentiment_files, extra, message):
         load_recipe(_recipe(tmp_path, tiny_bert, sentiment_files, **extra))
 
 
-def test_run_reports_and_resumes(tmp_path, tiny_bert, sentiment_files, capsys):
-    path = _recipe(tmp_path, tiny_bert, sentiment_files)
+def test_run_reports_and_resumes(tmp_path, tiny_bert, sentiment_files, capsys, monkeypatch):
+    import finetune
+
+    path = _recipe(tmp_path, tiny_bert, sentiment_files, seeds=3)
+    raw = yaml.safe_load(path.read_text())
+    raw["data"].update(validation_file=None, validation_size=32)  # carved from train: re-runs draw their own
+    path.write_text(yaml.safe_dump(raw))
     run_dir = tmp_path / "run"
+    trained, train = [], finetune.train
+
+    def counting_train(config, *args, **kwargs):
+        trained.append(config.training.output_dir)
+        return train(config, *args, **kwargs)
+
+    monkeypatch.setattr(finetune, "train", counting_train)
     assert main([str(path), "--run-dir", str(run_dir)]) == 0
     printed = capsys.readouterr()
     assert "Answer: tuned lora:" in printed.out
     # One [run] line per phase with the steps of the whole run and one ETA; it ends with all steps done.
     lines = [line for line in printed.err.splitlines() if line.startswith("[run] ")]
     assert lines[0].startswith("[run] searching: up to ") and "eta" not in lines[0]
-    assert any(line.startswith("[run] retraining untuned, seed 2 of 2, then testing | steps ") for line in lines)
+    assert any(line.startswith("[run] retraining untuned, seed 3 of 3, then testing | steps ") for line in lines)
     done, total = lines[-1].split(" | ")[1].removeprefix("steps ").removesuffix(" of the run").split("/")
     assert lines[-1].startswith("[run] writing the report") and done == total and lines[-1].endswith("eta 0.0 min")
     results = json.loads((run_dir / "results.json").read_text())
-    assert results["metric"] == "accuracy" and len(results["runs"]["tuned"]) == 2
+    assert results["metric"] == "accuracy" and len(results["runs"]["tuned"]) == 3
     comparison = results["comparison"]
     tuned = [r["test"]["test_accuracy"] for r in results["runs"]["tuned"]]
-    assert comparison["tuned_mean"] == pytest.approx(sum(tuned) / 2)
+    assert comparison["tuned_mean"] == pytest.approx(sum(tuned) / 3)
+    # The untuned configuration's two re-runs from choosing the winner are untuned-arm seeds 1 and 2: tested,
+    # not trained again; only seed 3 of the untuned arm is a fresh run. Each tuned seed trains on the rows
+    # (validation split) of the untuned seed it is compared with.
+    untuned = results["runs"]["untuned"]
+    assert [r["seed"] for r in untuned] == [10_000, 10_001, 2]
+    assert [bool(r.get("reused_from")) for r in untuned] == [True, True, False]
+    assert [Path(d).relative_to(run_dir).parts[0] for d in trained].count("untuned") == 1
+    assert len(trained) == 3 + 3 * 2 + (3 if results["search"]["winner_role"] != "untuned" else 0) + 1
+    assert all((run_dir / "untuned" / f"seed_{r['seed']}" / "model").is_dir() for r in untuned)
+    splits = [r["validation_split_seed"] for r in untuned]
+    assert splits == [10_000, 10_001, None] == [r["validation_split_seed"] for r in results["runs"]["tuned"]]
     assert results["search"]["trials"]["COMPLETE"] == 3
     report = (run_dir / "report.md").read_text()
     assert report.splitlines()[2].startswith("Question:") and "95% CI" in report and "p = " in report
@@ -93,7 +117,7 @@ def test_run_reports_and_resumes(tmp_path, tiny_bert, sentiment_files, capsys):
     # Re-running continues where it stopped: nothing is trained again.
     stored = [*run_dir.glob("*/seed_*/test_metrics.json"), *run_dir.glob("search/selection/trial_*/replicate_*.json")]
     stamps = {p: p.stat().st_mtime_ns for p in stored}
-    assert len(stamps) == (2 if untuned_won else 4) + 6
+    assert len(stamps) == 3 + (0 if untuned_won else 3) + 6
     assert main([str(path), "--run-dir", str(run_dir)]) == 0
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
     resumed = [line for line in capsys.readouterr().err.splitlines() if line.startswith("[run] ")]

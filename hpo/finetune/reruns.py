@@ -5,7 +5,9 @@ the validation split is carved from train, replicate i also draws a fresh valida
 (data.validation_split_seed = SELECTION_SEED + i; the test split never moves): the re-runs then measure the
 noise of the validation set too, not only of the training seed. Replicate i is the same draw for every
 candidate, so candidates are compared on equal terms. Each finished re-run is stored as JSON, so a killed
-run resumes; its model is deleted (only its score is needed; its tracker logs stay).
+run resumes; its model is deleted (only its score is needed; its tracker logs stay), except for the trials
+in ``keep_models``: `tunelab run` tests the untuned configuration's re-runs as untuned-arm seeds
+(kept_reruns), since nothing was selected on them.
 
 Under ``accelerate launch`` with several processes, every process trains every re-run together: the main
 process writes the candidates' configs to candidates.json and the others read them (follow_selection).
@@ -17,6 +19,7 @@ import json
 import shutil
 import statistics
 import sys
+from collections.abc import Collection
 from dataclasses import asdict
 from pathlib import Path
 
@@ -39,8 +42,10 @@ def select_finetune_winner(
     folder: Path,
     selection: SelectionSettings,
     scoring: Scoring,
+    keep_models: Collection[int] = (),
 ) -> Selection:
-    """``configs`` maps each picked trial (hpo.winner_rule.pick_candidates, in its order) to its config."""
+    """``configs`` maps each picked trial (hpo.winner_rule.pick_candidates, in its order) to its config;
+    the re-runs of the trials in ``keep_models`` keep their saved model."""
     folder.mkdir(parents=True, exist_ok=True)
     if process_state().is_main_process:
         raw = {
@@ -57,7 +62,8 @@ def select_finetune_winner(
         done[0] += 1
         seed = SELECTION_SEED + replicate
         _say(f"choosing the winner: re-run {done[0]}/{total} (trial {record.number}, seed {seed})")
-        score, steps = rerun_candidate(configs[record.number], record.number, replicate, folder, scoring)
+        keep = record.number in keep_models
+        score, steps = rerun_candidate(configs[record.number], record.number, replicate, folder, scoring, keep_model=keep)
         _say(f"trial {record.number} re-run with seed {seed}: {scoring.metric}={score:.4g}")
         return score, steps
 
@@ -86,7 +92,7 @@ def follow_selection(folder: Path) -> None:
 
 
 def rerun_candidate(
-    config: FinetuneConfig, trial: int, replicate: int, folder: Path, scoring: Scoring
+    config: FinetuneConfig, trial: int, replicate: int, folder: Path, scoring: Scoring, *, keep_model: bool = False
 ) -> tuple[float, int]:
     """Train ``config`` once more with replicate ``replicate``'s seed; its validation score and steps.
 
@@ -117,10 +123,30 @@ def rerun_candidate(
         steps += run.optimizer_steps
     score = statistics.fmean(scores)
     if process_state().is_main_process:
-        record = {"score": score, "steps": steps, "overrides": overrides, "fold_scores": scores if folds else None}
+        keep = keep_model and folds is None  # a k-fold re-run is k models, none of them trained on all rows
+        record = {
+            "score": score,
+            "steps": steps,
+            "overrides": overrides,
+            "fold_scores": scores if folds else None,
+            "model_kept": keep,
+        }
         done.write_text(json.dumps(record))
-        shutil.rmtree(out / MODEL_DIR, ignore_errors=True)  # only the score is needed (and tracker logs kept)
+        if not keep:
+            shutil.rmtree(out / MODEL_DIR, ignore_errors=True)  # only the score is needed (and tracker logs kept)
     return score, steps
+
+
+def kept_reruns(folder: Path, trial: int) -> list[dict]:
+    """The finished re-runs of ``trial`` whose model was kept, in replicate order: each its stored record
+    plus "output_dir", the folder it trained in (model, config, run result; the caller may move it)."""
+    found = []
+    records = (folder / f"trial_{trial:04d}").glob("replicate_*.json")
+    for done in sorted(records, key=lambda path: int(path.stem.removeprefix("replicate_"))):
+        record = json.loads(done.read_text())
+        if record.get("model_kept"):
+            found.append({**record, "output_dir": str(done.with_suffix(""))})
+    return found
 
 
 def _say(message: str) -> None:

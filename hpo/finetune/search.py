@@ -46,6 +46,7 @@ def search_finetune(
     *,
     run_dir: str | Path,
     plan: SearchPlan | None = None,
+    keep_untuned_reruns: bool = False,
 ) -> FinetuneSearch | None:
     """Tune ``base`` (the user's untuned config) as ``settings`` say; results go to ``run_dir``.
 
@@ -54,6 +55,8 @@ def search_finetune(
     Several workers may share one search through a database (settings.storage, ``tunelab worker``): each
     calls this with settings.choose_winner False; the run that reports then chooses the winner.
     ``plan``: plan_search(base, settings) when the caller has made it already (`tunelab run` does).
+    ``keep_untuned_reruns``: the untuned config's re-runs keep their model and measure the train-split
+    metrics as ``base`` says (`tunelab run` tests them as untuned-arm seeds; reruns.kept_reruns finds them).
     """
     settings = settings or SearchSettings()
     run_dir = Path(run_dir)
@@ -80,8 +83,19 @@ def search_finetune(
         )
         # Re-runs evaluate on the search's schedule, so "best" means the same as in the search.
         configs = {t.number: objective.config_of(t).with_overrides(plan.search_evaluations) for t in picked}
+        untuned = [t.number for t in picked if t.extra.get(attributes.ROLE) == attributes.UNTUNED]
+        kept = untuned if keep_untuned_reruns else []
+        for number in kept:  # measured, not selected on: the fit diagnosis of the untuned arm reads them
+            configs[number] = configs[number].with_overrides(
+                {"training.train_split_metrics": base.training.train_split_metrics}
+            )
         chosen = select_finetune_winner(
-            result, configs, folder=run_dir / "selection", selection=plan.selection, scoring=plan.scoring
+            result,
+            configs,
+            folder=run_dir / "selection",
+            selection=plan.selection,
+            scoring=plan.scoring,
+            keep_models=kept,
         )
         best = next(t for t in result.trials if t.number == chosen.winner)
     # 5. Write the trials table, the summary and the winner's config.
