@@ -347,7 +347,9 @@ def main() -> None:
         stored = json.loads(output_path(args).read_text())
         report(stored["results"], args, stored["full_run_steps"], stored["budget_steps"])
         return
-    overrides = [f"data.max_train_samples={args.train_rows}"]
+    # fp32 for every contender: Trainer.hyperparameter_search runs TrainingArguments' default precision,
+    # and the tables in RESULTS.md were measured in fp32 (finetune's default "auto" is bf16 on this CPU).
+    overrides = [f"data.max_train_samples={args.train_rows}", "training.mixed_precision=no"]
     if args.quick:
         # 300 validation rows: one split (below 300, tunelab would cross-validate, 5 runs per trial).
         overrides.append("data.validation_size=300")

@@ -28,7 +28,8 @@ CONFIG = ROOT / "recipes" / "configs" / "sst2_minilm_lora.yaml"
 
 
 def tunelab_run(overrides: list[str], out: Path) -> dict:
-    config = load_finetune_config(CONFIG, [*overrides, f"training.output_dir={out}"])
+    # fp32 unless the row asks otherwise: the plain Trainer it is compared with runs fp32.
+    config = load_finetune_config(CONFIG, ["training.mixed_precision=no", *overrides, f"training.output_dir={out}"])
     result = finetune.train(config)
     return {
         "tokens_per_second": result.tokens_seen / result.train_seconds,

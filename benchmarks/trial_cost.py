@@ -36,7 +36,8 @@ VARIANTS = {"measured": True, "skipped": False}
 
 def search_trial_config(rows: int) -> FinetuneConfig:
     """The untuned run, evaluated every 1/9 of its planned steps as the search evaluates its trials."""
-    untuned = load_recipe(CONFIG, [f"data.max_train_samples={rows}"]).untuned
+    # fp32, as the costs in RESULTS.md were measured (finetune's default "auto" is bf16 on this CPU).
+    untuned = load_recipe(CONFIG, [f"data.max_train_samples={rows}", "training.mixed_precision=no"]).untuned
     steps = planned_steps(untuned, len(load_splits(untuned.data).train))
     return untuned.with_overrides({"training.eval_steps": max(1, round(steps / 9))})
 

@@ -216,7 +216,9 @@ class TrainingConfig:
     metric_for_best_model: str | None = None
     group_by_length: bool = False
     pad_to_max_length: bool = False
-    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    # auto: bf16 autocast where the hardware runs it natively (CUDA bf16, or a CPU with AVX512-BF16/AMX),
+    # fp32 elsewhere (finetune.precision); the run's saved config records what it resolved to.
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
     gradient_checkpointing: bool = False
     dataloader_num_workers: int = 0
     disable_progress_bar: bool = True

@@ -22,7 +22,7 @@ from finetune.inputs import prepare_inputs
 from finetune.methods import apply_method
 from finetune.metrics import add_perplexity, classification_metrics, default_metric
 from finetune.models import build_model, count_parameters, load_tokenizer, resolve_source
-from finetune.precision import precision_arguments
+from finetune.precision import precision_arguments, resolve_precision
 from finetune.train_metrics import TrainSplitMetrics
 
 CONFIG_FILE = "tunelab_config.yaml"
@@ -162,6 +162,8 @@ def train(config: FinetuneConfig, callbacks: list[TrainerCallback] | None = None
     """
     started = time.perf_counter()
     _check_trackers(config)
+    # "auto" resolved once: the saved config says what ran, and evaluating it later runs the same.
+    config = config.with_overrides({"training.mixed_precision": resolve_precision(config.training.mixed_precision)})
     set_seed(config.training.seed)  # new heads, dropout and peft init follow the seed
     source = resolve_source(config.model)
     tokenizer = load_tokenizer(config.model, source)

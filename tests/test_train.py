@@ -9,6 +9,7 @@ from transformers import TrainerCallback
 
 import finetune
 from finetune import ConfigError, DataError, FinetuneConfig, ModelError, TrainingError
+from finetune.evaluate import load_run_config
 from finetune.train import CONFIG_FILE, RESULT_FILE
 
 METHODS = ["full", "lora", "dora", "ia3", "prompt_tuning", "prefix_tuning"]
@@ -77,6 +78,21 @@ def test_bf16_on_a_cpu_only_machine_trains_under_autocast(tiny_llama, sft_files,
     assert finetune.evaluate(tmp_path / "run", "validation")["validation_loss"] == pytest.approx(
         result.final_metrics["eval_loss"], rel=0.05
     )
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_precision_is_bf16_only_where_the_hardware_runs_it(native, tiny_bert, sentiment_files, tmp_path, monkeypatch):
+    from finetune import precision
+
+    monkeypatch.setattr(precision, "native_bf16", lambda: native)
+    expected = "bf16" if native else "no"
+    assert precision.resolve_precision("auto") == expected and precision.resolve_precision("fp16") == "fp16"
+    assert precision.precision_arguments("auto")["bf16"] is native
+    config = _cls_config(tiny_bert, sentiment_files, tmp_path / "run", "lora")
+    assert config.training.mixed_precision == "auto"  # the default
+    finetune.train(config)
+    # The saved config records what ran, so evaluating it elsewhere runs the same precision.
+    assert load_run_config(tmp_path / "run").training.mixed_precision == expected
 
 
 def test_final_metrics_are_the_kept_models_without_evaluating_it_again(tiny_bert, sentiment_files, tmp_path):
