@@ -23,7 +23,7 @@ from finetune.models import resolve_source
 from finetune.train import planned_steps
 from hpo.finetune.plan import EVALUATIONS_PER_RUN, plan_search
 from recipes.recipe import Recipe
-from recipes.run import require_test_split
+from recipes.run import require_test_split, reused_untuned_runs
 
 TIMED_STEPS = 4  # the first step warms up; the median of the others is the step time
 
@@ -46,6 +46,7 @@ def check_recipe(recipe: Recipe, *, time_steps: bool = True) -> dict[str, Any]:
     source = resolve_source(config.model)
     model_config = AutoConfig.from_pretrained(source.path, trust_remote_code=config.model.trust_remote_code)
     plan = plan_search(config, recipe.search)
+    retrains = 2 * len(recipe.seeds) - reused_untuned_runs(plan, len(recipe.seeds))
     lengths = [len(ids) for ids in inputs.train["input_ids"]]
     at_limit = sum(length >= config.data.max_length for length in lengths)
     report: dict[str, Any] = {
@@ -70,9 +71,10 @@ def check_recipe(recipe: Recipe, *, time_steps: bool = True) -> dict[str, Any]:
         "selection": f"the top {plan.selection.top_k} candidates re-run with {plan.selection.seeds} fresh seeds each"
         if plan.selection.enabled
         else "no re-runs, the best trial wins",
-        "retrain_runs": 2 * len(recipe.seeds),
-        # Retrains train on the whole train split (trials under cross-validation on a fold's share).
-        "retrain_steps": 2 * len(recipe.seeds) * planned_steps(config, len(inputs.train)),
+        # The untuned configuration's re-runs are untuned-arm seeds; the other seeds train fresh, on the
+        # whole train split (trials under cross-validation on a fold's share).
+        "retrain_runs": retrains,
+        "retrain_steps": retrains * planned_steps(config, len(inputs.train)),
     }
     if time_steps:
         timing = time_untuned_steps(config)
@@ -158,8 +160,8 @@ def format_check(report: dict[str, Any]) -> str:
         f"evaluated every {report['evaluation_every_steps']}",
         f"search: {report['search_steps']} steps in all, {report['exploration_steps']} to explore and "
         f"{report['reserve_steps']} kept to choose the winner; selection: {report['selection']}",
-        f"retrains: {report['retrain_runs']} runs (tuned and untuned, one per seed), about "
-        f"{report['retrain_steps']} steps",
+        f"retrains: {report['retrain_runs']} runs (tuned and untuned, one per seed; the untuned configuration's "
+        f"re-runs from choosing the winner count as untuned seeds), about {report['retrain_steps']} steps",
     ]
     if "timing" in report:
         t, minutes = report["timing"], report["estimated_minutes"]

@@ -20,7 +20,7 @@ from finetune.errors import ConfigError
 from finetune.train import CONFIG_FILE, RESULT_FILE, RunResult, process_state
 from hpo.attributes import UNTUNED
 from hpo.finetune import search_finetune
-from hpo.finetune.plan import plan_search
+from hpo.finetune.plan import SearchPlan, plan_search
 from hpo.finetune.reruns import kept_reruns
 from recipes.progress import RunProgress
 from recipes.recipe import Recipe
@@ -43,8 +43,7 @@ def run_recipe(recipe: Recipe, run_dir: str | Path) -> dict | None:
     plan = plan_search(recipe.untuned, recipe.search, world_size=process_state().num_processes)
     # The untuned configuration's re-runs double as untuned-arm seeds (step 2); the rest are retrained,
     # at the untuned run's length until the winner is known.
-    reusable = min(plan.selection.seeds, len(recipe.seeds)) if plan.selection.enabled and not plan.scoring.folds else 0
-    retrains = 2 * len(recipe.seeds) - reusable
+    retrains = 2 * len(recipe.seeds) - reused_untuned_runs(plan, len(recipe.seeds))
     progress = RunProgress(search_steps=plan.total_steps or 0, retrain_steps=retrains * plan.full_run_steps, enabled=main)
     progress.say(f"searching: up to {progress.search_steps} steps, then {retrains} retrains")
     searched_before = (run_dir / "search" / "summary.json").is_file()
@@ -123,6 +122,12 @@ def _planned_steps(config: FinetuneConfig) -> int:
     from finetune.train import planned_steps
 
     return planned_steps(config, len(load_splits(config.data).train), process_state().num_processes)
+
+
+def reused_untuned_runs(plan: SearchPlan, seeds: int) -> int:
+    """How many untuned-arm seeds the search's re-runs of the untuned configuration will provide (a k-fold
+    re-run is k models, none trained on all the rows: not reusable)."""
+    return min(plan.selection.seeds, seeds) if plan.selection.enabled and not plan.scoring.folds else 0
 
 
 def _untuned_reruns(summary: dict, folder: Path) -> list[dict]:
