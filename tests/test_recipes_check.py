@@ -39,7 +39,9 @@ def test_check_plans_what_run_will_do_and_times_a_few_steps(tmp_path, tiny_bert,
     assert report["search_steps"] == 8 * 36
     assert report["exploration_steps"] + report["reserve_steps"] == report["search_steps"]
     assert 0 < report["reserve_steps"] < report["search_steps"]
-    assert report["retrain_runs"] == 6 and report["retrain_steps"] == 6 * 36
+    # 3 tuned seeds and 1 untuned: the untuned configuration's 2 re-runs from choosing the winner are the
+    # untuned arm's other seeds.
+    assert report["retrain_runs"] == 4 and report["retrain_steps"] == 4 * 36
     # Rows are "the movie was good"-like, 4 words + 2 special tokens: max_length 8 truncates none.
     assert report["train_rows_at_max_length"] == 0 and report["tokens_per_train_row"]["max"] <= 8
     timing = report["timing"]
@@ -79,5 +81,8 @@ def test_check_plans_every_shipped_recipe(path):
     report = check_recipe(recipe, time_steps=False)
     assert report["rows"]["train"] > 0 and report["rows"]["test"] > 0
     assert 0 < report["exploration_steps"] <= report["search_steps"]
-    assert report["retrain_runs"] == 2 * len(recipe.seeds) and "timing" not in report
+    selection, seeds = recipe.search.selection, len(recipe.seeds)
+    one_split = report["validation"].startswith("one validation split")
+    reused = min(selection.seeds, seeds) if selection.enabled and one_split else 0
+    assert report["retrain_runs"] == 2 * seeds - reused and "timing" not in report
     assert "one full run (the untuned configuration)" in format_check(report)
