@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import importlib.util
 import os
 import shutil
 import tempfile
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -176,8 +179,9 @@ def _dequantized_folder(source: ModelSource) -> Path:
     if (target / "config.json").is_file():
         return target
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source.path, gguf_file=source.gguf_file)
-        model = AutoModelForCausalLM.from_pretrained(source.path, gguf_file=source.gguf_file, dtype=torch.float32)
+        with _gguf_bar_follows_transformers():
+            tokenizer = AutoTokenizer.from_pretrained(source.path, gguf_file=source.gguf_file)
+            model = AutoModelForCausalLM.from_pretrained(source.path, gguf_file=source.gguf_file, dtype=torch.float32)
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise ModelError(f"model.gguf_file: cannot load {source.gguf_file} from {source.path}: {exc}") from exc
     # The tensors are already de-quantized to float32; only the loader's GGUF marker blocks saving them.
@@ -193,6 +197,27 @@ def _dequantized_folder(source: ModelSource) -> Path:
         raise
     _replace(tmp, target)
     return target
+
+
+@contextlib.contextmanager
+def _gguf_bar_follows_transformers() -> Iterator[None]:
+    """transformers draws its GGUF de-quantization bar with tqdm itself, past its own disable_progress_bar();
+    make the bar obey that switch (off in tunelab's quiet default, on with --verbose)."""
+    from transformers.utils import logging as hf_logging
+
+    try:
+        from transformers import modeling_gguf_pytorch_utils as gguf_utils
+    except ImportError:
+        gguf_utils = None
+    if gguf_utils is None or not hasattr(gguf_utils, "tqdm") or hf_logging.is_progress_bar_enabled():
+        yield
+        return
+    bar = gguf_utils.tqdm
+    gguf_utils.tqdm = functools.partial(bar, disable=True)
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = bar
 
 
 def _extract_atomically(zip_path: Path, target: Path) -> None:

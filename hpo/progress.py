@@ -21,6 +21,7 @@ class Progress:
         self.direction = direction
         self.enabled = enabled
         self.started = time.perf_counter()
+        self.last_shown: tuple[int, int] | None = None
 
     def update(self, study: optuna.Study) -> None:
         if not self.enabled:
@@ -30,6 +31,9 @@ class Progress:
         used = spent(study)
         records = trial_records(study)
         done = sum(r.state in ("COMPLETE", "PRUNED", "FAIL") for r in records)
+        if (done, used.steps) == self.last_shown:
+            return  # a discarded proposal (it ran shortened as another trial): nothing new to show
+        self.last_shown = (done, used.steps)
         parts = [f"trials {done}/{self.planned or '?'}"]
         if self.budget.steps:
             parts.append(f"steps {used.steps}/{self.budget.steps}")

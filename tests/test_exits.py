@@ -255,3 +255,23 @@ def test_output_is_tunelabs_own_lines_unless_verbose(tiny_bert, sentiment_files,
     quiet, verbose = train(), train("--verbose")
     assert [line.split()[0] for line in quiet.splitlines()] == ["[finetune]"], quiet
     assert "Map" in verbose  # the datasets progress bars the quiet run hides
+
+
+def test_the_gguf_bar_obeys_the_quiet_switch():
+    """transformers draws its GGUF de-quantization bar with tqdm itself; quiet mode hides it too."""
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+    from transformers.utils import logging as hf_logging
+
+    from finetune.models import _gguf_bar_follows_transformers
+
+    bar, was_enabled = gguf_utils.tqdm, hf_logging.is_progress_bar_enabled()
+    try:
+        hf_logging.disable_progress_bar()
+        with _gguf_bar_follows_transformers():
+            assert gguf_utils.tqdm(range(3)).disable
+        assert gguf_utils.tqdm is bar
+        hf_logging.enable_progress_bar()  # --verbose
+        with _gguf_bar_follows_transformers():
+            assert gguf_utils.tqdm is bar
+    finally:
+        (hf_logging.enable_progress_bar if was_enabled else hf_logging.disable_progress_bar)()

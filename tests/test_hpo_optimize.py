@@ -381,3 +381,21 @@ def test_a_first_trial_outside_the_space_runs_as_given():
     assert first.params == untuned and first.state == "COMPLETE" and first.extra["role"] == "untuned"
     assert all(SPACE.contains(t.params) for t in result.trials[1:])
     assert not SPACE.contains(untuned)
+
+
+def test_progress_prints_a_line_only_when_something_changed(capsys):
+    """A discarded proposal (run shortened as another trial) changes nothing: no repeated line."""
+    import optuna
+
+    from hpo.budget import Budget
+    from hpo.progress import Progress
+
+    study = optuna.create_study(direction="maximize")
+    progress = Progress(budget=Budget(trials=4), planned_trials=4, direction="maximize")
+    study.add_trial(optuna.trial.create_trial(params={}, distributions={}, value=0.5))
+    progress.update(study)
+    progress.update(study)
+    study.add_trial(optuna.trial.create_trial(params={}, distributions={}, value=0.6))
+    progress.update(study)
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("[hpo] trials")]
+    assert [line.split(" | ")[0] for line in lines] == ["[hpo] trials 1/4", "[hpo] trials 2/4"]
