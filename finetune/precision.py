@@ -16,7 +16,7 @@ PRECISIONS = ("auto", "no", "bf16", "fp16")
 
 
 def resolve_precision(precision: str) -> str:
-    """"auto" as "bf16" or "no" on this machine; any other value as it is."""
+    """ "auto" as "bf16" or "no" on this machine; any other value as it is."""
     if precision != "auto":
         return precision
     return "bf16" if native_bf16() else "no"

@@ -57,6 +57,9 @@ class StudySettings:
     heartbeat_seconds: int | None = None  # databases only: a silent worker's trial is retried
     max_initial_failures: int = 5  # the first N trials all failing stops the search: it is broken
     progress: bool = True
+    # Steps the caller runs once this search has explored (re-runs, retrains): the progress line's ETA
+    # covers them at the seconds per step measured so far, so it is one ETA for the whole command.
+    steps_after: int = 0
 
     def __post_init__(self) -> None:
         if self.direction not in ("maximize", "minimize"):
@@ -117,7 +120,13 @@ def _optimize(
     on_trial_end: Callable[[SearchResult], None] | None,
 ) -> SearchResult:
     study, planned = _open_study(space, budget, settings, base, first_params)
-    tracker = Progress(budget=budget, planned_trials=planned, direction=settings.direction, enabled=settings.progress)
+    tracker = Progress(
+        budget=budget,
+        planned_trials=planned,
+        direction=settings.direction,
+        enabled=settings.progress,
+        steps_after=settings.steps_after,
+    )
     stop_reason = done = None
     while True:
         fail_lost_trials(study)

@@ -1,4 +1,9 @@
-"""Live search progress on stderr: trials done/planned, steps spent of budget, best so far, ETA."""
+"""Live search progress on stderr: trials done/planned, steps spent of budget, best so far, ETA.
+
+The ETA is what is left of the budget at the pace measured so far (elapsed over steps, trials or time
+spent), plus ``steps_after`` (what the caller runs after exploring: re-runs, retrains) at the measured
+seconds per step: one ETA for the whole command.
+"""
 
 from __future__ import annotations
 
@@ -15,8 +20,11 @@ if TYPE_CHECKING:
 
 
 class Progress:
-    def __init__(self, *, budget: Budget, planned_trials: int | None, direction: str, enabled: bool = True):
+    def __init__(
+        self, *, budget: Budget, planned_trials: int | None, direction: str, enabled: bool = True, steps_after: int = 0
+    ):
         self.budget = budget
+        self.steps_after = steps_after
         self.planned = planned_trials
         self.direction = direction
         self.enabled = enabled
@@ -70,7 +78,9 @@ class Progress:
         fraction = max(fractions, default=0.0)
         if fraction <= 0:
             return None
-        return max(0.0, elapsed / min(fraction, 1.0) - elapsed)
+        exploring = max(0.0, elapsed / min(fraction, 1.0) - elapsed)
+        after = self.steps_after * elapsed / steps if steps else 0.0
+        return exploring + after
 
 
 def _short(value) -> str:

@@ -44,11 +44,18 @@ def run_recipe(recipe: Recipe, run_dir: str | Path) -> dict | None:
     # The untuned configuration's re-runs double as untuned-arm seeds (step 2); the rest are retrained,
     # at the untuned run's length until the winner is known.
     retrains = 2 * len(recipe.seeds) - reused_untuned_runs(plan, len(recipe.seeds))
-    progress = RunProgress(search_steps=plan.total_steps or 0, retrain_steps=retrains * plan.full_run_steps, enabled=main)
+    progress = RunProgress(
+        search_steps=plan.total_steps or 0, retrain_steps=retrains * plan.full_run_steps, enabled=main
+    )
     progress.say(f"searching: up to {progress.search_steps} steps, then {retrains} retrains")
     searched_before = (run_dir / "search" / "summary.json").is_file()
     search = search_finetune(
-        recipe.untuned, recipe.search, run_dir=run_dir / "search", plan=plan, keep_untuned_reruns=True
+        recipe.untuned,
+        recipe.search,
+        run_dir=run_dir / "search",
+        plan=plan,
+        keep_untuned_reruns=True,
+        steps_after_search=progress.retrain_steps,
     )
     process_state().wait_for_everyone()  # the main process has written the search's outputs
     if not main:
@@ -158,9 +165,7 @@ def _tested_rerun(rerun: dict, run_dir: Path) -> dict:
     return record
 
 
-def _seed_run(
-    config: FinetuneConfig, arm: str, seed: int, split_seed: int | None, run_dir: Path
-) -> tuple[dict, bool]:
+def _seed_run(config: FinetuneConfig, arm: str, seed: int, split_seed: int | None, run_dir: Path) -> tuple[dict, bool]:
     """Train ``config`` with ``seed`` (and validation split ``split_seed``, None: the config's) and evaluate
     it on the test split; (the record, whether it was stored by an earlier invocation and only read back)."""
     out = run_dir / arm / f"seed_{seed}"

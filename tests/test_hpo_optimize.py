@@ -399,3 +399,14 @@ def test_progress_prints_a_line_only_when_something_changed(capsys):
     progress.update(study)
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("[hpo] trials")]
     assert [line.split(" | ")[0] for line in lines] == ["[hpo] trials 1/4", "[hpo] trials 2/4"]
+
+
+def test_the_progress_eta_covers_what_runs_after_exploring():
+    """One ETA for the whole command: the budget left plus the caller's re-runs and retrains, at the
+    seconds per step measured so far."""
+    from hpo.budget import Budget
+    from hpo.progress import Progress
+
+    progress = Progress(budget=Budget(steps=100), planned_trials=None, direction="maximize", steps_after=50)
+    progress.started = time.perf_counter() - 10.0  # 20 steps in 10 s: 0.5 s per step
+    assert progress._eta(1, 20) == pytest.approx((100 - 20 + 50) * 0.5, rel=0.02)

@@ -81,7 +81,9 @@ def test_bf16_on_a_cpu_only_machine_trains_under_autocast(tiny_llama, sft_files,
 
 
 @pytest.mark.parametrize("native", [True, False])
-def test_auto_precision_is_bf16_only_where_the_hardware_runs_it(native, tiny_bert, sentiment_files, tmp_path, monkeypatch):
+def test_auto_precision_is_bf16_only_where_the_hardware_runs_it(
+    native, tiny_bert, sentiment_files, tmp_path, monkeypatch
+):
     from finetune import precision
 
     monkeypatch.setattr(precision, "native_bf16", lambda: native)

@@ -63,7 +63,9 @@ def select_finetune_winner(
         seed = SELECTION_SEED + replicate
         _say(f"choosing the winner: re-run {done[0]}/{total} (trial {record.number}, seed {seed})")
         keep = record.number in keep_models
-        score, steps = rerun_candidate(configs[record.number], record.number, replicate, folder, scoring, keep_model=keep)
+        score, steps = rerun_candidate(
+            configs[record.number], record.number, replicate, folder, scoring, keep_model=keep
+        )
         _say(f"trial {record.number} re-run with seed {seed}: {scoring.metric}={score:.4g}")
         return score, steps
 

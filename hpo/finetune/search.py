@@ -47,6 +47,7 @@ def search_finetune(
     run_dir: str | Path,
     plan: SearchPlan | None = None,
     keep_untuned_reruns: bool = False,
+    steps_after_search: int = 0,
 ) -> FinetuneSearch | None:
     """Tune ``base`` (the user's untuned config) as ``settings`` say; results go to ``run_dir``.
 
@@ -57,6 +58,8 @@ def search_finetune(
     ``plan``: plan_search(base, settings) when the caller has made it already (`tunelab run` does).
     ``keep_untuned_reruns``: the untuned config's re-runs keep their model and measure the train-split
     metrics as ``base`` says (`tunelab run` tests them as untuned-arm seeds; reruns.kept_reruns finds them).
+    ``steps_after_search``: steps the caller trains afterwards (`tunelab run`'s retrains); the progress
+    line's ETA covers them and the re-runs.
     """
     settings = settings or SearchSettings()
     run_dir = Path(run_dir)
@@ -74,7 +77,9 @@ def search_finetune(
     #    The study is a journal in the run folder unless a database is given: running again resumes it.
     objective = TrialObjective(base, settings, plan, trials_dir=run_dir / "trials")
     storage = settings.storage or str(run_dir / "study.journal")
-    result = _explore(objective, plan, _study_settings(settings, plan, storage))
+    reserve = plan.total_steps - plan.budget.steps if plan.rerun_budget else 0
+    study = _study_settings(settings, plan, storage, steps_after=reserve + steps_after_search)
+    result = _explore(objective, plan, study)
     # 4. Choose the winner: the top candidates re-run with fresh seeds, the untuned one kept unless beaten.
     chosen, best = None, result.best_trial
     if choose:
@@ -114,7 +119,7 @@ def search_finetune(
     return search
 
 
-def _study_settings(settings: SearchSettings, plan: SearchPlan, storage: str) -> StudySettings:
+def _study_settings(settings: SearchSettings, plan: SearchPlan, storage: str, *, steps_after: int) -> StudySettings:
     return StudySettings(
         sampler=settings.sampler,
         scheduler=settings.scheduler,
@@ -125,6 +130,7 @@ def _study_settings(settings: SearchSettings, plan: SearchPlan, storage: str) ->
         min_steps=plan.min_steps,
         heartbeat_seconds=settings.heartbeat_seconds,
         progress=settings.progress,
+        steps_after=steps_after,
     )
 
 
