@@ -1,12 +1,15 @@
-"""Training throughput of finetune.train against a hand-written plain Trainer, and the effect of
-dynamic padding + length grouping against padding to max_length.
+"""Training throughput of finetune.train against a hand-written plain Trainer, the effect of dynamic
+padding + length grouping against padding to max_length, and bf16 autocast against fp32 on this CPU.
 
     python benchmarks/throughput.py            # full: 5 runs per contender
     python benchmarks/throughput.py --quick    # a smaller check that it still works
 
 Both contenders train the same model (offline all-MiniLM-L6-v2, LoRA) on the same SST-2 rows with the
-same settings, measured in the same process, alternating order. Tokens/s = non-padding training tokens
-seen / training-loop seconds (Trainer's train_runtime). Prints a table and writes benchmarks/throughput.json.
+same settings in fp32, measured in the same process, alternating order; "tunelab bf16" is the same
+tunelab run under bf16 autocast (what training.mixed_precision: auto picks on a CPU with bf16
+instructions). --batch-size sets every contender's batch (the recipe's 32; the untuned baseline's 8).
+Tokens/s = non-padding training tokens seen / training-loop seconds (Trainer's train_runtime). Prints a
+table and writes benchmarks/throughput.json (throughput_batchN.json with --batch-size).
 """
 
 from __future__ import annotations
@@ -133,6 +136,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer rows and runs")
     parser.add_argument("--runs", type=int, default=None)
     parser.add_argument("--no-padding", action="store_true", help="skip the padded-to-max_length contender")
+    parser.add_argument("--no-bf16", action="store_true", help="skip the bf16 autocast contender")
+    parser.add_argument("--batch-size", type=int, default=None, help="per-device batch of every contender")
     args = parser.parse_args()
     runs = args.runs or (2 if args.quick else 5)
     rows = 256 if args.quick else 2000
@@ -143,7 +148,10 @@ def main() -> None:
         "training.eval_steps=100000",
         "training.logging_steps=1000",
     ]
-    results: dict[str, list[dict]] = {"tunelab": [], "plain Trainer": [], "padded to max_length": []}
+    if args.batch_size:
+        common.append(f"training.per_device_train_batch_size={args.batch_size}")
+    contenders = ("tunelab", "plain Trainer", "padded to max_length", "tunelab bf16")
+    results: dict[str, list[dict]] = {name: [] for name in contenders}
     with tempfile.TemporaryDirectory() as scratch:
         for i in range(runs):
             # Alternate the order so warm caches and thermal drift favour neither contender.
@@ -155,12 +163,16 @@ def main() -> None:
             if not args.no_padding:
                 padded = common + ["training.pad_to_max_length=true", "training.group_by_length=false"]
                 results["padded to max_length"].append(tunelab_run(padded, Path(scratch) / f"pad{i}"))
+            if not args.no_bf16:
+                bf16 = common + ["training.mixed_precision=bf16"]
+                results["tunelab bf16"].append(tunelab_run(bf16, Path(scratch) / f"bf16_{i}"))
 
     results = {name: items for name, items in results.items() if items}
     base = median(results["plain Trainer"], "tokens_per_second")
     padded = results.get("padded to max_length")
     padded_seconds = median(padded, "train_seconds") if padded else float("nan")
-    print(f"\nSST-2 MiniLM LoRA, {rows} rows, 1 epoch, median of {runs} runs\n")
+    batch = args.batch_size or "the recipe's"
+    print(f"\nSST-2 MiniLM LoRA, {rows} rows, 1 epoch, batch {batch}, median of {runs} runs\n")
     print("| contender | tokens/s | train s | accuracy | tokens/s vs plain Trainer | speed-up vs padded |")
     print("|---|---|---|---|---|---|")
     for name, items in results.items():
@@ -169,7 +181,8 @@ def main() -> None:
             f"| {name} | {tps:.0f} | {seconds:.1f} | {median(items, 'accuracy'):.4f} | {tps / base:.3f} | "
             f"{padded_seconds / seconds:.2f}x |"
         )
-    (ROOT / "benchmarks" / "throughput.json").write_text(json.dumps(results, indent=2))
+    name = "throughput.json" if not args.batch_size else f"throughput_batch{args.batch_size}.json"
+    (ROOT / "benchmarks" / name).write_text(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":
