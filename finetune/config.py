@@ -191,6 +191,8 @@ class TrainingConfig:
         "linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial"
     ] = "linear"
     warmup_ratio: float = 0.0
+    # > 0: warm up over this many optimizer steps, overriding warmup_ratio (torchtune's configs give steps).
+    warmup_steps: int = 0
     weight_decay: float = 0.0
     per_device_train_batch_size: int = 8
     gradient_accumulation_steps: int = 1
@@ -233,6 +235,8 @@ class TrainingConfig:
             raise ConfigError(f"training.learning_rate must be > 0, got {self.learning_rate}")
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise ConfigError(f"training.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.warmup_steps < 0:
+            raise ConfigError(f"training.warmup_steps must be >= 0 (0: use warmup_ratio), got {self.warmup_steps}")
         if self.weight_decay < 0:
             raise ConfigError(f"training.weight_decay must be >= 0, got {self.weight_decay}")
         for key in ("per_device_train_batch_size", "gradient_accumulation_steps", "per_device_eval_batch_size"):

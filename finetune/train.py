@@ -110,7 +110,8 @@ def training_arguments(config: FinetuneConfig, checkpoint_dir: Path) -> Training
         output_dir=str(checkpoint_dir),
         learning_rate=t.learning_rate,
         lr_scheduler_type=t.lr_scheduler_type,
-        warmup_steps=t.warmup_ratio,  # a float in [0, 1) is a ratio of the planned steps
+        # A float in [0, 1) is a ratio of the planned steps; an int >= 1 a number of steps.
+        warmup_steps=t.warmup_steps or t.warmup_ratio,
         weight_decay=t.weight_decay,
         per_device_train_batch_size=t.per_device_train_batch_size,
         per_device_eval_batch_size=t.per_device_eval_batch_size,

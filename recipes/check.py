@@ -23,6 +23,7 @@ from finetune.models import resolve_source
 from finetune.train import planned_steps
 from hpo.finetune.plan import EVALUATIONS_PER_RUN, plan_search
 from recipes.recipe import Recipe
+from recipes.references import reference_config
 from recipes.run import require_test_split, reused_untuned_runs
 
 TIMED_STEPS = 4  # the first step warms up; the median of the others is the step time
@@ -46,7 +47,11 @@ def check_recipe(recipe: Recipe, *, time_steps: bool = True) -> dict[str, Any]:
     source = resolve_source(config.model)
     model_config = AutoConfig.from_pretrained(source.path, trust_remote_code=config.model.trust_remote_code)
     plan = plan_search(config, recipe.search)
-    retrains = 2 * len(recipe.seeds) - reused_untuned_runs(plan, len(recipe.seeds))
+    seeds = len(recipe.seeds)
+    retrains = (2 + len(recipe.references)) * seeds - reused_untuned_runs(plan, seeds)
+    run_steps = planned_steps(config, len(inputs.train))
+    # The tuned arm at the untuned run's length (the winner is not known yet); references at their own.
+    reference_steps = sum(planned_steps(reference_config(n, config), len(inputs.train)) for n in recipe.references)
     lengths = [len(ids) for ids in inputs.train["input_ids"]]
     at_limit = sum(length >= config.data.max_length for length in lengths)
     report: dict[str, Any] = {
@@ -74,7 +79,8 @@ def check_recipe(recipe: Recipe, *, time_steps: bool = True) -> dict[str, Any]:
         # The untuned configuration's re-runs are untuned-arm seeds; the other seeds train fresh, on the
         # whole train split (trials under cross-validation on a fold's share).
         "retrain_runs": retrains,
-        "retrain_steps": retrains * planned_steps(config, len(inputs.train)),
+        "retrain_steps": (2 * seeds - reused_untuned_runs(plan, seeds)) * run_steps + seeds * reference_steps,
+        "references": recipe.references,
     }
     if time_steps:
         timing = time_untuned_steps(config)
@@ -160,8 +166,9 @@ def format_check(report: dict[str, Any]) -> str:
         f"evaluated every {report['evaluation_every_steps']}",
         f"search: {report['search_steps']} steps in all, {report['exploration_steps']} to explore and "
         f"{report['reserve_steps']} kept to choose the winner; selection: {report['selection']}",
-        f"retrains: {report['retrain_runs']} runs (tuned and untuned, one per seed; the untuned configuration's "
-        f"re-runs from choosing the winner count as untuned seeds), about {report['retrain_steps']} steps",
+        f"retrains: {report['retrain_runs']} runs (tuned, untuned{_and_references(report['references'])}, one "
+        f"per seed; the untuned configuration's re-runs from choosing the winner count as untuned seeds), about "
+        f"{report['retrain_steps']} steps",
     ]
     if "timing" in report:
         t, minutes = report["timing"], report["estimated_minutes"]
@@ -172,3 +179,7 @@ def format_check(report: dict[str, Any]) -> str:
             f"retrains {minutes['retrains']:.0f}) on this machine",
         ]
     return "\n".join(lines)
+
+
+def _and_references(references: list[str]) -> str:
+    return f" and the references {', '.join(references)}" if references else ""

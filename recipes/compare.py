@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from finetune.errors import ConfigError
+from recipes.references import arm_names
 from recipes.report import total_steps
 from recipes.stats import compare
 
@@ -26,7 +27,7 @@ def compare_runs(run_dirs: list[str | Path]) -> str:
     metric = metrics.pop()
     arms, costs = {}, {}
     for run_dir, results in loaded:
-        for arm in ("tuned", "untuned"):
+        for arm in ["tuned", *[a for a in arm_names(results) if a != "tuned"]]:
             runs = results["runs"][arm]
             arms[f"{run_dir} [{arm}]"] = [r["test"][f"test_{metric}"] for r in runs]
             costs[f"{run_dir} [{arm}]"] = _cost(runs, results["search"] if arm == "tuned" else None)

@@ -22,6 +22,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from recipes.references import arm_names
+
 GAP_LARGE = 0.10  # 10 points of accuracy (or 0.1 nats of loss): the model learned its training rows
 GAP_OVERFIT = 0.05
 GAP_UNDERFIT = 0.03
@@ -80,10 +82,10 @@ def diagnose_arm(runs: list[dict[str, Any]], metric: str, higher_is_better: bool
 
 
 def arm_diagnoses(results: dict[str, Any]) -> dict[str, dict]:
-    """diagnose_arm for the untuned and tuned arms of a `tunelab run`'s results."""
+    """diagnose_arm for every arm of a `tunelab run`'s results."""
     higher = results.get("direction", "maximize") == "maximize"
     labels = len(results["untuned_config"]["data"].get("label_names") or [])
-    return {arm: diagnose_arm(results["runs"][arm], results["metric"], higher, labels) for arm in ("untuned", "tuned")}
+    return {arm: diagnose_arm(results["runs"][arm], results["metric"], higher, labels) for arm in arm_names(results)}
 
 
 def fit_lines(results: dict[str, Any]) -> list[str]:
@@ -125,9 +127,10 @@ def plot_fit(results: dict[str, Any], path: Path) -> str:
     from hpo.result_files import new_figure, save_figure
 
     metric = results["metric"]
-    fig = new_figure(figsize=(10, 4))
-    axes = fig.subplots(1, 2, sharey=True)
-    for ax, arm in zip(axes, ("untuned", "tuned"), strict=True):
+    arms = arm_names(results)
+    fig = new_figure(figsize=(5 * len(arms), 4))
+    axes = fig.subplots(1, len(arms), sharey=True)
+    for ax, arm in zip(axes, arms, strict=True):
         for i, run in enumerate(results["runs"][arm]):
             points = [e for e in run["evaluations"] if f"train_{metric}" in e and f"eval_{metric}" in e]
             if not points:

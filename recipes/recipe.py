@@ -1,6 +1,6 @@
 """A recipe: a fine-tuning config plus how to tune it, what the untuned baseline is, and how many seeds.
 
-A recipe YAML holds the four finetune sections (model, data, method, training) and three more:
+A recipe YAML holds the four finetune sections (model, data, method, training) and four more:
 
     search:   hpo.finetune.SearchSettings, read by SearchSettings.from_dict: {sampler, scheduler,
                budget: {full_run_equivalents, trials, steps, minutes}, objective: {metric, direction, use,
@@ -10,6 +10,8 @@ A recipe YAML holds the four finetune sections (model, data, method, training) a
     baseline: section.key overrides of the untuned run (default: TrainingArguments defaults and the
               method's peft defaults, i.e. what a user launches without tuning)
     seeds:    replicate seeds for the final comparison (a count or a list; default 3)
+    compare:  {references: [...]}: the field's recipes trained as further arms (recipes.references;
+              default: all of them for causal LMs, none for classification; [] for none)
 
 `tunelab train RECIPE` trains the four finetune sections as written (hand-chosen values);
 `tunelab run RECIPE` tunes from the untuned baseline and compares.
@@ -17,7 +19,7 @@ A recipe YAML holds the four finetune sections (model, data, method, training) a
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +28,15 @@ from finetune.config_checks import parse_override_value
 from finetune.errors import ConfigError
 from hpo.finetune import SearchSettings
 from hpo.finetune.config_space import check_combinations, flatten
+from recipes.references import resolve_references
 
-RECIPE_SECTIONS = ("search", "baseline", "seeds")
+RECIPE_SECTIONS = ("search", "baseline", "seeds", "compare")
 # Hyperparameters the untuned baseline takes from the library defaults, not from the recipe.
 UNTUNED_TRAINING_KEYS = (
     "learning_rate",
     "lr_scheduler_type",
     "warmup_ratio",
+    "warmup_steps",
     "weight_decay",
     "per_device_train_batch_size",
     "gradient_accumulation_steps",
@@ -56,6 +60,7 @@ class Recipe:
     untuned: FinetuneConfig  # the baseline arm and the search's first trial
     search: SearchSettings
     seeds: list[int]
+    references: list[str] = field(default_factory=list)  # recipes.references names, trained as further arms
     path: str | None = None
 
 
@@ -101,11 +106,15 @@ def recipe_from_dict(raw: dict[str, Any], *, base_dir: str | Path | None = None,
     search = SearchSettings.from_dict(raw.get("search") or {})
     if search.space is not None:
         check_combinations(search.space, flatten(untuned))  # impossible combinations fail at load
+    compare = raw.get("compare") or {}
+    if not isinstance(compare, dict) or set(compare) - {"references"}:
+        raise ConfigError(f"compare: expected a mapping with the key references, got {compare!r}")
     return Recipe(
         finetune=finetune,
         untuned=untuned,
         search=search,
         seeds=list(seeds),
+        references=resolve_references(compare.get("references"), untuned),
         path=path,
     )
 

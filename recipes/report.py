@@ -13,6 +13,7 @@ from typing import Any
 from hpo.result_files import new_figure, plot_anytime, save_figure
 from hpo.results import SearchResult
 from recipes.fit import fit_lines, fit_table, plot_fit
+from recipes.references import arm_names
 
 LIBRARIES = ("torch", "transformers", "peft", "accelerate", "optuna", "datasets")
 SIDE_BY_SIDE_PROMPTS = 3  # test prompts shown with both arms' answers (causal LMs)
@@ -27,19 +28,23 @@ def headline(results: dict[str, Any]) -> list[str]:
     unit = " points" if points == 100 else ""
     digits = 1 if points == 100 else 3  # a loss difference of 0.347 is not "-0.3"
     better = c["difference"] > 0 if results["direction"] == "maximize" else c["difference"] < 0
+    references = results.get("references") or {}
+    against = f" and the best of the field's recipes ({', '.join(references)})" if references else ""
     lines = [
-        f"Question: does tuning the {method} fine-tune beat the untuned run on held-out test {metric}?",
+        f"Question: does tuning the {method} fine-tune beat the untuned run{against} on held-out test {metric}?",
         f"Answer: tuned {method}: {c['tuned_mean']:.3f} +/- {c['tuned_std']:.3f} test {metric} vs untuned "
         f"{c['untuned_mean']:.3f} +/- {c['untuned_std']:.3f} ({c['n_tuned']} seeds each), "
         f"{c['difference'] * points:+.{digits}f}{unit}, 95% CI ({INTERVALS[c.get('ci_method', 'bootstrap')]}) "
         f"[{c['ci_low'] * points:+.{digits}f}, {c['ci_high'] * points:+.{digits}f}]"
         f"{unit}, Welch's t-test p = {c['p_value']:.3g}.",
     ]
-    if all("test_exact_match" in run["test"] for arm in ("tuned", "untuned") for run in results["runs"][arm]):
-        match = {arm: [run["test"]["test_exact_match"] for run in results["runs"][arm]] for arm in ("tuned", "untuned")}
+    lines += reference_lines(results, points, unit, digits)
+    if all("test_exact_match" in run["test"] for arm in arm_names(results) for run in results["runs"][arm]):
+        match = {arm: [run["test"]["test_exact_match"] for run in results["runs"][arm]] for arm in arm_names(results)}
+        others = "".join(f"; {name} {_mean_std(match[name])}" for name in references)
         lines.append(
             f"Greedy answers on test, exact match: tuned {_mean_std(match['tuned'])} vs untuned "
-            f"{_mean_std(match['untuned'])}."
+            f"{_mean_std(match['untuned'])}{others}."
         )
     if _untuned_won(results):
         lines.append("The search kept the untuned configuration: tuning did not help on this task at this budget.")
@@ -53,6 +58,32 @@ def headline(results: dict[str, Any]) -> list[str]:
     else:
         lines.append("Tuning made the result worse, significantly (p < 0.05).")
     return lines
+
+
+def reference_lines(results: dict[str, Any], points: int, unit: str, digits: int) -> list[str]:
+    """The tuned arm against the best reference (recipes.references), as the headline says it."""
+    references = results.get("references") or {}
+    best = next((name for name, ref in references.items() if ref["best"]), None)
+    if best is None:
+        return []
+    c = references[best]["comparison"]
+    overrides = references[best]["overrides"]
+    shown = ", ".join(
+        f"{key.split('.')[-1]} {shown_value(overrides[key])}"
+        for key in ("training.learning_rate", "method.lora_r", "training.num_train_epochs")
+        if key in overrides
+    )
+    better = c["difference"] > 0 if results["direction"] == "maximize" else c["difference"] < 0
+    if not c["significant"]:
+        verdict = "the difference is not significant (p >= 0.05)"
+    else:
+        verdict = f"tuning is significantly {'better' if better else 'worse'} (p < 0.05)"
+    return [
+        f"Against the best reference, {best} ({shown}): tuned {c['tuned_mean']:.3f} +/- {c['tuned_std']:.3f} vs "
+        f"{c['untuned_mean']:.3f} +/- {c['untuned_std']:.3f}, {c['difference'] * points:+.{digits}f}{unit}, 95% CI "
+        f"({INTERVALS[c['ci_method']]}) [{c['ci_low'] * points:+.{digits}f}, {c['ci_high'] * points:+.{digits}f}]"
+        f"{unit}, p = {c['p_value']:.3g}: {verdict}."
+    ]
 
 
 def write_report(run_dir: Path, results: dict[str, Any], search: SearchResult) -> None:
@@ -80,26 +111,40 @@ def _sections(results: dict[str, Any], search: SearchResult) -> list[tuple[str, 
     runs = results["runs"]
     # A row is a pair of runs on the same training rows (validation split); the untuned runs reused from
     # choosing the winner carry that re-run's seed.
-    per_seed = [["seed (tuned / untuned)", "tuned test", "untuned test", "tuned validation", "untuned validation"]]
-    for tuned, untuned in zip(runs["tuned"], runs["untuned"], strict=True):
+    references = list(results.get("references") or {})
+    per_seed = [
+        [
+            "seed (tuned / untuned)",
+            "tuned test",
+            "untuned test",
+            *(f"{name} test" for name in references),
+            "tuned validation",
+            "untuned validation",
+        ]
+    ]
+    for index, (tuned, untuned) in enumerate(zip(runs["tuned"], runs["untuned"], strict=True)):
         reused = " (re-run from choosing the winner)" if untuned.get("reused_from") else ""
         per_seed.append(
             [
                 f"{tuned['seed']} / {untuned['seed']}{reused}",
                 f"{tuned['test'][f'test_{metric}']:.4f}",
                 f"{untuned['test'][f'test_{metric}']:.4f}",
+                *(f"{runs[name][index]['test'][f'test_{metric}']:.4f}" for name in references),
                 f"{tuned['validation'].get(f'eval_{metric}', float('nan')):.4f}",
                 f"{untuned['validation'].get(f'eval_{metric}', float('nan')):.4f}",
             ]
         )
-    params = [["hyperparameter", "tuned", "untuned"]]
+    overrides = {name: ref["overrides"] for name, ref in (results.get("references") or {}).items()}
+    params = [["hyperparameter", "tuned", "untuned", *overrides]]
     for section in ("training", "method"):
         for key, value in results["best_config"][section].items():
             untuned = results["untuned_config"][section][key]
+            dotted = f"{section}.{key}"
+            theirs = [o.get(dotted, untuned) for o in overrides.values()]
             if key not in ("output_dir", "run_name") and (
-                value != untuned or key in ("learning_rate", "num_train_epochs")
+                any(v != untuned for v in (value, *theirs)) or key in ("learning_rate", "num_train_epochs")
             ):
-                params.append([f"{section}.{key}", shown_value(value), shown_value(untuned)])
+                params.append([dotted, shown_value(value), shown_value(untuned), *map(shown_value, theirs)])
     environment = [["", ""], ["python", platform.python_version()], ["machine", platform.platform()]]
     for name in LIBRARIES:
         try:
@@ -116,7 +161,7 @@ def _sections(results: dict[str, Any], search: SearchResult) -> list[tuple[str, 
     return [
         *sections,
         ("Fit: training vs validation at the last evaluation", fit_table(results)),
-        ("Best parameters next to the untuned ones", params),
+        ("Best parameters next to the untuned ones and the references'", params),
         ("Budget used", _budget_rows(results)),
         ("Environment", environment),
     ]
@@ -144,14 +189,14 @@ def _budget_rows(results: dict[str, Any]) -> list[list[str]]:
         ["sampler / scheduler", f"{s['sampler']} / {s['scheduler']}"],
         ["stopped because", s["stop_reason"]],
         ["best validation during search", f"{s['best_value']:.4f} (trial {s['best_trial']})"],
-        ["retrain wall time, both arms (s)", f"{_retrain_seconds(results):.0f}"],
+        ["retrain wall time, every arm (s; untuned re-runs counted in the search)", f"{_retrain_seconds(results):.0f}"],
     ]
 
 
 def generation_table(results: dict[str, Any]) -> list[list[str]]:
     """Exact match and token F1 of the greedy answers on test, per arm (mean +/- std over seeds)."""
     rows = [["arm", "exact match", "token F1", "test loss"]]
-    for arm in ("tuned", "untuned"):
+    for arm in reversed(arm_names(results)):
         tests = [run["test"] for run in results["runs"][arm]]
         rows.append(
             [arm, *(_mean_std([t[f"test_{key}"] for t in tests]) for key in ("exact_match", "token_f1", "loss"))]
@@ -160,11 +205,12 @@ def generation_table(results: dict[str, Any]) -> list[list[str]]:
 
 
 def side_by_side(results: dict[str, Any], count: int = SIDE_BY_SIDE_PROMPTS) -> list[list[str]]:
-    answers = {arm: _read_generations(results["runs"][arm][0].get("generations")) for arm in ("untuned", "tuned")}
-    rows = [["prompt (end)", "reference", "untuned", "tuned"]]
-    for untuned, tuned in list(zip(answers["untuned"], answers["tuned"], strict=False))[:count]:
-        texts = [untuned["prompt"][-160:], untuned["reference"][:200], untuned["generated"][:200]]
-        rows.append([_one_line(text) for text in [*texts, tuned["generated"][:200]]])
+    arms = arm_names(results)
+    answers = [_read_generations(results["runs"][arm][0].get("generations")) for arm in arms]
+    rows = [["prompt (end)", "expected", *arms]]
+    for per_arm in list(zip(*answers, strict=False))[:count]:
+        texts = [per_arm[0]["prompt"][-160:], per_arm[0]["reference"][:200]]
+        rows.append([_one_line(text) for text in [*texts, *(answer["generated"][:200] for answer in per_arm)]])
     return rows
 
 
@@ -193,8 +239,8 @@ def shown_value(value: Any) -> str:
 
 
 def _retrain_seconds(results: dict[str, Any]) -> float:
-    runs = results["runs"]["untuned"] + ([] if _untuned_won(results) else results["runs"]["tuned"])
-    return sum(r["wall_seconds"] for r in runs)
+    arms = [arm for arm in arm_names(results) if not (arm == "tuned" and _untuned_won(results))]
+    return sum(r["wall_seconds"] for arm in arms for r in results["runs"][arm] if not r.get("reused_from"))
 
 
 def spent_against_budget(summary: dict[str, Any]) -> str:
@@ -303,10 +349,14 @@ def _markdown(results, sections, plots, run_dir: Path) -> str:
 def _configs(results: dict[str, Any]) -> list[tuple[str, str]]:
     import yaml
 
-    return [
+    configs = [
         (f"{name} (as trained)", yaml.safe_dump(results[key], sort_keys=False))
         for name, key in (("tuned", "best_config"), ("untuned", "untuned_config"))
     ]
+    for name, reference in (results.get("references") or {}).items():
+        title = f"{name}: the untuned config with these values (recipes/references/{name}.yaml)"
+        configs.append((title, yaml.safe_dump(reference["overrides"], sort_keys=False)))
+    return configs
 
 
 # Nothing may be wider than the page: long values wrap, wide tables scroll inside themselves.
@@ -366,11 +416,12 @@ def _plot_seed_scores(results: dict[str, Any], path: Path) -> str:
     metric = results["metric"]
     fig = new_figure(figsize=(5, 4))
     ax = fig.subplots()
-    for i, arm in enumerate(("untuned", "tuned")):
+    arms = arm_names(results)
+    for i, arm in enumerate(arms):
         scores = [r["test"][f"test_{metric}"] for r in results["runs"][arm]]
         ax.scatter([i] * len(scores), scores, s=40)
         ax.hlines(sum(scores) / len(scores), i - 0.2, i + 0.2)
-    ax.set_xticks([0, 1], ["untuned", "tuned"])
+    ax.set_xticks(range(len(arms)), arms, rotation=20 if len(arms) > 2 else 0)
     ax.set_ylabel(f"test {metric}")
     ax.set_title("per-seed test scores")
     return save_figure(fig, path)
@@ -380,7 +431,10 @@ def _plot_learning_curves(results: dict[str, Any], path: Path) -> str:
     metric = results["metric"]
     fig = new_figure(figsize=(6, 4))
     ax = fig.subplots()
-    for arm, color in (("untuned", "tab:blue"), ("tuned", "tab:orange")):
+    colors = {"untuned": "tab:blue", "tuned": "tab:orange"}
+    others = iter(("tab:green", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan"))
+    for arm in arm_names(results):
+        color = colors.get(arm) or next(others, "tab:gray")
         for i, run in enumerate(results["runs"][arm]):
             points = [(e["step"], e[f"eval_{metric}"]) for e in run["evaluations"] if f"eval_{metric}" in e]
             if points:

@@ -24,6 +24,7 @@ from hpo.finetune.plan import SearchPlan, plan_search
 from hpo.finetune.reruns import kept_reruns
 from recipes.progress import RunProgress
 from recipes.recipe import Recipe
+from recipes.references import reference_config, reference_overrides
 from recipes.report import write_report
 from recipes.stats import compare
 
@@ -43,7 +44,8 @@ def run_recipe(recipe: Recipe, run_dir: str | Path) -> dict | None:
     plan = plan_search(recipe.untuned, recipe.search, world_size=process_state().num_processes)
     # The untuned configuration's re-runs double as untuned-arm seeds (step 2); the rest are retrained,
     # at the untuned run's length until the winner is known.
-    retrains = 2 * len(recipe.seeds) - reused_untuned_runs(plan, len(recipe.seeds))
+    references = {name: reference_config(name, recipe.untuned) for name in recipe.references}
+    retrains = (2 + len(references)) * len(recipe.seeds) - reused_untuned_runs(plan, len(recipe.seeds))
     progress = RunProgress(
         search_steps=plan.total_steps or 0, retrain_steps=retrains * plan.full_run_steps, enabled=main
     )
@@ -72,7 +74,8 @@ def run_recipe(recipe: Recipe, run_dir: str | Path) -> dict | None:
     #    fresh untuned runs fill the remaining seeds. Seed k of the tuned arm trains on the rows that seed k
     #    of the untuned arm trained on (the same validation split), with a fresh training seed. Every run
     #    evaluates on the search's schedule, so "the best checkpoint" means the same in both arms as in
-    #    the search. When the untuned configuration won, both arms are the same runs.
+    #    the search. When the untuned configuration won, both arms are the same runs. The field's recipes
+    #    (recipes.references) train as further arms, on the tuned arm's seeds and rows.
     reused = _untuned_reruns(summary, run_dir / "search" / "selection")[: len(recipe.seeds)]
     split_seeds = [r["overrides"].get("data.validation_split_seed") for r in reused]
     split_seeds += [None] * (len(recipe.seeds) - len(reused))
@@ -80,10 +83,10 @@ def run_recipe(recipe: Recipe, run_dir: str | Path) -> dict | None:
     arms = [("untuned", recipe.untuned.with_overrides(schedule))]
     if summary["winner_role"] != UNTUNED:
         arms.append(("tuned", best_config.with_overrides(schedule)))
+    arms += [(name, config.with_overrides(schedule)) for name, config in references.items()]
     fresh_untuned = len(recipe.seeds) - len(reused)
     progress.retrain_steps = _planned_steps(recipe.untuned) * fresh_untuned
-    if len(arms) > 1:
-        progress.retrain_steps += _planned_steps(best_config) * len(recipe.seeds)
+    progress.retrain_steps += sum(_planned_steps(config) for arm, config in arms[1:]) * len(recipe.seeds)
     runs: dict[str, list[dict]] = {"untuned": []}
     for index, rerun in enumerate(reused, start=1):
         progress.say(f"testing untuned, seed {index} of {len(recipe.seeds)} (a re-run from choosing the winner)")
@@ -112,6 +115,7 @@ def run_recipe(recipe: Recipe, run_dir: str | Path) -> dict | None:
         "metric": metric,
         "direction": search.result.direction,
         "comparison": comparison.to_dict(),
+        "references": _reference_results(recipe, runs, scores["tuned"], metric, search.result.direction),
         "runs": runs,
         "search": summary,
         "best_config": best_config.to_dict(),
@@ -122,6 +126,25 @@ def run_recipe(recipe: Recipe, run_dir: str | Path) -> dict | None:
     (run_dir / "results.json").write_text(json.dumps(results, indent=2, default=str))
     write_report(run_dir, results, search.result)
     return results
+
+
+def _reference_results(
+    recipe: Recipe, runs: dict[str, list[dict]], tuned: list[float], metric: str, direction: str
+) -> dict[str, dict]:
+    """Each reference arm's hyperparameters and the tuned arm against it; "best" marks the best test mean."""
+    out = {}
+    for name in recipe.references:
+        scores = [r["test"][f"test_{metric}"] for r in runs[name]]
+        out[name] = {
+            "overrides": reference_overrides(name, recipe.untuned.method.name),
+            "comparison": compare(tuned, scores).to_dict(),  # tuned - reference
+            "best": False,
+        }
+    if out:
+        pick = max if direction == "maximize" else min
+        best = pick(out, key=lambda name: out[name]["comparison"]["untuned_mean"])  # the reference's mean
+        out[best]["best"] = True
+    return out
 
 
 def _planned_steps(config: FinetuneConfig) -> int:

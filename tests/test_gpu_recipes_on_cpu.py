@@ -145,7 +145,18 @@ def test_gpu_causal_lm_recipe_runs_on_cpu_with_a_tiny_model_of_its_architecture(
     assert len(generations) == 8 and all(g["prompt"].endswith(opening[family]) for g in generations)
     if family == "qwen2":
         assert all("you are a helpful assistant." in g["prompt"] for g in generations)  # the default system turn
-    assert "| exact match |" in (run_dir / "report.md").read_text()
+    report = (run_dir / "report.md").read_text()
+    assert "| exact match |" in report
+    # The field's LoRA recipes ran as further arms (on by default for causal LMs), same seeds and test rows.
+    references = results["references"]
+    assert set(references) == {"axolotl", "llama_factory", "torchtune"}
+    assert sum(ref["best"] for ref in references.values()) == 1
+    assert all(
+        len(results["runs"][name]) == 2 and "test_exact_match" in results["runs"][name][0]["test"]
+        for name in references
+    )
+    assert "and the best of the field's recipes (" in report and "Against the best reference, " in report
+    assert "| torchtune test |" in report and "| torchtune |" in report  # per-seed and the answers tables
 
 
 def test_gpu_classification_recipe_runs_on_cpu_with_a_tiny_bert(tmp_path, tiny_bert):

@@ -1,0 +1,85 @@
+"""The field's recipes as reference arms (recipes.references): loading, defaults and bad input."""
+
+import re
+
+import pytest
+import yaml
+from conftest import causal_config, classification_config
+
+from finetune import ConfigError, FinetuneConfig
+from recipes.recipe import recipe_from_dict
+from recipes.references import (
+    REFERENCES_DIR,
+    default_references,
+    known_references,
+    reference_config,
+    reference_overrides,
+)
+
+
+def _causal(tmp_path, method="lora"):
+    raw = causal_config("unused-model", str(tmp_path / "train.jsonl"), tmp_path / "out", method={"name": method})
+    return FinetuneConfig.from_dict(raw)
+
+
+def test_the_three_projects_ship_lora_and_full_references_each_value_cited():
+    assert known_references() == ["axolotl", "llama_factory", "torchtune"]
+    for name in known_references():
+        text = (REFERENCES_DIR / f"{name}.yaml").read_text()
+        raw = yaml.safe_load(text)
+        assert raw["name"] == name and set(raw) >= {"lora", "full"}
+        # Each section starts by naming the project's config file it was read from.
+        for family in ("lora", "full"):
+            section = text.split(f"\n{family}:\n", 1)[1]
+            assert re.match(r"\s+# \S+\.ya?ml", section), (name, family)
+        assert re.search(r"@[0-9a-f]{8}", text), name  # the commit it was read at
+
+
+@pytest.mark.parametrize("name", ["axolotl", "llama_factory", "torchtune"])
+@pytest.mark.parametrize("method", ["lora", "dora", "full"])
+def test_every_reference_makes_a_valid_config(tmp_path, name, method):
+    untuned = _causal(tmp_path, method)
+    config = reference_config(name, untuned)
+    overrides = reference_overrides(name, method)
+    assert config.training.learning_rate == overrides["training.learning_rate"]
+    assert config.data == untuned.data and config.model == untuned.model  # only hyperparameters change
+    if method != "full":
+        assert config.method.lora_r == overrides["method.lora_r"]
+
+
+def test_the_values_read_from_the_projects(tmp_path):
+    lora = {name: reference_config(name, _causal(tmp_path)) for name in known_references()}
+    assert lora["torchtune"].training.learning_rate == 2e-3 and lora["torchtune"].training.warmup_steps == 100
+    assert lora["axolotl"].training.learning_rate == 2e-4 and lora["axolotl"].method.lora_alpha == 32
+    assert lora["llama_factory"].training.num_train_epochs == 3 and lora["llama_factory"].method.lora_alpha == 16
+
+
+def test_defaults_cover_causal_lms_and_the_methods_the_projects_ship(tmp_path, tiny_bert, sentiment_files):
+    assert default_references(_causal(tmp_path)) == known_references()
+    assert default_references(_causal(tmp_path, "ia3")) == []
+    classification = FinetuneConfig.from_dict(classification_config(tiny_bert, sentiment_files, tmp_path / "o"))
+    assert default_references(classification) == []
+
+
+@pytest.mark.parametrize(
+    ("compare", "message"),
+    [
+        ({"references": ["unsloth"]}, "unknown reference 'unsloth'; known: axolotl, llama_factory, torchtune"),
+        ({"references": "torchtune"}, "expected a list of names"),
+        ({"references": ["axolotl", "axolotl"]}, "duplicates"),
+        ({"refs": []}, "compare: expected a mapping with the key references"),
+    ],
+)
+def test_bad_compare_sections(tmp_path, compare, message):
+    raw = causal_config("unused-model", str(tmp_path / "train.jsonl"), tmp_path / "out")
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        recipe_from_dict({**raw, "compare": compare})
+
+
+def test_a_method_without_a_reference_is_named(tmp_path):
+    raw = causal_config("unused-model", str(tmp_path / "train.jsonl"), tmp_path / "out", method={"name": "ia3"})
+    with pytest.raises(
+        ConfigError, match="torchtune ships no configuration for method 'ia3' .it has: dora, full, lora"
+    ):
+        recipe_from_dict({**raw, "compare": {"references": ["torchtune"]}})
+    assert recipe_from_dict({**raw, "compare": {"references": []}}).references == []
