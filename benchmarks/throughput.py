@@ -179,7 +179,7 @@ def main() -> None:
         tps, seconds = median(items, "tokens_per_second"), median(items, "train_seconds")
         print(
             f"| {name} | {tps:.0f} | {seconds:.1f} | {median(items, 'accuracy'):.4f} | {tps / base:.3f} | "
-            f"{padded_seconds / seconds:.2f}x |"
+            f"{f'{padded_seconds / seconds:.2f}x' if padded else '-'} |"
         )
     name = "throughput.json" if not args.batch_size else f"throughput_batch{args.batch_size}.json"
     (ROOT / "benchmarks" / name).write_text(json.dumps(results, indent=2))
