@@ -81,6 +81,7 @@ def check_recipe(recipe: Recipe, *, time_steps: bool = True) -> dict[str, Any]:
         "retrain_runs": retrains,
         "retrain_steps": (2 * seeds - reused_untuned_runs(plan, seeds)) * run_steps + seeds * reference_steps,
         "references": recipe.references,
+        "reused_untuned_runs": reused_untuned_runs(plan, seeds),
     }
     if time_steps:
         timing = time_untuned_steps(config)
@@ -167,8 +168,7 @@ def format_check(report: dict[str, Any]) -> str:
         f"search: {report['search_steps']} steps in all, {report['exploration_steps']} to explore and "
         f"{report['reserve_steps']} kept to choose the winner; selection: {report['selection']}",
         f"retrains: {report['retrain_runs']} runs (tuned, untuned{_and_references(report['references'])}, one "
-        f"per seed; the untuned configuration's re-runs from choosing the winner count as untuned seeds), about "
-        f"{report['retrain_steps']} steps",
+        f"per seed{_reused(report['reused_untuned_runs'])}), about {report['retrain_steps']} steps",
     ]
     if "timing" in report:
         t, minutes = report["timing"], report["estimated_minutes"]
@@ -183,3 +183,7 @@ def format_check(report: dict[str, Any]) -> str:
 
 def _and_references(references: list[str]) -> str:
     return f" and the references {', '.join(references)}" if references else ""
+
+
+def _reused(count: int) -> str:
+    return f"; {count} untuned seeds are the untuned configuration's re-runs from choosing the winner" if count else ""
