@@ -82,6 +82,11 @@ class DataConfig:
     format: SftFormat = "auto"
     columns: dict[str, str] = field(default_factory=dict)
     completion_only_loss: bool = True
+    # prompt_completion and instruction rows through the tokenizer's chat template when it has one (the
+    # prompt as the user turn, the answer as the assistant turn), as an instruct model was trained to read
+    # them; false: the raw prompt + completion (instruction rows: the Alpaca prompt). messages rows always
+    # use the template.
+    chat_template: bool = True
     # Seeded splits when a file for a split is not given (fraction of train, or a row count >= 1).
     validation_size: float = 0.1
     test_size: float = 0.0

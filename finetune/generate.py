@@ -36,7 +36,7 @@ def generate_on_split(
     if config.model.task != "causal_lm":
         raise ConfigError("--generate scores causal-LM runs; this run's model.task is classification")
     rows, sft_format = _split_rows(config, split)
-    examples = [render_prompt(row, sft_format, tokenizer) for row in rows]
+    examples = [render_prompt(row, sft_format, tokenizer, chat_template=config.data.chat_template) for row in rows]
     prompts = [prompt for prompt, _ in examples]
     batch_size = batch_size or config.training.per_device_eval_batch_size  # as evaluation and GenerationMetrics
     precision = config.training.mixed_precision
@@ -135,7 +135,8 @@ class GenerationMetrics(TrainerCallback):
 
     def __init__(self, config: FinetuneConfig, tokenizer: PreTrainedTokenizerBase):
         rows, sft_format = _split_rows(config, "validation")
-        examples = [render_prompt(row, sft_format, tokenizer) for row in rows[: config.data.max_generation_samples]]
+        rows = rows[: config.data.max_generation_samples]
+        examples = [render_prompt(row, sft_format, tokenizer, chat_template=config.data.chat_template) for row in rows]
         self.prompts = [prompt for prompt, _ in examples]
         self.references = [reference for _, reference in examples]
         self.tokenizer, self.data = tokenizer, config.data

@@ -94,19 +94,26 @@ def detect_format(split: Dataset, data: DataConfig) -> str:
     )
 
 
-def render_sft(row: dict, sft_format: str, tokenizer: PreTrainedTokenizerBase) -> tuple[str, list[tuple[int, int]]]:
-    """The full training text and the character spans that carry loss (completions/assistant turns)."""
+def render_sft(
+    row: dict, sft_format: str, tokenizer: PreTrainedTokenizerBase, *, chat_template: bool = True
+) -> tuple[str, list[tuple[int, int]]]:
+    """The full training text and the character spans that carry loss (completions/assistant turns).
+    ``chat_template``: data.chat_template (prompt_completion and instruction rows through the template)."""
     eos = tokenizer.eos_token or ""
+    templated = chat_template and bool(tokenizer.chat_template)
     if sft_format == "text":
         text = str(row["text"])
         return text + eos, [(0, len(text) + len(eos))]
     if sft_format == "prompt_completion":
         prompt, completion = str(row["prompt"]), str(row["completion"])
+        if templated:
+            messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}]
+            return _render_messages(messages, tokenizer)
         return prompt + completion + eos, [(len(prompt), len(prompt) + len(completion) + len(eos))]
     if sft_format == "instruction":
         user = str(row["instruction"])
         extra = str(row.get("input") or "")
-        if tokenizer.chat_template:
+        if templated:
             content = user + ("\n\n" + extra if extra else "")
             messages = [{"role": "user", "content": content}, {"role": "assistant", "content": str(row["output"])}]
             return _render_messages(messages, tokenizer)
@@ -155,7 +162,7 @@ def tokenize_sft(
     split, sft_format = canonical_sft_split(split, split_name, origin, data)
 
     def encode(row: dict) -> dict:
-        text, spans = render_sft(row, sft_format, tokenizer)
+        text, spans = render_sft(row, sft_format, tokenizer, chat_template=data.chat_template)
         encoded = tokenizer(
             text,
             truncation=True,
@@ -193,18 +200,20 @@ def canonical_sft_split(split: Dataset, split_name: str, origin: str, data: Data
     return split, sft_format
 
 
-def render_prompt(row: dict, sft_format: str, tokenizer: PreTrainedTokenizerBase) -> tuple[str, str]:
+def render_prompt(
+    row: dict, sft_format: str, tokenizer: PreTrainedTokenizerBase, *, chat_template: bool = True
+) -> tuple[str, str]:
     """(the prompt exactly as training renders it before the answer, the reference answer) for generation."""
+    templated = chat_template and bool(tokenizer.chat_template)
     if sft_format == "prompt_completion":
+        if templated:
+            return _generation_prompt(str(row["prompt"]), tokenizer), str(row["completion"])
         return str(row["prompt"]), str(row["completion"])
     if sft_format == "instruction":
         user, extra = str(row["instruction"]), str(row.get("input") or "")
-        if tokenizer.chat_template:
+        if templated:
             content = user + ("\n\n" + extra if extra else "")
-            prompt = tokenizer.apply_chat_template(
-                [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
-            )
-            return prompt, str(row["output"])
+            return _generation_prompt(content, tokenizer), str(row["output"])
         template = ALPACA_WITH_INPUT if extra else ALPACA_NO_INPUT
         return template.format(instruction=user, input=extra), str(row["output"])
     if sft_format == "messages":
@@ -226,3 +235,7 @@ def _require_columns(split: Dataset, split_name: str, origin: str, columns: list
         raise DataError(
             f"{split_name} ({origin}): missing column(s) {missing}; the file has {sorted(split.column_names)}"
         )
+
+
+def _generation_prompt(user: str, tokenizer: PreTrainedTokenizerBase) -> str:
+    return tokenizer.apply_chat_template([{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True)

@@ -49,8 +49,7 @@ def test_evaluate_generate_writes_generations_and_scores(tiny_llama, sft_files, 
     assert len(rows) == 6 and metrics["test_generated"] == 6
     assert set(rows[0]) == {"prompt", "reference", "generated"}
     assert all(r["reference"] in ("paris", "the ocean", "one or two", "in the river") for r in rows)
-    if fmt != "prompt_completion":
-        assert rows[0]["prompt"].endswith("<|im_start|>assistant\n")  # the chat template's generation prompt
+    assert rows[0]["prompt"].endswith("<|im_start|>assistant\n")  # the chat template's generation prompt
     assert 0 <= metrics["test_exact_match"] <= metrics["test_token_f1"] <= 1 and "test_loss" in metrics
     again = finetune.evaluate(run_dir, "test", generate=True)  # greedy: the same text every time
     assert [json.loads(line) for line in (run_dir / "generations_test.jsonl").read_text().splitlines()] == rows
