@@ -72,14 +72,14 @@ def run_recipe(recipe: Recipe, run_dir: str | Path) -> dict | None:
     # 2. Test both arms over the recipe's seeds. The untuned configuration was not selected on, so its
     #    re-runs from choosing the winner are untuned-arm seeds as they are: tested, not trained again;
     #    fresh untuned runs fill the remaining seeds. Seed k of the tuned arm trains on the rows that seed k
-    #    of the untuned arm trained on (the same validation split), with a fresh training seed. Every run
-    #    evaluates on the search's schedule, so "the best checkpoint" means the same in both arms as in
-    #    the search. When the untuned configuration won, both arms are the same runs. The field's recipes
-    #    (recipes.references) train as further arms, on the tuned arm's seeds and rows.
+    #    of the untuned arm trained on (the same validation split), with a fresh training seed. Where runs
+    #    are reused, every run evaluates on the search's schedule, so "the best checkpoint" means the same
+    #    in every arm; otherwise on the recipe's. When the untuned configuration won, both arms are the same
+    #    runs. The field's recipes (recipes.references) train as further arms, on the tuned arm's seeds and rows.
     reused = _untuned_reruns(summary, run_dir / "search" / "selection")[: len(recipe.seeds)]
     split_seeds = [r["overrides"].get("data.validation_split_seed") for r in reused]
     split_seeds += [None] * (len(recipe.seeds) - len(reused))
-    schedule = {"training.eval_steps": plan.min_steps}
+    schedule = {"training.eval_steps": plan.min_steps} if reused else {}
     arms = [("untuned", recipe.untuned.with_overrides(schedule))]
     if summary["winner_role"] != UNTUNED:
         arms.append(("tuned", best_config.with_overrides(schedule)))
