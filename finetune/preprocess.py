@@ -238,4 +238,5 @@ def _require_columns(split: Dataset, split_name: str, origin: str, columns: list
 
 
 def _generation_prompt(user: str, tokenizer: PreTrainedTokenizerBase) -> str:
-    return tokenizer.apply_chat_template([{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True)
+    messages = [{"role": "user", "content": user}]
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)

@@ -28,7 +28,7 @@ def test_prompt_completion_goes_through_the_chat_template_of_an_instruct_tokeniz
     """The chat-template trap: an instruct model fed raw prompt + completion learns a format it never saw."""
     row = _sft(tokenizer, [{"prompt": "what is the capital of france?", "completion": "paris"}])[0]
     assert _trained_text(tokenizer, row).split() == ["paris", "<|im_end|>"]
-    assert tokenizer.decode(row["input_ids"]).startswith("<|im_start|>user\nwhat is the capital of france?")
+    assert tokenizer.decode(row["input_ids"]).startswith("<|im_start|> user what is the capital of france ?")
     plain = AutoTokenizer.from_pretrained(tokenizer.name_or_path)
     plain.chat_template = None  # a base model's tokenizer: the raw text, nothing to switch
     assert _trained_text(plain, _sft(plain, [{"prompt": "why ", "completion": "blue"}])[0]) == "blue </s>"
@@ -37,11 +37,12 @@ def test_prompt_completion_goes_through_the_chat_template_of_an_instruct_tokeniz
 def test_data_chat_template_false_trains_the_raw_text(tokenizer):
     raw = [{"instruction": "why?", "input": "sky", "output": "blue"}]
     row = _sft(tokenizer, raw, chat_template=False)[0]
-    assert "### Response:" in tokenizer.decode(row["input_ids"]) and _trained_text(tokenizer, row) == "blue </s>"
+    assert "<|im_start|>" not in tokenizer.decode(row["input_ids"]) and _trained_text(tokenizer, row) == "blue </s>"
 
 
 def test_prompt_completion_masks_the_prompt(tokenizer):
-    row = _sft(tokenizer, [{"prompt": "what is the capital of france? ", "completion": "paris"}], chat_template=False)[0]
+    rows = [{"prompt": "what is the capital of france? ", "completion": "paris"}]
+    row = _sft(tokenizer, rows, chat_template=False)[0]
     n_prompt = len(tokenizer("what is the capital of france? ")["input_ids"])
     assert row["labels"][:n_prompt] == [IGNORE_INDEX] * n_prompt
     assert row["labels"][n_prompt:] == row["input_ids"][n_prompt:]
@@ -49,7 +50,8 @@ def test_prompt_completion_masks_the_prompt(tokenizer):
 
 
 def test_completion_only_loss_can_be_switched_off(tokenizer):
-    row = _sft(tokenizer, [{"prompt": "why ", "completion": "blue"}], completion_only_loss=False, chat_template=False)[0]
+    rows = [{"prompt": "why ", "completion": "blue"}]
+    row = _sft(tokenizer, rows, completion_only_loss=False, chat_template=False)[0]
     assert row["labels"] == row["input_ids"]
 
 
