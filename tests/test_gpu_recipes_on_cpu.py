@@ -134,6 +134,8 @@ def test_gpu_causal_lm_recipe_runs_on_cpu_with_a_tiny_model_of_its_architecture(
         "data.max_train_samples=32",
         *SMALL,
     ]
+    if family == "llama":  # the reference arms once (qwen2) are enough; here they are turned off
+        overrides.append("compare.references=[]")
     run_dir = tmp_path / "run"
     assert run_main([str(GPU / recipe), *overrides, "--run-dir", str(run_dir)]) == 0
     results = json.loads((run_dir / "results.json").read_text())
@@ -149,6 +151,9 @@ def test_gpu_causal_lm_recipe_runs_on_cpu_with_a_tiny_model_of_its_architecture(
     assert "| exact match |" in report
     # The field's LoRA recipes ran as further arms (on by default for causal LMs), same seeds and test rows.
     references = results["references"]
+    if family == "llama":
+        assert references == {} and "best reference" not in report
+        return
     assert set(references) == {"axolotl", "llama_factory", "torchtune"}
     assert sum(ref["best"] for ref in references.values()) == 1
     assert all(
