@@ -39,14 +39,6 @@ def headline(results: dict[str, Any]) -> list[str]:
         f"[{c['ci_low'] * points:+.{digits}f}, {c['ci_high'] * points:+.{digits}f}]"
         f"{unit}, Welch's t-test p = {c['p_value']:.3g}.",
     ]
-    lines += reference_lines(results, points, unit, digits)
-    if all("test_exact_match" in run["test"] for arm in arm_names(results) for run in results["runs"][arm]):
-        match = {arm: [run["test"]["test_exact_match"] for run in results["runs"][arm]] for arm in arm_names(results)}
-        others = "".join(f"; {name} {_mean_std(match[name])}" for name in references)
-        lines.append(
-            f"Greedy answers on test, exact match: tuned {_mean_std(match['tuned'])} vs untuned "
-            f"{_mean_std(match['untuned'])}{others}."
-        )
     if _untuned_won(results):
         lines.append("The search kept the untuned configuration: tuning did not help on this task at this budget.")
     elif not c["significant"]:
@@ -58,6 +50,15 @@ def headline(results: dict[str, Any]) -> list[str]:
         lines.append("Tuning helped, and the difference is significant (p < 0.05).")
     else:
         lines.append("Tuning made the result worse, significantly (p < 0.05).")
+    # Each verdict next to its answer: against the untuned run above, against the best reference here.
+    lines += reference_lines(results, points, unit, digits)
+    if all("test_exact_match" in run["test"] for arm in arm_names(results) for run in results["runs"][arm]):
+        match = {arm: [run["test"]["test_exact_match"] for run in results["runs"][arm]] for arm in arm_names(results)}
+        others = "".join(f"; {name} {_mean_std(match[name])}" for name in references)
+        lines.append(
+            f"Greedy answers on test, exact match: tuned {_mean_std(match['tuned'])} vs untuned "
+            f"{_mean_std(match['untuned'])}{others}."
+        )
     return lines
 
 
