@@ -47,8 +47,8 @@ def check_recipe(recipe: Recipe, *, time_steps: bool = True) -> dict[str, Any]:
     source = resolve_source(config.model)
     model_config = AutoConfig.from_pretrained(source.path, trust_remote_code=config.model.trust_remote_code)
     plan = plan_search(config, recipe.search)
-    seeds = len(recipe.seeds)
-    retrains = (2 + len(recipe.references)) * seeds - reused_untuned_runs(plan, seeds)
+    seeds, reused = len(recipe.seeds), reused_untuned_runs(plan, len(recipe.seeds))
+    retrains = (2 + len(recipe.references)) * seeds - reused
     run_steps = planned_steps(config, len(inputs.train))
     # The tuned arm at the untuned run's length (the winner is not known yet); references at their own.
     reference_steps = sum(planned_steps(reference_config(n, config), len(inputs.train)) for n in recipe.references)
@@ -79,9 +79,9 @@ def check_recipe(recipe: Recipe, *, time_steps: bool = True) -> dict[str, Any]:
         # The untuned configuration's re-runs are untuned-arm seeds; the other seeds train fresh, on the
         # whole train split (trials under cross-validation on a fold's share).
         "retrain_runs": retrains,
-        "retrain_steps": (2 * seeds - reused_untuned_runs(plan, seeds)) * run_steps + seeds * reference_steps,
+        "retrain_steps": (2 * seeds - reused) * run_steps + seeds * reference_steps,
         "references": recipe.references,
-        "reused_untuned_runs": reused_untuned_runs(plan, seeds),
+        "reused_untuned_runs": reused,
     }
     if time_steps:
         timing = time_untuned_steps(config)

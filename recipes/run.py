@@ -85,8 +85,10 @@ def run_recipe(recipe: Recipe, run_dir: str | Path) -> dict | None:
         arms.append(("tuned", best_config.with_overrides(schedule)))
     arms += [(name, config.with_overrides(schedule)) for name, config in references.items()]
     fresh_untuned = len(recipe.seeds) - len(reused)
-    progress.retrain_steps = _planned_steps(recipe.untuned) * fresh_untuned
-    progress.retrain_steps += sum(_planned_steps(config) for arm, config in arms[1:]) * len(recipe.seeds)
+    # Every arm trains on the recipe's rows: its train split is loaded once for all of them.
+    steps = _step_counter(recipe.untuned)
+    progress.retrain_steps = steps(recipe.untuned) * fresh_untuned
+    progress.retrain_steps += sum(steps(config) for arm, config in arms[1:]) * len(recipe.seeds)
     runs: dict[str, list[dict]] = {"untuned": []}
     for index, rerun in enumerate(reused, start=1):
         progress.say(f"testing untuned, seed {index} of {len(recipe.seeds)} (a re-run from choosing the winner)")
@@ -147,11 +149,13 @@ def _reference_results(
     return out
 
 
-def _planned_steps(config: FinetuneConfig) -> int:
+def _step_counter(base: FinetuneConfig):
+    """planned_steps of any config on ``base``'s train split, under this launch's processes."""
     from finetune.data import load_splits
     from finetune.train import planned_steps
 
-    return planned_steps(config, len(load_splits(config.data).train), process_state().num_processes)
+    rows, world = len(load_splits(base.data).train), process_state().num_processes
+    return lambda config: planned_steps(config, rows, world)
 
 
 def reused_untuned_runs(plan: SearchPlan, seeds: int) -> int:
