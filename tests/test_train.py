@@ -33,9 +33,10 @@ def test_classification_method_trains_saves_and_reloads(tiny_bert, sentiment_fil
     if method != "full":
         assert result.trainable_params < result.total_params / 2
     assert result.tokens_seen > 0 and result.wall_seconds > 0 and result.peak_memory_bytes > 0
-    # Reloading the saved run (adapter + trained head) gives the same predictions as the trained model.
+    # Reloading the saved run (adapter + trained head) gives the same predictions as the best checkpoint
+    # (tight: a best checkpoint loaded without its LayerNorm weights is off by a few 1e-6 on this model).
     reloaded = finetune.evaluate(tmp_path / "run", "validation")
-    assert reloaded["validation_loss"] == pytest.approx(result.final_metrics["eval_loss"], abs=1e-5)
+    assert reloaded["validation_loss"] == pytest.approx(result.final_metrics["eval_loss"], abs=1e-6)
     assert reloaded["validation_accuracy"] == result.final_metrics["eval_accuracy"]
     assert "test_accuracy" in finetune.evaluate(tmp_path / "run", "test")
     saved = json.loads((tmp_path / "run" / RESULT_FILE).read_text())
