@@ -95,6 +95,26 @@ def linear_layers_outside_head(model: nn.Module) -> list[str]:
     return names
 
 
+def attention_linear_layers(model: nn.Module) -> list[str]:
+    """Full names of the linear layers inside attention blocks (LoRA's attention-only target set).
+
+    A module is in an attention block when a component of its name contains "attn" or "attention"
+    (Llama's self_attn.q_proj, BERT's attention.self.query and attention.output.dense). Full names,
+    because peft matches a short name like "dense" in every block that has one."""
+    names = []
+    for name, module in model.named_modules():
+        parts = name.lower().split(".")
+        if isinstance(module, nn.Linear) and parts[0] not in HEAD_NAMES:
+            if any("attn" in part or "attention" in part for part in parts[:-1]):
+                names.append(name)
+    if not names:
+        raise ConfigError(
+            f"method.target_modules='attention': {type(model).__name__} has no linear layer inside a module named "
+            "*attn* or *attention*; use 'all-linear' or list the module names"
+        )
+    return names
+
+
 def scratch_config(model: ModelConfig, config: PretrainedConfig) -> PretrainedConfig:
     """The named model's config with the searched shape fields replaced; errors name the field."""
     for key in ARCHITECTURE_KEYS:

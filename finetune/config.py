@@ -20,7 +20,7 @@ from finetune.errors import ConfigError
 
 Task = Literal["classification", "causal_lm"]
 MethodName = Literal["full", "lora", "dora", "ia3", "prompt_tuning", "prefix_tuning"]
-TARGET_MODULE_PRESETS = ("auto", "all-linear", "peft-default")
+TARGET_MODULE_PRESETS = ("auto", "all-linear", "attention", "peft-default")
 TRACKERS = ("tensorboard", "mlflow", "trackio", "wandb")  # training.report_to: what transformers reports to
 SftFormat = Literal["auto", "text", "prompt_completion", "messages", "instruction"]
 # ModelConfig fields that reshape a from-scratch model (hidden_act included).
@@ -145,7 +145,8 @@ class DataConfig:
 class MethodConfig:
     name: MethodName = "lora"
     # target_modules: "auto" (LoRA/DoRA: all linear layers; IA3: peft's per-architecture list),
-    # "all-linear", "peft-default" (peft's per-architecture list) or a list of module names.
+    # "all-linear", "attention" (LoRA/DoRA: the attention blocks' linear layers only), "peft-default"
+    # (peft's per-architecture list) or a list of module names.
     lora_r: int = 8
     lora_alpha: int = 8
     lora_dropout: float = 0.0
@@ -205,6 +206,9 @@ class TrainingConfig:
     num_train_epochs: float = 3.0
     max_steps: int = -1
     max_grad_norm: float = 1.0
+    # NEFTune: uniform noise of this scale on the input embeddings while training (0: off; the paper's
+    # values are 5 to 15). Evaluation and generation see clean embeddings.
+    neftune_noise_alpha: float = 0.0
     # Optimizer: adamw (TrainingArguments' default), sgd (momentum, nesterov) or adafactor.
     optimizer: Literal["adamw", "sgd", "adafactor"] = "adamw"
     adam_beta1: float = 0.9
@@ -244,6 +248,8 @@ class TrainingConfig:
             raise ConfigError(f"training.warmup_steps must be >= 0 (0: use warmup_ratio), got {self.warmup_steps}")
         if self.weight_decay < 0:
             raise ConfigError(f"training.weight_decay must be >= 0, got {self.weight_decay}")
+        if self.neftune_noise_alpha < 0:
+            raise ConfigError(f"training.neftune_noise_alpha must be >= 0 (0: off), got {self.neftune_noise_alpha}")
         for key in ("per_device_train_batch_size", "gradient_accumulation_steps", "per_device_eval_batch_size"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"training.{key} must be > 0, got {getattr(self, key)}")

@@ -16,7 +16,7 @@ from peft import (
 from peft.utils import TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING
 from transformers import PreTrainedModel
 
-from finetune.architecture import linear_layers_outside_head
+from finetune.architecture import attention_linear_layers, linear_layers_outside_head
 from finetune.config import MethodConfig
 from finetune.errors import ConfigError
 
@@ -34,6 +34,8 @@ def build_peft_config(method: MethodConfig, task: str, model_type: str) -> PeftC
     if method.name == "full":
         return None
     if method.name in ("lora", "dora"):
+        # "attention" is resolved on the model by apply_method; "auto" is all linear layers.
+        lora_targets = {"peft-default": None, "auto": "all-linear", "attention": "all-linear"}
         return LoraConfig(
             task_type=task_type,
             r=method.lora_r,
@@ -41,7 +43,7 @@ def build_peft_config(method: MethodConfig, task: str, model_type: str) -> PeftC
             lora_dropout=method.lora_dropout,
             use_rslora=method.use_rslora,
             use_dora=method.name == "dora",
-            target_modules=None if targets == "peft-default" else "all-linear" if targets == "auto" else targets,
+            target_modules=lora_targets.get(targets, targets) if isinstance(targets, str) else targets,
         )
     if method.name == "ia3":
         feedforward = TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING.get(model_type)
@@ -52,8 +54,8 @@ def build_peft_config(method: MethodConfig, task: str, model_type: str) -> PeftC
                     "list the module names"
                 )
             return IA3Config(task_type=task_type)
-        if targets == "all-linear":
-            raise ConfigError("method.target_modules='all-linear' is not supported for ia3; list module names")
+        if targets in ("all-linear", "attention"):
+            raise ConfigError(f"method.target_modules={targets!r} is not supported for ia3; list module names")
         ff = [name for name in targets if any(name.endswith(f) for f in feedforward or [])]
         return IA3Config(task_type=task_type, target_modules=targets, feedforward_modules=ff)
     if method.name == "prompt_tuning":
@@ -67,7 +69,9 @@ def apply_method(model: PreTrainedModel, method: MethodConfig, task: str) -> Pre
     peft_config = build_peft_config(method, task, model.config.model_type)
     if peft_config is None:
         return model
-    if method.head == "mlp" and getattr(peft_config, "target_modules", None) == "all-linear":
+    if method.target_modules == "attention" and method.name in ("lora", "dora"):
+        peft_config.target_modules = attention_linear_layers(model)
+    elif method.head == "mlp" and getattr(peft_config, "target_modules", None) == "all-linear":
         # peft's all-linear leaves out a linear head but would adapt the MLP head's layers, which are
         # already trained whole (modules_to_save): list the backbone's linear layers instead.
         peft_config.target_modules = linear_layers_outside_head(model)

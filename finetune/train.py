@@ -119,6 +119,7 @@ def training_arguments(config: FinetuneConfig, checkpoint_dir: Path) -> Training
         num_train_epochs=t.num_train_epochs,
         max_steps=t.max_steps,
         max_grad_norm=t.max_grad_norm,
+        neftune_noise_alpha=t.neftune_noise_alpha or None,
         optim=OPTIMIZERS[t.optimizer],
         adam_beta1=t.adam_beta1,
         adam_beta2=t.adam_beta2,

@@ -148,3 +148,22 @@ def test_also_tune_adds_groups_to_the_default_space_only_when_asked():
         default_space("lora", "classification", also_tune=["architecture"])
     with pytest.raises(ConfigError, match="unknown group"):
         default_space("lora", "classification", also_tune=["momentum"])
+
+
+def test_causal_lm_lora_space_searches_the_llm_knobs_and_holds_the_untuned_config():
+    from finetune import FinetuneConfig
+    from hpo.finetune.config_space import flatten, to_overrides, untuned_params
+    from hpo.finetune.default_spaces import default_space
+
+    space = default_space("lora", "causal_lm")
+    knobs = {"method.target_modules", "method.use_rslora", "training.neftune_noise_alpha"}
+    assert knobs <= set(space.parameters) and not knobs & set(default_space("lora", "classification").parameters)
+    assert "method.lora_dropout" in space.parameters
+    assert space.parameters["training.learning_rate"].high >= 2e-3  # torchtune's small-model LoRA LR is inside
+    untuned = FinetuneConfig.from_dict({"model": {"name": "m", "task": "causal_lm"}, "data": {"train_file": "t"}})
+    params = untuned_params(check_space_keys(space), flatten(untuned))
+    assert params["method.target_modules"] == "all-linear"  # "auto" is all linear layers for LoRA
+    assert space.contains(params)  # the untuned run is a point the sampler models
+    sampled = space.suggest(optuna.trial.FixedTrial({**params, "method.target_modules": "attention"}))
+    config = untuned.with_overrides(to_overrides(sampled, flatten(untuned), max_per_device=8))
+    assert config.method.target_modules == "attention" and config.training.neftune_noise_alpha == 0.0

@@ -408,3 +408,53 @@ def test_cli_search_refuses_bad_cv_folds_and_also_tune_with_a_space(tiny_bert, s
     )
     assert "also_tune" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("model_fixture", ["tiny_llama", "tiny_bert"])
+def test_attention_target_set_adapts_only_attention_layers(model_fixture, request):
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    from finetune.config import MethodConfig
+    from finetune.methods import apply_method
+
+    causal = model_fixture == "tiny_llama"
+    auto = AutoModelForCausalLM if causal else AutoModelForSequenceClassification
+    task = "causal_lm" if causal else "classification"
+
+    def adapted(target_modules):
+        model = apply_method(
+            auto.from_pretrained(request.getfixturevalue(model_fixture)),
+            MethodConfig(target_modules=target_modules),
+            task,
+        )
+        return {name.rsplit(".lora_A", 1)[0] for name, _ in model.named_modules() if name.endswith("lora_A")}
+
+    attention, every = adapted("attention"), adapted("all-linear")
+    assert attention and attention < every  # a strict subset: the MLP layers are left out
+    assert all(("self_attn." if causal else ".attention.") in name for name in attention)
+    assert not any(("self_attn." if causal else ".attention.") in name for name in every - attention)
+
+
+def test_neftune_noise_reaches_training_only(tiny_llama, sft_files, tmp_path):
+    from conftest import causal_config
+
+    def run(alpha):
+        raw = causal_config(
+            tiny_llama,
+            sft_files["messages"],
+            tmp_path / f"a{alpha}",
+            training={"neftune_noise_alpha": alpha, "learning_rate": 1e-2},
+        )
+        config = FinetuneConfig.from_dict(raw)
+        assert training_arguments(config, tmp_path).neftune_noise_alpha == (alpha or None)
+        return finetune.train(config)
+
+    clean, noisy = run(0.0), run(15.0)
+    assert noisy.final_metrics["eval_loss"] != pytest.approx(clean.final_metrics["eval_loss"], abs=1e-6)
+    # Evaluation sees clean embeddings: the reloaded model scores what training logged.
+    reloaded = finetune.evaluate(tmp_path / "a15.0", "validation")
+    assert reloaded["validation_loss"] == pytest.approx(noisy.final_metrics["eval_loss"], abs=1e-5)
+    with pytest.raises(ConfigError, match="training.neftune_noise_alpha must be >= 0"):
+        FinetuneConfig.from_dict(
+            causal_config(tiny_llama, sft_files["messages"], tmp_path, training={"neftune_noise_alpha": -1})
+        )

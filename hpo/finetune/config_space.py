@@ -18,6 +18,8 @@ LORA_ALPHA_MULTIPLIER = "method.lora_alpha_multiplier"
 DERIVED_KEYS = (EFFECTIVE_BATCH_SIZE, LORA_ALPHA_MULTIPLIER)
 # (divisor, multiple): every searched combination must divide exactly.
 DIVIDES = (("model.num_attention_heads", "model.hidden_size"),)
+# Config values that name a searched choice differently (LoRA's target_modules "auto" is all linear layers).
+SAME_CHOICE = {"method.target_modules": {"auto": "all-linear"}}
 NEVER_SEARCHED = {
     "training.seed": "seeds are replicates, never a searched value (recipes run several seeds)",
     "training.output_dir": "each trial gets its own output folder",
@@ -126,7 +128,10 @@ def untuned_params(space: SearchSpace, base_values: dict[str, Any]) -> dict[str,
             ratio = base_values["method.lora_alpha"] / base_values["method.lora_r"]
             params[key] = int(ratio) if ratio.is_integer() else ratio
         elif key not in DERIVED_KEYS:
-            params[key] = base_values[key]
+            value = base_values[key]
+            if isinstance(parameter, Categorical) and value not in parameter.choices:
+                value = SAME_CHOICE.get(key, {}).get(value, value)
+            params[key] = value
     return params
 
 

@@ -71,6 +71,23 @@ def _method_space(method: str, task: str) -> SearchSpace:
                 "training.weight_decay": Categorical(choices=(0.0, 0.01, 0.1)),
             }
         )
+    if method in ("lora", "dora") and task == "causal_lm":
+        # Sub-1B LLMs want LoRA LRs of 1e-3..2e-3 in short runs (torchtune ships 2e-3 for Qwen2.5-0.5B),
+        # above the field's 2e-4 mode; the LLM knobs: target set, rsLoRA scaling, NEFTune noise.
+        return SearchSpace(
+            {
+                "training.learning_rate": Float(low=5e-5, high=3e-3, log=True),
+                **common,
+                EFFECTIVE_BATCH_SIZE: Categorical(choices=(8, 16, 32)),
+                "training.weight_decay": Categorical(choices=(0.0, 0.01)),
+                "method.lora_r": Categorical(choices=(8, 16, 32)),
+                LORA_ALPHA_MULTIPLIER: Categorical(choices=(1, 2)),
+                "method.use_rslora": Categorical(choices=(False, True)),
+                "method.lora_dropout": Categorical(choices=(0.0, 0.05, 0.1)),
+                "method.target_modules": Categorical(choices=("all-linear", "attention")),
+                "training.neftune_noise_alpha": Categorical(choices=(0.0, 5.0)),
+            }
+        )
     if method in ("lora", "dora"):
         return SearchSpace(
             {
