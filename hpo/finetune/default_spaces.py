@@ -84,7 +84,8 @@ def _method_space(method: str, task: str) -> SearchSpace:
                 LORA_ALPHA_MULTIPLIER: Categorical(choices=(1, 2)),
                 "method.use_rslora": Categorical(choices=(False, True)),
                 "method.lora_dropout": Categorical(choices=(0.0, 0.05, 0.1)),
-                "method.target_modules": Categorical(choices=("all-linear", "attention")),
+                # peft-default (q_proj and v_proj in Llamas) is the untuned run's: the space holds it.
+                "method.target_modules": Categorical(choices=("all-linear", "attention", "peft-default")),
                 "training.neftune_noise_alpha": Categorical(choices=(0.0, 5.0)),
             }
         )
