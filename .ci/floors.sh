@@ -25,7 +25,7 @@ pip list 2>/dev/null | grep -iE "^(optuna|transformers|peft|accelerate|datasets|
 # the floor the backbone still accepts it, so there is nothing to refuse.
 python -m pytest -x -q -p no:cacheprovider tests/test_config.py tests/test_train.py tests/test_preprocess.py \
   tests/test_data.py tests/test_hpo_optimize.py tests/test_hpo_finetune.py tests/test_exits.py tests/test_tracking.py \
-  tests/test_generate.py tests/test_gpu_recipes_on_cpu.py tests/test_recipes_check.py \
+  tests/test_generate.py tests/test_gpu_recipes_on_cpu.py tests/test_recipes_check.py tests/test_packing.py \
   tests/test_model_tuning.py::test_optimizer_settings_reach_the_optimizer \
   tests/test_model_tuning.py::test_neftune_noise_reaches_training_only \
   tests/test_model_tuning.py::test_attention_target_set_adapts_only_attention_layers \

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 import yaml
 
-from finetune.config_checks import check_section, parse_override_value
+from finetune.config_checks import check_packing, check_section, parse_override_value
 from finetune.errors import ConfigError
 
 Task = Literal["classification", "causal_lm"]
@@ -94,6 +94,9 @@ class DataConfig:
     # Re-draws only the validation split (the test split stays put); default split_seed + 1.
     validation_split_seed: int | None = None
     max_length: int = 128
+    # Causal LMs: train on padding-free batches (each batch's rows end to end in one row, attention kept
+    # within each; finetune.packing). Evaluation batches stay padded.
+    packing: bool = False
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
     # Generation (tunelab evaluate --generate): a regex whose first group is the answer in references and
@@ -340,6 +343,8 @@ class FinetuneConfig:
             raise ConfigError("method.head='mlp' replaces a classification head: it needs model.task='classification'")
         if self.data.max_generation_samples and self.model.task != "causal_lm":
             raise ConfigError("data.max_generation_samples scores generated answers: it needs model.task='causal_lm'")
+        if self.data.packing:
+            check_packing(self.model.task, self.method.name, self.training.pad_to_max_length)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -109,3 +109,16 @@ def _try_coerce(hint: Any, value: Any) -> tuple[bool, Any]:
         ok = all(k[0] and v[0] for k, v in pairs)
         return ok, {k[1]: v[1] for k, v in pairs}
     return isinstance(value, hint), value
+
+
+def check_packing(task: str, method: str, pad_to_max_length: bool) -> None:
+    """data.packing joins a batch's rows into one: only causal LMs whose every row is plain tokens."""
+    if task != "causal_lm":
+        raise ConfigError("data.packing joins SFT rows into one sequence: it needs model.task='causal_lm'")
+    if method in ("prompt_tuning", "prefix_tuning"):
+        raise ConfigError(
+            f"data.packing cannot be used with method.name={method!r}: its virtual tokens would precede only the "
+            "first of the packed rows; use lora, dora, ia3 or full"
+        )
+    if pad_to_max_length:
+        raise ConfigError("data.packing removes padding; training.pad_to_max_length asks for it: set one to false")

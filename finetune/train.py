@@ -22,6 +22,7 @@ from finetune.inputs import prepare_inputs
 from finetune.methods import apply_method
 from finetune.metrics import add_perplexity, classification_metrics, default_metric
 from finetune.models import build_model, count_parameters, load_tokenizer, resolve_source
+from finetune.packing import PackedTrainer, check_rows_kept_apart, packed_collator
 from finetune.precision import precision_arguments, resolve_precision
 from finetune.train_metrics import TrainSplitMetrics
 
@@ -172,6 +173,8 @@ def train(config: FinetuneConfig, callbacks: list[TrainerCallback] | None = None
     inputs = prepare_inputs(config, tokenizer)
     model = build_model(config, source, tokenizer, inputs.label_names)
     model = apply_method(model, config.method, config.model.task)
+    if config.data.packing:
+        check_rows_kept_apart(model, inputs.train, inputs.collator, model.config.model_type)
     trainable, total = count_parameters(model)
     trainer = _trainer(config, model, tokenizer, inputs, callbacks or [])
     if torch.cuda.is_available():
@@ -200,13 +203,15 @@ def _trainer(config: FinetuneConfig, model, tokenizer, inputs, callbacks: list[T
                 inputs.train, inputs.collator, batch, config.model.task, precision=config.training.mixed_precision
             )
         )
-    trainer = Trainer(
+    packing = {"eval_collator": inputs.collator} if config.data.packing else {}
+    trainer = (PackedTrainer if packing else Trainer)(
         model=model,
         args=training_arguments(config, Path(config.training.output_dir) / "checkpoints"),
         train_dataset=inputs.train,
         eval_dataset=inputs.validation,
         processing_class=tokenizer,
-        data_collator=inputs.collator,
+        data_collator=packed_collator() if packing else inputs.collator,
+        **packing,
         compute_metrics=classification_metrics if config.model.task == "classification" else None,
         callbacks=[NanLossGuard(), ProgressLog(), *extra, *callbacks],
     )
