@@ -220,18 +220,19 @@ def _run_trial(
     if grid_ran_out or (
         budget.trials is not None and not retry and spent(study, before=trial.number).trials >= budget.trials
     ):
-        _discard(study, trial)
+        _discard(study, trial, "not run: every grid point was taken" if grid_ran_out else "not run: trial budget spent")
         return None
     reporter = Reporter(trial, study, budget)
     try:
         with heartbeat(study, trial):
             state, value, feasible = _objective_outcome(trial, study, objective, space, base, reporter)
     except SearchDone as done:
-        _discard(study, trial)
+        _discard(study, trial, f"not run: the search ended ({done})")
         return str(done)
     except ReplaceTrial as replace:
-        _discard(study, trial)
-        study.enqueue_trial(replace.params, user_attrs=replace.attrs)  # the next ask() takes it
+        _discard(study, trial, "not run: replaced by a shortened version")
+        # The next ask() takes it.
+        study.enqueue_trial(replace.params, user_attrs={**replace.attrs, attributes.REPLACES: trial.number})
         return None
     except KeyboardInterrupt:
         _interrupted(study, trial, reporter)
@@ -253,8 +254,8 @@ def _interrupted(study: optuna.Study, trial: optuna.Trial, reporter: Reporter) -
     retry_lost_trial(study, next(t for t in study.get_trials(deepcopy=False) if t.number == trial.number))
 
 
-def _discard(study: optuna.Study, trial: optuna.Trial) -> None:
-    trial.set_user_attr(attributes.DISCARDED, True)  # nothing was run: not a trial at all
+def _discard(study: optuna.Study, trial: optuna.Trial, why: str) -> None:
+    trial.set_user_attr(attributes.DISCARDED, why)  # nothing was run: not a trial at all (trials.csv says why)
     study.tell(trial, state=TrialState.FAIL)
 
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import optuna
 
+from hpo import attributes
 from hpo.results import SearchResult
 
 
@@ -39,6 +40,7 @@ def write_search_outputs(
         "trials": trial_counts(result),
         "steps_spent": result.steps_spent,
         "trial_seconds_spent": result.wall_seconds_spent,
+        "discarded_trials": result.discarded,
         **(extra or {}),
     }
     if best_config is not None:
@@ -55,7 +57,8 @@ def write_search_outputs(
 
 
 def write_trial_tables(result: SearchResult, folder: str | Path) -> None:
-    """trials.csv and trials.json (params, state, objective, steps, seconds, failure reason)."""
+    """trials.csv and trials.json (params, state, objective, steps, seconds, failure reason). trials.csv has a
+    DISCARDED row for every number asked for but never run, so its numbering has no gaps."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     rows = [asdict(t) for t in result.trials]
@@ -63,12 +66,16 @@ def write_trial_tables(result: SearchResult, folder: str | Path) -> None:
     keys = sorted({k for t in result.trials for k in t.params})
     with open(folder / "trials.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["number", "state", "value", "steps", "seconds", *keys, "failure"])
+        writer.writerow(["number", "state", "value", "steps", "seconds", *keys, "note"])
+        blank = [""] * len(keys)
+        rows = {number: [number, "DISCARDED", "", 0, 0, *blank, why] for number, why in result.discarded.items()}
         for t in result.trials:
             params = [t.params.get(k, "") for k in keys]
-            writer.writerow(
-                [t.number, t.state, t.value, t.steps, round(t.seconds, 2), *params, t.failure or t.stop_reason or ""]
-            )
+            note = t.failure or t.stop_reason or ""
+            if attributes.SHORTENED in t.extra:
+                note = f"shortened: {t.extra[attributes.SHORTENED]}" + (f"; {note}" if note else "")
+            rows[t.number] = [t.number, t.state, t.value, t.steps, round(t.seconds, 2), *params, note]
+        writer.writerows(rows[number] for number in sorted(rows))
 
 
 def parameter_importances(study: optuna.Study) -> dict[str, float]:

@@ -45,6 +45,19 @@ def to_record(trial: FrozenTrial) -> TrialRecord:
     )
 
 
+def discarded_numbers(study: optuna.Study) -> dict[int, str]:
+    """Trial numbers asked for but never run, and why (shortened proposals name the trial that ran)."""
+    trials = study.get_trials(deepcopy=False)
+    replaced_by = {t.user_attrs[attributes.REPLACES]: t.number for t in trials if attributes.REPLACES in t.user_attrs}
+    discarded = {}
+    for t in trials:
+        why = t.user_attrs.get(attributes.DISCARDED)
+        if why:
+            replacement = replaced_by.get(t.number)
+            discarded[t.number] = f"not run: ran shortened as trial {replacement}" if replacement else str(why)
+    return discarded
+
+
 def trial_records(study: optuna.Study) -> list[TrialRecord]:
     return [
         to_record(t)
@@ -63,6 +76,7 @@ class SearchResult:
     steps_spent: int
     wall_seconds_spent: float
     study: optuna.Study | None = field(default=None, repr=False, compare=False)  # for importances and plots
+    discarded: dict[int, str] = field(default_factory=dict)  # numbers asked for but never run, and why
 
     def ranked(self) -> list[TrialRecord]:
         """Complete, feasible trials, best first (pruned and failed trials never rank); ties keep trial order."""
@@ -96,6 +110,7 @@ class SearchResult:
             trials=trial_records(study),
             steps_spent=used.steps,
             wall_seconds_spent=used.wall_seconds,
+            discarded=discarded_numbers(study),
         )
 
     @classmethod
@@ -112,6 +127,7 @@ class SearchResult:
             trials=trials,
             steps_spent=summary["steps_spent"],
             wall_seconds_spent=summary["trial_seconds_spent"],
+            discarded={int(k): v for k, v in summary.get("discarded_trials", {}).items()},
         )
 
     def anytime_curve(self) -> list[tuple[int, float]]:

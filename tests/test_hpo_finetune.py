@@ -1,5 +1,6 @@
 """Searches around finetune.train on a tiny model."""
 
+import csv
 import json
 import os
 from pathlib import Path
@@ -106,6 +107,21 @@ def test_trials_whose_reruns_would_not_fit_run_shortened_and_the_budget_holds(ti
     assert result.stop_reason.startswith("step budget spent: 72 of 120")
     summary = json.loads((tmp_path / "search" / "summary.json").read_text())
     assert summary["trials_shortened"] == len(shortened) and summary["trials_not_run"] == 0
+    # trials.csv accounts for every number: each replaced proposal has a row naming the trial that ran.
+    with open(tmp_path / "search" / "trials.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [int(row["number"]) for row in rows] == list(range(len(rows)))
+    discarded = [row for row in rows if row["state"] == "DISCARDED"]
+    assert len(discarded) == len(rows) - len(result.trials)
+    replaced = [row for row in discarded if row["note"].startswith("not run: ran shortened as trial ")]
+    assert len(replaced) == len(shortened)
+    ended = [row["note"] for row in discarded if row not in replaced]
+    assert ended == [f"not run: the search ended ({result.stop_reason})"]
+    by_number = {int(row["number"]): row for row in rows}
+    for row in replaced:
+        replacement = by_number[int(row["note"].removeprefix("not run: ran shortened as trial "))]
+        assert replacement["note"].startswith("shortened: proposed {'training.num_train_epochs': 4}")
+        assert int(replacement["number"]) > int(row["number"])
 
 
 def test_trials_with_no_shorter_version_that_fits_are_not_run(tiny_bert, sentiment_files, tmp_path):

@@ -1,6 +1,6 @@
 """A proposal too long for the step budget runs as its longest shorter variant that fits (hpo.finetune.admission)."""
 
-from hpo.finetune.admission import EPOCHS, longest_fitting, shorter_variants
+from hpo.finetune.admission import EPOCHS, SHORTENED_EVALUATIONS, longest_fitting, shorter_variants
 from hpo.finetune.config_space import EFFECTIVE_BATCH_SIZE
 from hpo.space import Categorical, Float, Int, SearchSpace
 
@@ -50,3 +50,16 @@ def test_nothing_shorter_when_nothing_fits_or_the_length_is_not_searched():
     assert longest_fitting(PROPOSAL, SPACE, length=_steps, fits=lambda n: n < 16) is None
     only_lr = SearchSpace({"training.learning_rate": Float(low=1e-5, high=1e-2, log=True)})
     assert shorter_variants({"training.learning_rate": 1e-3}, only_lr) == []
+
+
+def test_no_variant_shorter_than_the_floor_runs():
+    # The search passes SHORTENED_EVALUATIONS evaluation intervals as the floor: below it a trial would pass
+    # no rung. Room for 90 steps: 5 epochs at batch 32 (80) fits but is under a floor of 3 x 42 = 126.
+    floor = SHORTENED_EVALUATIONS * 42
+    assert longest_fitting(PROPOSAL, SPACE, length=_steps, fits=lambda n: n <= 90, shortest=floor) is None
+    variant, steps = longest_fitting(PROPOSAL, SPACE, length=_steps, fits=lambda n: n <= 260, shortest=floor)
+    assert steps == 252 >= floor
+    # Every variant longest_fitting may return is at least the floor, whatever the room.
+    for room in range(0, 320, 7):
+        found = longest_fitting(PROPOSAL, SPACE, length=_steps, fits=lambda n, room=room: n <= room, shortest=floor)
+        assert found is None or floor <= found[1] <= room

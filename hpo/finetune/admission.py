@@ -11,7 +11,9 @@ is left, whether it becomes the best challenger or not. Reserving room for all t
 would let a poor but long third candidate end exploration early.
 
 A proposal that does not fit runs shortened when it can (longest_fitting: fewer epochs or a larger
-effective batch, values the space allows, everything else as proposed). The proposal is discarded, so
+effective batch, values the space allows, everything else as proposed), never below SHORTENED_EVALUATIONS
+evaluation intervals: a shorter trial would pass no rung and inform the search of little but its first
+steps, while paying for its model loading and evaluations. The proposal is discarded, so
 the sampler learns from what actually ran rather than holding the proposal's learning rate against it.
 When no shorter version fits either, the trial is not run and is recorded as infeasible. Exploration
 ends when what is left after the current candidates' re-runs is shorter than any useful trial, or when
@@ -42,6 +44,9 @@ from hpo.winner_rule import SelectionSettings, pick_candidates
 
 EPOCHS = "training.num_train_epochs"
 MAX_REFUSED_IN_A_ROW = 20  # then the sampler is not finding anything that fits: exploration ends
+# A shortened trial runs at least this many evaluation intervals: the schedulers' second rung (the first is
+# one interval, reduction factor 3), so it is compared with its peers at two rungs before it can be stopped.
+SHORTENED_EVALUATIONS = 3
 
 
 def rerun_steps(picked: list[TrialRecord], seeds: int, full_run_steps: int) -> int:
@@ -170,13 +175,14 @@ def longest_fitting(
     *,
     length: Callable[[dict[str, Any]], int],
     fits: Callable[[int], bool],
+    shortest: int = 1,
 ) -> tuple[dict[str, Any], int] | None:
-    """The variant with the most optimizer steps that still ``fits``, with its length; None when none fits.
-    Ties go to the fewest values changed, then to the proposed batch kept (fewer epochs instead)."""
+    """The variant with the most optimizer steps that still ``fits``, with its length; None when none of at
+    least ``shortest`` steps fits. Ties go to the fewest values changed, then to the proposed batch kept."""
     best, best_rank = None, None
     for variant in shorter_variants(params, space):
         steps = length(variant)
-        if not fits(steps):
+        if steps < shortest or not fits(steps):
             continue
         changed = sum(variant[key] != params[key] for key in variant)
         rank = (steps, -changed, variant.get(EFFECTIVE_BATCH_SIZE) == params.get(EFFECTIVE_BATCH_SIZE))
