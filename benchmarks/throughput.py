@@ -3,13 +3,22 @@ padding + length grouping against padding to max_length, and bf16 autocast again
 
     python benchmarks/throughput.py            # full: 5 runs per contender
     python benchmarks/throughput.py --quick    # a smaller check that it still works
+    python benchmarks/throughput.py --sft      # SmolLM2 SFT on Dolly: packed vs padded vs plain Trainer
+
+--sft: SmolLM2-135M-Instruct LoRA on the Dolly open_qa rows of recipes/configs/dolly_smollm2_lora.yaml
+(256 tokens, batch 8, 1 epoch): the plain Trainer (the same tokenized rows and LoRA model, transformers'
+padding collator, random order), tunelab padded (the same), tunelab packed (data.packing), tunelab
+grouped by length (the recipe's setting), in fp32, and padded and packed under bf16 autocast. The
+"sft" section of the JSON holds the runs and packing_speedup_vs_padded_fp32 / _bf16 (median tokens/s
+ratios).
 
 Both contenders train the same model (offline all-MiniLM-L6-v2, LoRA) on the same SST-2 rows with the
 same settings in fp32, measured in the same process, alternating order; "tunelab bf16" is the same
 tunelab run under bf16 autocast (what training.mixed_precision: auto picks on a CPU with bf16
 instructions). --batch-size sets every contender's batch (the recipe's 32; the untuned baseline's 8).
 Tokens/s = non-padding training tokens seen / training-loop seconds (Trainer's train_runtime). Prints a
-table and writes benchmarks/throughput.json (throughput_batchN.json with --batch-size).
+table and writes its section of benchmarks/throughput.json ("sst2_minilm_lora"; throughput_batchN.json
+with --batch-size).
 """
 
 from __future__ import annotations
@@ -28,17 +37,126 @@ import finetune  # noqa: E402
 from recipes.recipe import load_finetune_config  # noqa: E402
 
 CONFIG = ROOT / "recipes" / "configs" / "sst2_minilm_lora.yaml"
+SFT_CONFIG = ROOT / "recipes" / "configs" / "dolly_smollm2_lora.yaml"
 
 
-def tunelab_run(overrides: list[str], out: Path) -> dict:
+def tunelab_run(overrides: list[str], out: Path, config_file: Path = CONFIG) -> dict:
     # fp32 unless the row asks otherwise: the plain Trainer it is compared with runs fp32.
-    config = load_finetune_config(CONFIG, ["training.mixed_precision=no", *overrides, f"training.output_dir={out}"])
+    config = load_finetune_config(
+        config_file, ["training.mixed_precision=no", *overrides, f"training.output_dir={out}"]
+    )
     result = finetune.train(config)
+    metric = "eval_accuracy" if config.model.task == "classification" else "eval_loss"
     return {
         "tokens_per_second": result.tokens_seen / result.train_seconds,
         "train_seconds": result.train_seconds,
-        "accuracy": result.final_metrics["eval_accuracy"],
+        "accuracy" if metric == "eval_accuracy" else "validation_loss": result.final_metrics[metric],
     }
+
+
+def plain_sft_trainer_run(overrides: list[str], out: Path) -> dict:
+    """A hand-written Trainer on the same tokenized rows and LoRA model: padding collator, random order."""
+    from peft import LoraConfig, TaskType, get_peft_model
+    from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments, set_seed
+
+    from finetune.inputs import prepare_inputs
+    from finetune.models import build_model, load_tokenizer, resolve_source
+
+    config = load_finetune_config(SFT_CONFIG, overrides)
+    t, m = config.training, config.method
+    set_seed(t.seed)
+    source = resolve_source(config.model)
+    tokenizer = load_tokenizer(config.model, source)
+    inputs = prepare_inputs(config, tokenizer)
+    model = build_model(config, source, tokenizer)
+    lora = LoraConfig(
+        task_type=TaskType.CAUSAL_LM,
+        r=m.lora_r,
+        lora_alpha=m.lora_alpha,
+        lora_dropout=m.lora_dropout,
+        target_modules="all-linear",
+    )
+    args = TrainingArguments(
+        output_dir=str(out),
+        learning_rate=t.learning_rate,
+        lr_scheduler_type=t.lr_scheduler_type,
+        warmup_steps=t.warmup_ratio,
+        per_device_train_batch_size=t.per_device_train_batch_size,
+        num_train_epochs=t.num_train_epochs,
+        seed=t.seed,
+        data_seed=t.seed,
+        logging_steps=t.logging_steps,
+        disable_tqdm=True,
+        include_num_input_tokens_seen="non_padding",
+        report_to="none",
+    )
+    trainer = Trainer(
+        model=get_peft_model(model, lora),
+        args=args,
+        train_dataset=inputs.train,
+        eval_dataset=inputs.validation,
+        data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100),
+    )
+    output = trainer.train()
+    seconds = output.metrics["train_runtime"]
+    return {
+        "tokens_per_second": trainer.state.num_input_tokens_seen / seconds,
+        "train_seconds": seconds,
+        "validation_loss": trainer.evaluate()["eval_loss"],
+    }
+
+
+def sft_main(runs: int, rows: int) -> None:
+    common = [
+        f"data.max_train_samples={rows}",
+        "data.max_eval_samples=32",
+        "training.num_train_epochs=1",
+        "training.eval_steps=100000",
+        "training.logging_steps=1000",
+        "training.train_split_metrics=false",
+        "training.group_by_length=false",
+    ]
+    tunelab_rows = {
+        "tunelab padded": [],
+        "tunelab packed": ["data.packing=true"],
+        "tunelab grouped by length": ["training.group_by_length=true"],
+        "tunelab padded bf16": ["training.mixed_precision=bf16"],
+        "tunelab packed bf16": ["data.packing=true", "training.mixed_precision=bf16"],
+    }
+    results: dict[str, list[dict]] = {"plain Trainer": [], **{name: [] for name in tunelab_rows}}
+    with tempfile.TemporaryDirectory() as scratch:
+        for i in range(runs):
+            names = list(results) if i % 2 == 0 else list(reversed(results))  # alternate the order
+            for name in names:
+                out = Path(scratch) / f"{name.replace(' ', '_')}{i}"
+                if name == "plain Trainer":
+                    results[name].append(plain_sft_trainer_run(common, out))
+                else:
+                    results[name].append(tunelab_run(common + tunelab_rows[name], out, SFT_CONFIG))
+    base = median(results["plain Trainer"], "tokens_per_second")
+    print(f"\nDolly open_qa, SmolLM2-135M-Instruct LoRA, {rows} rows, 1 epoch, batch 8, median of {runs} runs\n")
+    print("| contender | tokens/s | train s | validation loss | tokens/s vs plain Trainer |")
+    print("|---|---|---|---|---|")
+    for name, items in results.items():
+        tps = median(items, "tokens_per_second")
+        print(
+            f"| {name} | {tps:.0f} | {median(items, 'train_seconds'):.1f} | "
+            f"{median(items, 'validation_loss'):.4f} | {tps / base:.3f} |"
+        )
+    speedup = {
+        f"packing_speedup_vs_padded_{kind}": median(results[f"tunelab packed{suffix}"], "tokens_per_second")
+        / median(results[f"tunelab padded{suffix}"], "tokens_per_second")
+        for kind, suffix in (("fp32", ""), ("bf16", " bf16"))
+    }
+    print("\n" + ", ".join(f"{k}: {v:.2f}x" for k, v in speedup.items()))
+    write_section("sft", {"rows": rows, "runs": results, **speedup})
+
+
+def write_section(section: str, content: dict) -> None:
+    """benchmarks/throughput.json holds one section per benchmark; the others are kept."""
+    path = ROOT / "benchmarks" / "throughput.json"
+    saved = json.loads(path.read_text()) if path.exists() else {}
+    path.write_text(json.dumps({**saved, section: content}, indent=2))
 
 
 def plain_trainer_run(overrides: list[str], out: Path) -> dict:
@@ -138,9 +256,14 @@ def main() -> None:
     parser.add_argument("--no-padding", action="store_true", help="skip the padded-to-max_length contender")
     parser.add_argument("--no-bf16", action="store_true", help="skip the bf16 autocast contender")
     parser.add_argument("--batch-size", type=int, default=None, help="per-device batch of every contender")
+    parser.add_argument("--sft", action="store_true", help="SmolLM2 SFT on Dolly: packed vs padded (see above)")
+    parser.add_argument("--rows", type=int, default=None, help="training rows (default 2000; --sft 96)")
     args = parser.parse_args()
     runs = args.runs or (2 if args.quick else 5)
-    rows = 256 if args.quick else 2000
+    if args.sft:
+        sft_main(args.runs or (1 if args.quick else 3), args.rows or (16 if args.quick else 96))
+        return
+    rows = args.rows or (256 if args.quick else 2000)
     # One epoch, evaluation only at the end (eval_steps past the last step) so both loops do the same work.
     common = [
         f"data.max_train_samples={rows}",
@@ -181,8 +304,10 @@ def main() -> None:
             f"| {name} | {tps:.0f} | {seconds:.1f} | {median(items, 'accuracy'):.4f} | {tps / base:.3f} | "
             f"{f'{padded_seconds / seconds:.2f}x' if padded else '-'} |"
         )
-    name = "throughput.json" if not args.batch_size else f"throughput_batch{args.batch_size}.json"
-    (ROOT / "benchmarks" / name).write_text(json.dumps(results, indent=2))
+    if args.batch_size:
+        (ROOT / "benchmarks" / f"throughput_batch{args.batch_size}.json").write_text(json.dumps(results, indent=2))
+    else:
+        write_section("sst2_minilm_lora", results)
 
 
 if __name__ == "__main__":

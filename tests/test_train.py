@@ -24,10 +24,17 @@ def _cls_config(tiny_bert, sentiment_files, out, method, **training):
 
 
 @pytest.mark.parametrize("method", [m for m in METHODS if m != "prefix_tuning"])
-def test_classification_method_trains_saves_and_reloads(tiny_bert, sentiment_files, tmp_path, method):
+def test_classification_method_trains_saves_and_reloads(tiny_bert, sentiment_files, tmp_path, method, monkeypatch):
+    from transformers import Trainer
+
+    evaluations = []
+    evaluate = Trainer.evaluate
+    monkeypatch.setattr(Trainer, "evaluate", lambda self, *a, **k: evaluations.append(1) or evaluate(self, *a, **k))
     config = _cls_config(tiny_bert, sentiment_files, tmp_path / "run", method)
     result = finetune.train(config)
     assert result.optimizer_steps == 6 and [e["step"] for e in result.evaluations] == [3, 6]
+    # The best checkpoint's logged metrics are the final ones: no evaluation pass after training.
+    assert len(evaluations) == 2
     assert {"eval_accuracy", "eval_macro_f1", "eval_loss"} <= set(result.final_metrics)
     assert 0 < result.trainable_params <= result.total_params
     if method != "full":
