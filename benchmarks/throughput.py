@@ -257,11 +257,11 @@ def main() -> None:
     parser.add_argument("--no-bf16", action="store_true", help="skip the bf16 autocast contender")
     parser.add_argument("--batch-size", type=int, default=None, help="per-device batch of every contender")
     parser.add_argument("--sft", action="store_true", help="SmolLM2 SFT on Dolly: packed vs padded (see above)")
-    parser.add_argument("--rows", type=int, default=None, help="training rows (default 2000; --sft 96)")
+    parser.add_argument("--rows", type=int, default=None, help="training rows (default 2000; --sft 64)")
     args = parser.parse_args()
     runs = args.runs or (2 if args.quick else 5)
     if args.sft:
-        sft_main(args.runs or (1 if args.quick else 3), args.rows or (16 if args.quick else 96))
+        sft_main(args.runs or (1 if args.quick else 3), args.rows or (16 if args.quick else 64))
         return
     rows = args.rows or (256 if args.quick else 2000)
     # One epoch, evaluation only at the end (eval_steps past the last step) so both loops do the same work.

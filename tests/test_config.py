@@ -95,3 +95,16 @@ def test_missing_config_file(tmp_path):
 def test_bad_override(override, message):
     with pytest.raises(ConfigError, match=message):
         apply_overrides(BASE, [override])
+
+
+def test_the_evaluation_batch_defaults_by_task():
+    def eval_batch(task, **training):
+        raw = {"model": {"name": "m", "task": task}, "data": {"train_file": "t"}, "training": training}
+        return FinetuneConfig.from_dict(raw).training.per_device_eval_batch_size
+
+    # Causal LMs evaluate 8 rows at a time: a batch's logits over the vocabulary are most of their memory.
+    assert (
+        eval_batch("classification"),
+        eval_batch("causal_lm"),
+        eval_batch("causal_lm", per_device_eval_batch_size=4),
+    ) == (32, 8, 4)
