@@ -1,11 +1,10 @@
 """Padding-free SFT batches: a batch's rows end to end in one row, each keeping its own attention.
 
 transformers' DataCollatorWithFlattening restarts position_ids at every row and puts -100 on each row's
-first label, so no row predicts the next row's tokens; models whose causal mask is built by
-transformers' masking utilities read the restarts and block attention across rows (when no KV cache
-is built: PackedCollator's batches say use_cache=False). Not every model
-does, so ``check_rows_kept_apart`` compares a packed pair of rows with the same rows alone before
-training. Evaluation batches stay padded: one long packed row of a large evaluation batch costs more
+first label, so no row predicts the next row's tokens. Models whose causal mask is built by
+transformers' masking utilities read the restarts and block attention across rows, when no KV cache is
+built (PackedCollator's batches say use_cache=False). Not every model builds its mask that way, so
+``check_rows_kept_apart`` compares a packed pair of rows with the same rows alone before training. Evaluation batches stay padded: one long packed row of a large evaluation batch costs more
 in attention (quadratic in its length) than the padding it saves.
 """
 
