@@ -4,8 +4,9 @@ transformers' DataCollatorWithFlattening restarts position_ids at every row and 
 first label, so no row predicts the next row's tokens. Models whose causal mask is built by
 transformers' masking utilities read the restarts and block attention across rows, when no KV cache is
 built (PackedCollator's batches say use_cache=False). Not every model builds its mask that way, so
-``check_rows_kept_apart`` compares a packed pair of rows with the same rows alone before training. Evaluation batches stay padded: one long packed row of a large evaluation batch costs more
-in attention (quadratic in its length) than the padding it saves.
+``check_rows_kept_apart`` compares a packed pair of rows with the same rows alone before training.
+Evaluation batches stay padded: one long packed row of a large evaluation batch costs more in attention
+(quadratic in its length) than the padding it saves.
 """
 
 from __future__ import annotations
