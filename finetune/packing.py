@@ -11,6 +11,8 @@ Evaluation batches stay padded: one long packed row of a large evaluation batch 
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 from datasets import Dataset
 from transformers import DataCollatorWithFlattening, Trainer
@@ -77,15 +79,17 @@ class PackedTrainer(Trainer):
         self.eval_collator = eval_collator
 
     def get_eval_dataloader(self, eval_dataset=None):
-        packed, self.data_collator = self.data_collator, self.eval_collator
-        try:
+        with self._padded_batches():
             return super().get_eval_dataloader(eval_dataset)
-        finally:
-            self.data_collator = packed
 
     def get_test_dataloader(self, test_dataset):
+        with self._padded_batches():
+            return super().get_test_dataloader(test_dataset)
+
+    @contextmanager
+    def _padded_batches(self):
         packed, self.data_collator = self.data_collator, self.eval_collator
         try:
-            return super().get_test_dataloader(test_dataset)
+            yield
         finally:
             self.data_collator = packed
