@@ -99,7 +99,7 @@ def run_recipe(recipe: Recipe, run_dir: str | Path) -> dict | None:
             if arm == "untuned" and index <= len(reused):
                 continue
             progress.say(f"retraining {arm}, seed {index} of {len(recipe.seeds)}, then testing")
-            record, resumed = _seed_run(config, arm, seed, split_seed, run_dir)
+            record, resumed = seed_run(config, arm, seed, split_seed, run_dir)
             runs[arm].append(record)
             progress.add(record["optimizer_steps"], resumed=resumed)
     if "tuned" not in runs:
@@ -192,7 +192,7 @@ def _tested_rerun(rerun: dict, run_dir: Path) -> dict:
     return record
 
 
-def _seed_run(config: FinetuneConfig, arm: str, seed: int, split_seed: int | None, run_dir: Path) -> tuple[dict, bool]:
+def seed_run(config: FinetuneConfig, arm: str, seed: int, split_seed: int | None, run_dir: Path) -> tuple[dict, bool]:
     """Train ``config`` with ``seed`` (and validation split ``split_seed``, None: the config's) and evaluate
     it on the test split; (the record, whether it was stored by an earlier invocation and only read back)."""
     out = run_dir / arm / f"seed_{seed}"

@@ -1,0 +1,198 @@
+"""Does a tuned causal-LM fine-tune beat the field's recipes? tunelab's search over search seeds, against the
+reference recipes, transformers' defaults and an oracle grid, on tasks that ship with the project.
+
+Per task (a recipe in recipes/configs/, SmolLM2-135M-Instruct LoRA):
+
+  untuned        the recipe's untuned run (transformers' defaults, the method's peft defaults)
+  references     recipes/references/*.yaml (torchtune, Axolotl, LLaMA-Factory LoRA defaults)
+  grid           learning rate x epochs (4 x 3 = 12 points), everything else untuned; "oracle" is the
+                 point with the best mean test score: the best a user could have found by hand, known
+                 only after testing every point
+  tunelab s      `tunelab run`'s search (the recipe's search settings and budget, sampler seed s) and
+                 its winner retrained
+
+Every arm trains with the same training seeds on the same rows and is tested on the same test split
+(test loss and the greedy answers' exact match and token F1). Every run is stored under --out and read
+back when the command runs again, so a stopped benchmark continues where it was.
+
+    python benchmarks/causal_search.py --task sst2_words [--search-seeds 5] [--seeds 2]
+    python benchmarks/causal_search.py --task dolly_short_qa
+    python benchmarks/causal_search.py --task sst2_words --quick   # a small version to check it still works
+
+Prints a seed x arm table and the goals' verdicts; writes benchmarks/causal_search_<task>.json (--quick: under
+--out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from finetune import FinetuneConfig  # noqa: E402
+from hpo.finetune import search_finetune  # noqa: E402
+from recipes.recipe import load_recipe  # noqa: E402
+from recipes.references import reference_config  # noqa: E402
+from recipes.run import seed_run  # noqa: E402
+
+# task -> (recipe, the generation metric that is its accuracy)
+TASKS = {
+    "sst2_words": ("recipes/configs/sst2_words_smollm2_lora.yaml", "exact_match"),
+    "dolly_short_qa": ("recipes/configs/dolly_short_qa_smollm2_lora.yaml", "token_f1"),
+}
+GRID_LEARNING_RATES = (1e-4, 3e-4, 1e-3, 3e-3)  # spans the causal-LM LoRA space's [5e-5, 3e-3]
+GRID_EPOCHS = (1, 2, 3)
+QUICK = ["data.max_train_samples=24", "data.validation_size=8", "data.test_size=8"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", choices=sorted(TASKS), required=True)
+    parser.add_argument("--search-seeds", type=int, default=5, help="searches, with sampler seeds 0..N-1")
+    parser.add_argument("--seeds", type=int, default=2, help="training seeds per arm (0..N-1)")
+    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "causal_search", help="where runs are kept")
+    parser.add_argument("--quick", action="store_true", help="24 training rows, 1 search, 2 grid points")
+    parser.add_argument(
+        "--only", default="untuned,references,tunelab,grid", help="the arm groups to train now (in this order)"
+    )
+    args = parser.parse_args()
+
+    recipe_path, generation_metric = TASKS[args.task]
+    recipe = load_recipe(ROOT / recipe_path, QUICK if args.quick else None)
+    seeds = list(range(args.seeds))
+    name = f"{args.task}_quick" if args.quick else args.task
+    run_dir = args.out / name
+    output = run_dir / "causal_search.json" if args.quick else ROOT / "benchmarks" / f"causal_search_{name}.json"
+    learning_rates, epochs = GRID_LEARNING_RATES, GRID_EPOCHS
+    if args.quick:
+        learning_rates, epochs = GRID_LEARNING_RATES[1:3], GRID_EPOCHS[:1]
+    search_seeds = range(1 if args.quick else args.search_seeds)
+
+    # arm -> {"group", "runs", ...}; arms stored by earlier invocations (e.g. with another --only) stay
+    arms: dict[str, dict] = json.loads(output.read_text())["arms"] if output.is_file() else {}
+
+    def train_arm(arm: str, group: str, config: FinetuneConfig, **extra) -> None:
+        runs = []
+        for seed in seeds:
+            started = time.perf_counter()
+            record, resumed = seed_run(config, arm, seed, None, run_dir)
+            print(
+                f"[causal_search] {arm} seed {seed}: test loss {record['test']['test_loss']:.4f}, "
+                f"{generation_metric} {record['test'][f'test_{generation_metric}']:.3f}"
+                f"{' (stored)' if resumed else f', {time.perf_counter() - started:.0f} s'}",
+                flush=True,
+            )
+            runs.append(_summarised(record))
+        arms[arm] = {"group": group, "runs": runs, **extra}
+        header = {"task": args.task, "recipe": recipe_path, "generation_metric": generation_metric, "seeds": seeds}
+        output.write_text(json.dumps({**header, "arms": arms}, indent=2, default=str))
+
+    for group in args.only.split(","):
+        if group == "untuned":
+            train_arm("untuned", "untuned", recipe.untuned)
+        elif group == "references":
+            for reference in recipe.references:
+                train_arm(reference, "reference", reference_config(reference, recipe.untuned))
+        elif group == "grid":
+            for lr in learning_rates:
+                for n_epochs in epochs:
+                    overrides = {"training.learning_rate": lr, "training.num_train_epochs": n_epochs}
+                    train_arm(f"grid_lr{lr:g}_ep{n_epochs}", "grid", recipe.untuned.with_overrides(overrides))
+        elif group == "tunelab":
+            for search_seed in search_seeds:
+                search_dir = run_dir / f"search_{search_seed}"
+                started = time.perf_counter()
+                search = search_finetune(recipe.untuned, replace(recipe.search, seed=search_seed), run_dir=search_dir)
+                summary = json.loads((search_dir / "summary.json").read_text())
+                winner = search.best_config
+                train_arm(
+                    f"tunelab_{search_seed}",
+                    "tunelab",
+                    winner,
+                    search_seed=search_seed,
+                    search_steps=round(summary["full_run_equivalents_spent"] * summary["full_run_steps"]),
+                    full_run_equivalents=summary["full_run_equivalents_spent"],
+                    search_seconds_this_invocation=time.perf_counter() - started,
+                    time_breakdown=summary.get("time_breakdown"),
+                    winner=_hyperparameters(winner, recipe.untuned),
+                )
+        else:
+            parser.error(f"--only: unknown group {group!r} (untuned, references, tunelab, grid)")
+    _report(arms, generation_metric)
+
+
+def _summarised(record: dict) -> dict:
+    return {
+        "seed": record["seed"],
+        "test": record["test"],
+        "validation": record["validation"],
+        "optimizer_steps": record["optimizer_steps"],
+        "wall_seconds": record["wall_seconds"],
+    }
+
+
+def _hyperparameters(config: FinetuneConfig, untuned: FinetuneConfig) -> dict:
+    """The winner's values that differ from the untuned config's (section.key: value)."""
+    changed = {}
+    for section in ("training", "method", "data"):
+        mine, theirs = getattr(config, section).__dict__, getattr(untuned, section).__dict__
+        changed |= {f"{section}.{k}": v for k, v in mine.items() if theirs.get(k) != v and k != "output_dir"}
+    return changed
+
+
+def _mean_sd(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def _report(arms: dict, generation_metric: str) -> None:
+    """Seed x arm table, the oracle grid point, and the issue's goals on the generation metric and test loss."""
+
+    def scores(arm: str, key: str) -> list[float]:
+        return [run["test"][f"test_{key}"] for run in arms[arm]["runs"]]
+
+    print(f"\n| arm | test loss per seed | mean | {generation_metric} per seed | mean | steps |")
+    print("|---|---|---|---|---|---|")
+    for arm, record in arms.items():
+        loss, gen = scores(arm, "loss"), scores(arm, generation_metric)
+        steps = record["runs"][0]["optimizer_steps"]
+        extra = f" (+{record['search_steps']} searching)" if record["group"] == "tunelab" else ""
+        print(
+            f"| {arm} | {', '.join(f'{v:.3f}' for v in loss)} | {statistics.fmean(loss):.3f} | "
+            f"{', '.join(f'{v:.3f}' for v in gen)} | {statistics.fmean(gen):.3f} | {steps}{extra} |"
+        )
+
+    groups = {g: [a for a, r in arms.items() if r["group"] == g] for g in ("reference", "grid", "tunelab")}
+    if not groups["tunelab"]:
+        return
+    for key, better in ((generation_metric, max), ("loss", min)):
+        sign = 1 if better is max else -1
+        tuned = {arm: statistics.fmean(scores(arm, key)) for arm in groups["tunelab"]}
+        median = statistics.median(tuned.values())
+        worst = min(tuned.values()) if better is max else max(tuned.values())
+        print(f"\n{key}: tunelab median over {len(tuned)} searches {median:.3f} (worst {worst:.3f})")
+        if groups["reference"]:
+            best_ref = better(groups["reference"], key=lambda a: statistics.fmean(scores(a, key)))
+            ref_mean, ref_sd = _mean_sd(scores(best_ref, key))
+            floor = ref_mean - sign * ref_sd
+            ok = all(sign * (v - floor) >= 0 for v in tuned.values())
+            print(
+                f"  best reference {best_ref} {ref_mean:.3f} +/- {ref_sd:.3f}: every search at least the "
+                f"reference minus one seed sd ({floor:.3f})? {'yes' if ok else 'no'}"
+            )
+        if groups["grid"]:
+            oracle = better(groups["grid"], key=lambda a: statistics.fmean(scores(a, key)))
+            oracle_mean = statistics.fmean(scores(oracle, key))
+            gap = sign * (oracle_mean - median)
+            verdict = f"; within 3 points? {'yes' if gap <= 0.03 else 'no'}" if key == generation_metric else ""
+            print(f"  oracle grid point {oracle} {oracle_mean:.3f}: median's gap {gap:+.3f}{verdict}")
+
+
+if __name__ == "__main__":
+    main()
