@@ -24,6 +24,7 @@ from finetune.metrics import add_perplexity, classification_metrics, default_met
 from finetune.models import build_model, count_parameters, load_tokenizer, resolve_source
 from finetune.packing import PackedTrainer, check_rows_kept_apart, packed_collator
 from finetune.precision import precision_arguments, resolve_precision
+from finetune.timing import StageTimer
 from finetune.train_metrics import TrainSplitMetrics
 
 CONFIG_FILE = "tunelab_config.yaml"
@@ -46,7 +47,7 @@ class RunResult:
     optimizer_steps: int
     planned_steps: int
     tokens_seen: int
-    wall_seconds: float  # loading, tokenizing, training and saving
+    wall_seconds: float  # loading, tokenizing, training and saving: the sum of time_breakdown
     train_seconds: float  # the training loop alone (Trainer's train_runtime, evaluations included)
     peak_memory_bytes: int
     trainable_params: int
@@ -54,6 +55,9 @@ class RunResult:
     stopped_early: bool = False
     # Training loss and learning rate at every logging step.
     train_losses: list[dict[str, float]] = field(default_factory=list)
+    # Seconds per stage (finetune.timing.STAGES: setup, training, evaluation, checkpoints); they add up to
+    # wall_seconds.
+    time_breakdown: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -176,16 +180,19 @@ def train(config: FinetuneConfig, callbacks: list[TrainerCallback] | None = None
     if config.data.packing:
         check_rows_kept_apart(model, inputs.train, inputs.collator, model.config.model_type)
     trainable, total = count_parameters(model)
-    trainer = _trainer(config, model, tokenizer, inputs, callbacks or [])
+    timer = StageTimer(started)
+    trainer = _trainer(config, model, tokenizer, inputs, [*(callbacks or []), timer])  # the timer last
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     train_output = trainer.train()
     output_dir = Path(config.training.output_dir)
     result = _run_result(trainer, config, output_dir, train_output.metrics)
-    result.wall_seconds = time.perf_counter() - started
     result.trainable_params, result.total_params = trainable, total
     if trainer.is_world_process_zero():
-        _save_run(trainer, config, inputs.label_names, result, output_dir)
+        _save_run(trainer, config, inputs.label_names, result, output_dir, timer)
+    else:
+        result.time_breakdown = timer.finish()
+        result.wall_seconds = sum(result.time_breakdown.values())
     trainer.accelerator.wait_for_everyone()
     return result
 
@@ -275,7 +282,12 @@ def _run_result(trainer: Trainer, config: FinetuneConfig, output_dir: Path, trai
 
 
 def _save_run(
-    trainer: Trainer, config: FinetuneConfig, label_names: list[str] | None, result: RunResult, output_dir: Path
+    trainer: Trainer,
+    config: FinetuneConfig,
+    label_names: list[str] | None,
+    result: RunResult,
+    output_dir: Path,
+    timer: StageTimer,
 ) -> None:
     trainer.save_model(str(output_dir / MODEL_DIR))  # adapter (+ trained head) or the full model
     saved = config.with_overrides({"data.label_names": label_names}) if label_names else config
@@ -286,6 +298,8 @@ def _save_run(
         trainer.processing_class.save_pretrained(output_dir / "merged")
     # Only the kept model stays on disk: intermediate checkpoints would grow with every trial.
     shutil.rmtree(output_dir / "checkpoints", ignore_errors=True)
+    result.time_breakdown = timer.finish()
+    result.wall_seconds = sum(result.time_breakdown.values())
     (output_dir / RESULT_FILE).write_text(result.to_json())
 
 

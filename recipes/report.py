@@ -15,6 +15,7 @@ from hpo.results import SearchResult
 from recipes.fit import fit_lines, fit_table, plot_fit
 from recipes.references import arm_names
 from recipes.report_plots import plot_history, plot_learning_curves, plot_seed_scores
+from recipes.time_table import time_rows
 
 LIBRARIES = ("torch", "transformers", "peft", "accelerate", "optuna", "datasets")
 SIDE_BY_SIDE_PROMPTS = 3  # test prompts shown with both arms' answers (causal LMs)
@@ -154,19 +155,21 @@ def _sections(results: dict[str, Any], search: SearchResult) -> list[tuple[str, 
         except importlib.metadata.PackageNotFoundError:
             pass
     environment += hardware()
+    times = time_rows(results.get("time_breakdown") or {})
     sections = [("Per-seed results", per_seed)]
     if "test_exact_match" in runs["tuned"][0]["test"]:
         sections += [("Generated answers on test", generation_table(results))]
         sections += [("The same test prompts, answered by each arm (first seed)", side_by_side(results))]
     if results["search"].get("selection"):
         sections.append(("How the winner was chosen", selection_table(results)))
-    return [
-        *sections,
+    sections += [
         ("Fit: training vs validation at the last evaluation", fit_table(results)),
         ("Best parameters next to the untuned ones and the references'", params),
         ("Budget used", _budget_rows(results)),
-        ("Environment", environment),
     ]
+    if len(times) > 1:  # results written before runs timed their stages have none
+        sections.append(("Where the time went (seconds)", times))
+    return [*sections, ("Environment", environment)]
 
 
 def _budget_rows(results: dict[str, Any]) -> list[list[str]]:

@@ -27,6 +27,7 @@ from recipes.recipe import Recipe
 from recipes.references import reference_config, reference_overrides
 from recipes.report import write_report
 from recipes.stats import compare
+from recipes.time_table import run_time_breakdown
 
 ARMS = ("tuned", "untuned")
 
@@ -123,6 +124,7 @@ def run_recipe(recipe: Recipe, run_dir: str | Path) -> dict | None:
         "best_config": best_config.to_dict(),
         "untuned_config": recipe.untuned.to_dict(),
         "seeds": recipe.seeds,
+        "time_breakdown": run_time_breakdown(runs, summary),
         "wall_seconds_this_invocation": time.perf_counter() - started,
     }
     (run_dir / "results.json").write_text(json.dumps(results, indent=2, default=str))
@@ -221,13 +223,16 @@ def _test_record(
         "train_losses": result.train_losses,
         "optimizer_steps": result.optimizer_steps,
         "wall_seconds": result.wall_seconds,
+        "time_breakdown": result.time_breakdown,
         "trainable_params": result.trainable_params,
         "total_params": result.total_params,
     }
     # On every process: evaluation is collective. A causal LM also answers the test prompts (greedy), so
     # the report can show exact match and token F1 per arm, and the answers side by side.
     causal = config.model.task == "causal_lm"
+    started = time.perf_counter()
     record["test"] = finetune.evaluate(out, "test", generate=causal)
+    record["test_seconds"] = time.perf_counter() - started
     if causal:
         record["generations"] = str(out / "generations_test.jsonl")
     return record

@@ -108,6 +108,13 @@ def test_run_reports_and_resumes(tmp_path, tiny_bert, sentiment_files, capsys, m
     assert "## How the winner was chosen" in report and "winner's curse" in report
     assert "## Configurations" in report and "CPU cores" in report
     assert "## Fit: training vs validation" in report and "Fit rule:" in report
+    # Where the time went: the search's trials and re-runs, the retrains (fresh runs only) and the tests.
+    times = results["time_breakdown"]
+    fresh = [r for arm in ("untuned", "tuned") for r in results["runs"][arm] if not r.get("reused_from")]
+    fresh = fresh if results["search"]["winner_role"] != "untuned" else [r for r in fresh if r["arm"] == "untuned"]
+    assert sum(times["retraining"].values()) == pytest.approx(sum(r["wall_seconds"] for r in fresh), abs=0.01)
+    assert times["search"]["trials"]["training"] > 0 and times["testing_seconds"] > 0
+    assert "## Where the time went (seconds)" in report and "| retraining the arms |" in report
     assert (run_dir / "train_vs_validation.png").is_file()
     assert all(r["trainable_params"] > 0 for r in results["runs"]["tuned"])
     untuned_won = results["search"]["winner_role"] == "untuned"

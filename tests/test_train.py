@@ -40,6 +40,10 @@ def test_classification_method_trains_saves_and_reloads(tiny_bert, sentiment_fil
     if method != "full":
         assert result.trainable_params < result.total_params / 2
     assert result.tokens_seen > 0 and result.wall_seconds > 0 and result.peak_memory_bytes > 0
+    # The run's time, split by stage, adds up to its wall time; two evaluations and checkpoints took some.
+    stages = result.time_breakdown
+    assert set(stages) == {"setup", "training", "evaluation", "checkpoints"} and min(stages.values()) > 0
+    assert sum(stages.values()) == pytest.approx(result.wall_seconds)
     # Reloading the saved run (adapter + trained head) gives the same predictions as the best checkpoint
     # (tight: a best checkpoint loaded without its LayerNorm weights is off by a few 1e-6 on this model).
     reloaded = finetune.evaluate(tmp_path / "run", "validation")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from hpo.finetune.config_space import to_overrides
 from hpo.finetune.cross_validation import FoldReporter, cv_score, fold_config
 from hpo.finetune.plan import SearchPlan
 from hpo.finetune.settings import SearchSettings
+from hpo.finetune.time_spent import add_run_time
 from hpo.finetune.trial_training import ReportToTrial, broadcast, train_trial, train_trial_in_subprocess
 from hpo.reporter import Reporter
 from hpo.results import TrialRecord
@@ -36,6 +38,7 @@ class TrialObjective:
         self.base, self.settings, self.plan = base, settings, plan
         self.trials_dir = trials_dir
         self.sync = plan.world_size > 1  # other processes train every trial with the main process
+        self.run_seconds = 0.0  # time spent in training runs by this process (the rest: between runs)
 
     def __call__(self, params: dict[str, Any], reporter: Reporter) -> float:
         number = reporter.trial.number
@@ -91,14 +94,19 @@ class TrialObjective:
     def _train(self, config: FinetuneConfig, reporter: Reporter | FoldReporter) -> finetune.RunResult:
         if self.sync:
             broadcast(config.to_dict())
+        started = time.perf_counter()
         try:
             if self.settings.isolation == "subprocess":
-                return train_trial_in_subprocess(config, reporter, self.plan.scoring.metric)
-            return train_trial(config, ReportToTrial(reporter, self.plan.scoring.metric, sync=self.sync))
+                result = train_trial_in_subprocess(config, reporter, self.plan.scoring.metric)
+            else:
+                result = train_trial(config, ReportToTrial(reporter, self.plan.scoring.metric, sync=self.sync))
         finally:
             gc.collect()  # the trial's model and optimizer go before the next trial starts
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
+            self.run_seconds += time.perf_counter() - started
+        add_run_time(reporter.trial, result.time_breakdown)
+        return result
 
     def _run_folds(self, config: FinetuneConfig, reporter: Reporter) -> float:
         """Fold after fold until done or stopped; the score is the mean of the folds' scores."""

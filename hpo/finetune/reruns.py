@@ -28,6 +28,7 @@ from finetune import FinetuneConfig
 from finetune.train import MODEL_DIR, process_state
 from hpo.finetune.cross_validation import fold_config
 from hpo.finetune.plan import Scoring
+from hpo.finetune.time_spent import summed
 from hpo.results import SearchResult, TrialRecord
 from hpo.winner_rule import Selection, SelectionSettings, select_winner
 
@@ -115,9 +116,10 @@ def rerun_candidate(
         overrides["data.validation_split_seed"] = SELECTION_SEED + replicate
     fresh = config.with_overrides(overrides)
     runs = [fresh] if folds is None else [fold_config(fresh, folds, f, str(out / f"fold_{f}")) for f in range(folds)]
-    scores, steps = [], 0
+    scores, steps, breakdowns = [], 0, []
     for run_config in runs:
         run = finetune.train(run_config)
+        breakdowns.append(run.time_breakdown)
         values = [e[scoring.metric] for e in run.evaluations if scoring.metric in e]
         if not values:
             raise ValueError(f"re-run of trial {trial} reported no {scoring.metric}")
@@ -132,6 +134,7 @@ def rerun_candidate(
             "overrides": overrides,
             "fold_scores": scores if folds else None,
             "model_kept": keep,
+            "time_breakdown": summed(breakdowns),
         }
         done.write_text(json.dumps(record))
         if not keep:

@@ -9,6 +9,7 @@ exploration, which is never exceeded (hpo.finetune.admission).
 from __future__ import annotations
 
 import shutil
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from hpo.finetune.objective import TrialObjective
 from hpo.finetune.plan import SearchPlan, plan_search
 from hpo.finetune.reruns import follow_selection, select_finetune_winner
 from hpo.finetune.settings import SearchSettings
+from hpo.finetune.time_spent import search_time_breakdown
 from hpo.finetune.trial_training import broadcast, follow_trials, train_trial
 from hpo.optimize import PlannedTrial, StudySettings, optimize
 from hpo.result_files import write_search_outputs
@@ -63,6 +65,7 @@ def search_finetune(
     """
     settings = settings or SearchSettings()
     run_dir = Path(run_dir)
+    started = time.perf_counter()
     processes = process_state()
     # 1. Plan: space, metric, folds, the untuned run's length, the budgets. Nothing trains yet.
     plan = plan or plan_search(base, settings, world_size=processes.num_processes)
@@ -81,7 +84,7 @@ def search_finetune(
     study = _study_settings(settings, plan, storage, steps_after=reserve + steps_after_search)
     result = _explore(objective, plan, study)
     # 4. Choose the winner: the top candidates re-run with fresh seeds, the untuned one kept unless beaten.
-    chosen, best = None, result.best_trial
+    chosen, best, run_seconds = None, result.best_trial, objective.run_seconds
     if choose:
         picked = (
             plan.rerun_budget.candidates(result) if plan.rerun_budget else pick_candidates(result, plan.selection.top_k)
@@ -94,6 +97,7 @@ def search_finetune(
             configs[number] = configs[number].with_overrides(
                 {"training.train_split_metrics": base.training.train_split_metrics}
             )
+        selection_started = time.perf_counter()
         chosen = select_finetune_winner(
             result,
             configs,
@@ -102,6 +106,7 @@ def search_finetune(
             scoring=plan.scoring,
             keep_models=kept,
         )
+        run_seconds += time.perf_counter() - selection_started
         best = next(t for t in result.trials if t.number == chosen.winner)
     # 5. Write the trials table, the summary and the winner's config.
     checkpoint = best.extra.get(attributes.CHECKPOINT)
@@ -115,6 +120,9 @@ def search_finetune(
         selection=chosen,
     )
     summary = _summary(search, best.number, plan, settings, storage)
+    summary["time_breakdown"] = search_time_breakdown(
+        result, run_dir / "selection", wall_seconds=time.perf_counter() - started, run_seconds=run_seconds
+    )
     write_search_outputs(result, run_dir, best_config=search.best_config, extra=summary)
     return search
 
