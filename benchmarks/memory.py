@@ -1,10 +1,16 @@
-"""Peak RSS over 20 consecutive in-process trials: tunelab's search against Trainer.hyperparameter_search,
-on the same small random BERT classifier and the same rows. Not part of CI.
+"""Memory of a search. Not part of CI.
+
+Default: RSS over 20 consecutive in-process trials, tunelab's search against Trainer.hyperparameter_search,
+on the same small random BERT classifier and the same rows. Prints the RSS after each trial for both, and
+the growth from trial 1 to the last (we expect tunelab flat: each trial's model, optimizer and Trainer go
+before the next starts).
+
+--causal: peak RSS of a causal-LM search (SmolLM2-135M-Instruct LoRA, the sst2_words recipe, `tunelab
+search` at 2 full-run equivalents) against one run of the same config evaluated on the search's schedule
+(`tunelab train`), each in a fresh process. Target: the search at most 1.25x the run.
 
     python benchmarks/memory.py [--trials 20] [--quick]
-
-Prints the RSS after each trial for both, and the growth from trial 1 to the last (we expect tunelab flat:
-each trial's model, optimizer and Trainer go before the next starts).
+    python benchmarks/memory.py --causal
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import argparse
 import gc
 import os
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -79,7 +86,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--trials", type=int, default=20)
     parser.add_argument("--quick", action="store_true", help="5 trials")
+    parser.add_argument("--causal", action="store_true", help="a SmolLM2 search's peak RSS vs one run's")
     args = parser.parse_args()
+    if args.causal:
+        causal_peaks()
+        return
     trials = 5 if args.quick else args.trials
     with tempfile.TemporaryDirectory() as scratch_name:
         scratch = Path(scratch_name)
@@ -94,6 +105,35 @@ def main() -> None:
         print(f"| {i} | {a >> 20} | {b >> 20} |")
     for name, series in (("tunelab", ours), ("Trainer.hyperparameter_search", theirs)):
         print(f"{name}: {series[0] >> 20} -> {series[-1] >> 20} MiB ({(series[-1] - series[0]) / series[0]:+.1%})")
+
+
+CAUSAL_RECIPE = ROOT / "recipes" / "configs" / "sst2_words_smollm2_lora.yaml"
+# A trial of the recipe's search evaluates every 5 steps (the first rung) without the train-split metrics.
+SEARCH_SCHEDULE = ["training.eval_steps=5", "training.train_split_metrics=false"]
+
+
+def causal_peaks() -> None:
+    with tempfile.TemporaryDirectory() as scratch_name:
+        scratch = Path(scratch_name)
+        tunelab = [sys.executable, "-m", "recipes.cli"]
+        one_run = [*tunelab, "train", str(CAUSAL_RECIPE), f"training.output_dir={scratch / 'run'}", *SEARCH_SCHEDULE]
+        search = [*tunelab, "search", str(CAUSAL_RECIPE), "--budget-fre", "2", "--top-k", "1"]
+        search += ["--selection-seeds", "0", "--run-dir", str(scratch / "search")]
+        peaks = {"one run (tunelab train)": peak_rss(one_run), "search, 2 FRE (tunelab search)": peak_rss(search)}
+    print("\nPeak RSS, SmolLM2-135M-Instruct LoRA, sst2_words recipe, each in a fresh process\n")
+    print("| process | peak RSS (GiB) | vs one run |")
+    print("|---|---|---|")
+    run = next(iter(peaks.values()))
+    for name, peak in peaks.items():
+        print(f"| {name} | {peak / 2**30:.2f} | {peak / run:.2f} |")
+
+
+def peak_rss(command: list[str]) -> int:
+    """Peak RSS in bytes of ``command``, run in a fresh wrapper process (its only child)."""
+    probe = "import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True); "
+    probe += "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+    done = subprocess.run([sys.executable, "-c", probe, *command], cwd=ROOT, check=True, capture_output=True, text=True)
+    return int(done.stdout.split()[-1]) * 1024  # Linux reports kibibytes
 
 
 class RecordRss(TrainerCallback):
