@@ -284,7 +284,12 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--storage", help="journal file path or SQLAlchemy URL (default: in the run folder)")
     search.add_argument("--run-dir", help="default: <training.output_dir>_search")
     search.add_argument("--seed", type=int, help="sampler seed (default: 0)")
-    search.add_argument("--max-per-device-batch", type=int, help="default: 32")
+    search.add_argument(
+        "--max-per-device-batch",
+        type=int,
+        help="a trial's largest per-device batch; larger effective batches accumulate gradients (default: the config's "
+        "per_device_train_batch_size)",
+    )
     search.add_argument("--no-untuned", action="store_true", help="do not evaluate the untuned config first")
     search.add_argument(
         "--top-k", type=int, help="candidates re-run to choose the winner, untuned included (default: 3)"

@@ -104,6 +104,8 @@ def recipe_from_dict(raw: dict[str, Any], *, base_dir: str | Path | None = None,
     if len(set(seeds)) != len(seeds):
         raise ConfigError(f"seeds: duplicates in {seeds}")
     search = SearchSettings.from_dict(raw.get("search") or {})
+    if search.max_per_device_batch is None:  # the batch the recipe states, not the untuned run's default
+        search.max_per_device_batch = finetune.training.per_device_train_batch_size
     if search.space is not None:
         check_combinations(search.space, flatten(untuned))  # impossible combinations fail at load
     compare = raw.get("compare") or {}

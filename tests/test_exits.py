@@ -144,7 +144,13 @@ def test_a_trial_out_of_memory_twice_is_infeasible_and_the_search_goes_on(
     )
     space = SearchSpace({"training.effective_batch_size": Categorical(choices=(8, 16))})
     settings = SearchSettings(
-        space=space, sampler="grid", scheduler="none", budget=Budget(trials=3), include_untuned=False, progress=False
+        space=space,
+        sampler="grid",
+        scheduler="none",
+        budget=Budget(trials=3),
+        include_untuned=False,
+        max_per_device_batch=16,  # above the config's 8: batch 16 runs on one device, then retries at 8
+        progress=False,
     )
     search = search_finetune(FinetuneConfig.from_dict(raw), settings, run_dir=tmp_path / "s")
     by_batch = {t.params["training.effective_batch_size"]: t for t in search.result.trials}

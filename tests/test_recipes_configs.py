@@ -16,6 +16,9 @@ def test_shipped_config_validates(path):
     recipe = load_recipe(path)
     assert recipe.finetune.model.name and Path(recipe.finetune.data.train_file).is_file()
     assert recipe.untuned.training.learning_rate == 5e-5
+    # No trial needs a larger per-device batch than the one the recipe states, not the untuned run's 8
+    # (larger effective batches accumulate gradients).
+    assert recipe.search.max_per_device_batch == recipe.finetune.training.per_device_train_batch_size
 
 
 @pytest.mark.parametrize("path", sorted((RECIPES / "accelerate").glob("*.yaml")), ids=lambda p: p.name)

@@ -62,9 +62,8 @@ class TrialObjective:
 
     def config_for(self, params: dict[str, Any]) -> FinetuneConfig:
         """The base config with sampled ``params`` (derived keys, e.g. the effective batch, made config keys)."""
-        overrides = to_overrides(
-            params, self.plan.base_values, self.settings.max_per_device_batch, self.plan.world_size
-        )
+        cap = self.settings.max_per_device_batch or self.base.training.per_device_train_batch_size
+        overrides = to_overrides(params, self.plan.base_values, cap, self.plan.world_size)
         return self.base.with_overrides(overrides)
 
     def config_of(self, trial: TrialRecord) -> FinetuneConfig:

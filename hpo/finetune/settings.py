@@ -65,7 +65,10 @@ class SearchSettings:
     selection: SelectionSettings = field(default_factory=SelectionSettings)  # how the winner is chosen
     space: SearchSpace | None = None  # None: the method-aware default space (hpo.finetune.default_spaces)
     also_tune: tuple[str, ...] = ()  # groups added to the default space: optimizer, head, architecture
-    max_per_device_batch: int = 32  # larger effective batches accumulate gradients
+    # A trial's largest per-device batch; larger effective batches accumulate gradients, so no trial needs
+    # more activation memory than a run at this batch. None: the base config's per-device batch (a recipe
+    # resolves it to the batch its training section states: the one the user knows fits).
+    max_per_device_batch: int | None = None
     isolation: Literal["none", "subprocess"] = "none"  # subprocess: each trial in its own process
     seed: int = 0  # the sampler's
     # Shared search (tunelab worker): a database URL all workers reach, the study's name, heartbeat period.
@@ -83,6 +86,9 @@ class SearchSettings:
             raise ConfigError(f"search.sampler: expected one of {SAMPLERS}, got {self.sampler!r}")
         if self.scheduler not in SCHEDULERS:
             raise ConfigError(f"search.scheduler: expected one of {SCHEDULERS}, got {self.scheduler!r}")
+        cap = self.max_per_device_batch
+        if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
+            raise ConfigError(f"search.max_per_device_batch: expected an integer >= 1 or null, got {cap!r}")
         if self.isolation not in ISOLATIONS:
             raise ConfigError(f"search.isolation must be 'none' or 'subprocess', got {self.isolation!r}")
         self.also_tune = tuple(self.also_tune)
