@@ -18,6 +18,7 @@ back when the command runs again, so a stopped benchmark continues where it was.
     python benchmarks/causal_search.py --task sst2_words [--search-seeds 5] [--seeds 2]
     python benchmarks/causal_search.py --task dolly_short_qa
     python benchmarks/causal_search.py --task sst2_words --quick   # a small version to check it still works
+    python benchmarks/causal_search.py --task sst2_words --report-only   # the table of the committed JSON
 
 Prints a seed x arm table and the goals' verdicts; writes benchmarks/causal_search_<task>.json (--quick: under
 --out).
@@ -62,6 +63,7 @@ def main() -> None:
     parser.add_argument(
         "--only", default="untuned,references,tunelab,grid", help="the arm groups to train now (in this order)"
     )
+    parser.add_argument("--report-only", action="store_true", help="print the table of the JSON, train nothing")
     args = parser.parse_args()
 
     recipe_path, generation_metric = TASKS[args.task]
@@ -77,8 +79,18 @@ def main() -> None:
 
     # arm -> {"group", "runs", ...}; arms stored by earlier invocations (e.g. with another --only) stay
     arms: dict[str, dict] = json.loads(output.read_text())["arms"] if output.is_file() else {}
+    if args.report_only:
+        _report(arms, generation_metric)
+        return
+
+    def recorded(arm: str) -> bool:
+        """Already in the JSON with these seeds (e.g. committed by an earlier session): not trained again."""
+        return arm in arms and [run["seed"] for run in arms[arm]["runs"]] == seeds
 
     def train_arm(arm: str, group: str, config: FinetuneConfig, **extra) -> None:
+        if recorded(arm):
+            print(f"[causal_search] {arm}: recorded in {output.name}", flush=True)
+            return
         runs = []
         for seed in seeds:
             started = time.perf_counter()
@@ -90,6 +102,8 @@ def main() -> None:
                 flush=True,
             )
             runs.append(_summarised(record))
+        # Read again before writing: another invocation (e.g. --only grid beside --only tunelab) may have added arms.
+        arms.update(json.loads(output.read_text())["arms"] if output.is_file() else {})
         arms[arm] = {"group": group, "runs": runs, **extra}
         header = {"task": args.task, "recipe": recipe_path, "generation_metric": generation_metric, "seeds": seeds}
         output.write_text(json.dumps({**header, "arms": arms}, indent=2, default=str))
@@ -107,6 +121,9 @@ def main() -> None:
                     train_arm(f"grid_lr{lr:g}_ep{n_epochs}", "grid", recipe.untuned.with_overrides(overrides))
         elif group == "tunelab":
             for search_seed in search_seeds:
+                if recorded(f"tunelab_{search_seed}"):
+                    print(f"[causal_search] tunelab_{search_seed}: recorded in {output.name}", flush=True)
+                    continue
                 search_dir = run_dir / f"search_{search_seed}"
                 started = time.perf_counter()
                 search = search_finetune(recipe.untuned, replace(recipe.search, seed=search_seed), run_dir=search_dir)
