@@ -22,6 +22,7 @@ from hpo.attributes import UNTUNED
 from hpo.finetune import search_finetune
 from hpo.finetune.plan import SearchPlan, plan_search
 from hpo.finetune.reruns import kept_reruns
+from hpo.finetune.trial_training import release_memory
 from recipes.progress import RunProgress
 from recipes.recipe import Recipe
 from recipes.references import reference_config, reference_overrides
@@ -206,6 +207,7 @@ def seed_run(config: FinetuneConfig, arm: str, seed: int, split_seed: int | None
         overrides["data.validation_split_seed"] = split_seed
     result = finetune.train(config.with_overrides(overrides))
     record = _test_record(config, arm, seed, split_seed, result, out)
+    release_memory()  # the next arm's run starts from what this one held
     if process_state().is_main_process:
         done.write_text(json.dumps(record, indent=2))
     return record, False

@@ -7,13 +7,10 @@ shortened, or not at all). Then one training run, or k runs on k folds, reportin
 
 from __future__ import annotations
 
-import gc
 import shutil
 import time
 from pathlib import Path
 from typing import Any
-
-import torch
 
 import finetune
 from finetune import FinetuneConfig
@@ -26,7 +23,13 @@ from hpo.finetune.cross_validation import FoldReporter, cv_score, fold_config
 from hpo.finetune.plan import SearchPlan
 from hpo.finetune.settings import SearchSettings
 from hpo.finetune.time_spent import add_run_time
-from hpo.finetune.trial_training import ReportToTrial, broadcast, train_trial, train_trial_in_subprocess
+from hpo.finetune.trial_training import (
+    ReportToTrial,
+    broadcast,
+    release_memory,
+    train_trial,
+    train_trial_in_subprocess,
+)
 from hpo.reporter import Reporter
 from hpo.results import TrialRecord
 
@@ -100,9 +103,7 @@ class TrialObjective:
             else:
                 result = train_trial(config, ReportToTrial(reporter, self.plan.scoring.metric, sync=self.sync))
         finally:
-            gc.collect()  # the trial's model and optimizer go before the next trial starts
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
+            release_memory()  # the trial's model and optimizer go before the next trial starts
             self.run_seconds += time.perf_counter() - started
         add_run_time(reporter.trial, result.time_breakdown)
         return result

@@ -29,6 +29,7 @@ from finetune.train import MODEL_DIR, process_state
 from hpo.finetune.cross_validation import fold_config
 from hpo.finetune.plan import Scoring
 from hpo.finetune.time_spent import summed
+from hpo.finetune.trial_training import release_memory
 from hpo.results import SearchResult, TrialRecord
 from hpo.winner_rule import Selection, SelectionSettings, select_winner
 
@@ -119,6 +120,7 @@ def rerun_candidate(
     scores, steps, breakdowns = [], 0, []
     for run_config in runs:
         run = finetune.train(run_config)
+        release_memory()
         breakdowns.append(run.time_breakdown)
         values = [e[scoring.metric] for e in run.evaluations if scoring.metric in e]
         if not values:
