@@ -266,6 +266,7 @@ def tunelab_contender(
         # In steps, not full-run equivalents: where tunelab cross-validates (validation < 300 rows) its
         # "full run" is all the folds, and the budget must still be the peers'.
         budget=Budget(steps=ledger.budget_steps),
+        max_per_device_batch=32,  # the batch the MiniLM recipes state: what `tunelab run` on them caps at
         sampler=sampler,
         scheduler=scheduler,
         seed=seed,
