@@ -57,6 +57,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", choices=sorted(TASKS), required=True)
     parser.add_argument("--search-seeds", type=int, default=5, help="searches, with sampler seeds 0..N-1")
+    parser.add_argument(
+        "--search-seed",
+        type=int,
+        action="append",
+        help="run only this search seed (repeatable): splits the searches between processes",
+    )
     parser.add_argument("--seeds", type=int, default=2, help="training seeds per arm (0..N-1)")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "causal_search", help="where runs are kept")
     parser.add_argument("--quick", action="store_true", help="24 training rows, 1 search, 2 grid points")
@@ -75,7 +81,7 @@ def main() -> None:
     learning_rates, epochs = GRID_LEARNING_RATES, GRID_EPOCHS
     if args.quick:
         learning_rates, epochs = GRID_LEARNING_RATES[1:3], GRID_EPOCHS[:1]
-    search_seeds = range(1 if args.quick else args.search_seeds)
+    search_seeds = args.search_seed or range(1 if args.quick else args.search_seeds)
 
     # arm -> {"group", "runs", ...}; arms stored by earlier invocations (e.g. with another --only) stay
     arms: dict[str, dict] = json.loads(output.read_text())["arms"] if output.is_file() else {}
