@@ -17,6 +17,7 @@ from transformers import (
     set_seed,
 )
 
+from finetune.answer_logits import answer_logits_collator
 from finetune.architecture import install_head, load_head_weights
 from finetune.config import ARCHITECTURE_KEYS, FinetuneConfig
 from finetune.errors import ConfigError, DataError
@@ -112,6 +113,9 @@ def _evaluate_model(
     dataset = getattr(inputs, split)
     if dataset is None:
         raise DataError(f"{where}: there is no {split} split (set data.{split}_file or data.{split}_size)")
+    collator = inputs.collator
+    if config.model.task == "causal_lm":
+        collator = answer_logits_collator(model, collator, dataset)
     with tempfile.TemporaryDirectory() as scratch:
         args = TrainingArguments(
             output_dir=scratch,
@@ -125,7 +129,7 @@ def _evaluate_model(
         trainer = Trainer(
             model=model,
             args=args,
-            data_collator=inputs.collator,
+            data_collator=collator,
             compute_metrics=classification_metrics if config.model.task == "classification" else None,
         )
         trainer.remove_callback(PrinterCallback)  # keep stdout for the metrics the caller prints

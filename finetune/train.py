@@ -9,13 +9,14 @@ import resource
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments, set_seed
 
+from finetune.answer_logits import answer_logits_collator
 from finetune.config import FinetuneConfig
 from finetune.errors import ConfigError, TrainingError
 from finetune.inputs import prepare_inputs
@@ -179,9 +180,13 @@ def train(config: FinetuneConfig, callbacks: list[TrainerCallback] | None = None
     model = apply_method(model, config.method, config.model.task)
     if config.data.packing:
         check_rows_kept_apart(model, inputs.train, inputs.collator, model.config.model_type)
+    train_collator = packed_collator() if config.data.packing else inputs.collator
+    if config.model.task == "causal_lm":
+        train_collator = answer_logits_collator(model, train_collator, inputs.train)
+        inputs = replace(inputs, collator=answer_logits_collator(model, inputs.collator, inputs.train))
     trainable, total = count_parameters(model)
     timer = StageTimer(started)
-    trainer = _trainer(config, model, tokenizer, inputs, [*(callbacks or []), timer])  # the timer last
+    trainer = _trainer(config, model, tokenizer, inputs, train_collator, [*(callbacks or []), timer])  # timer last
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     train_output = trainer.train()
@@ -197,7 +202,9 @@ def train(config: FinetuneConfig, callbacks: list[TrainerCallback] | None = None
     return result
 
 
-def _trainer(config: FinetuneConfig, model, tokenizer, inputs, callbacks: list[TrainerCallback]) -> Trainer:
+def _trainer(
+    config: FinetuneConfig, model, tokenizer, inputs, train_collator, callbacks: list[TrainerCallback]
+) -> Trainer:
     extra = _tracking_callbacks(config)
     if config.data.max_generation_samples:
         from finetune.generate import GenerationMetrics
@@ -217,7 +224,7 @@ def _trainer(config: FinetuneConfig, model, tokenizer, inputs, callbacks: list[T
         train_dataset=inputs.train,
         eval_dataset=inputs.validation,
         processing_class=tokenizer,
-        data_collator=packed_collator() if packing else inputs.collator,
+        data_collator=train_collator,
         **packing,
         compute_metrics=classification_metrics if config.model.task == "classification" else None,
         callbacks=[NanLossGuard(), ProgressLog(), *extra, *callbacks],
