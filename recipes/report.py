@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import html
 import importlib.metadata
-import json
 import platform
 from pathlib import Path
 from typing import Any
@@ -14,11 +13,12 @@ from hpo.result_files import plot_anytime
 from hpo.results import SearchResult
 from recipes.fit import fit_lines, fit_table, plot_fit
 from recipes.references import arm_names
+from recipes.report_answers import generation_table, side_by_side
 from recipes.report_plots import plot_history, plot_learning_curves, plot_seed_scores
+from recipes.stats import mean_std
 from recipes.time_table import time_rows
 
 LIBRARIES = ("torch", "transformers", "peft", "accelerate", "optuna", "datasets")
-SIDE_BY_SIDE_PROMPTS = 3  # test prompts shown with both arms' answers (causal LMs)
 INTERVALS = {"welch": "Welch t", "bootstrap": "percentile bootstrap"}  # recipes.stats: how the CI was made
 
 
@@ -55,10 +55,10 @@ def headline(results: dict[str, Any]) -> list[str]:
     lines += reference_lines(results, points, unit, digits)
     if all("test_exact_match" in run["test"] for arm in arm_names(results) for run in results["runs"][arm]):
         match = {arm: [run["test"]["test_exact_match"] for run in results["runs"][arm]] for arm in arm_names(results)}
-        others = "".join(f"; {name} {_mean_std(match[name])}" for name in references)
+        others = "".join(f"; {name} {mean_std(match[name])}" for name in references)
         lines.append(
-            f"Greedy answers on test, exact match: tuned {_mean_std(match['tuned'])} vs untuned "
-            f"{_mean_std(match['untuned'])}{others}."
+            f"Greedy answers on test, exact match: tuned {mean_std(match['tuned'])} vs untuned "
+            f"{mean_std(match['untuned'])}{others}."
         )
     return lines
 
@@ -196,44 +196,6 @@ def _budget_rows(results: dict[str, Any]) -> list[list[str]]:
         ["best validation during search", f"{s['best_value']:.4f} (trial {s['best_trial']})"],
         ["retrain wall time, every arm (s; untuned re-runs counted in the search)", f"{_retrain_seconds(results):.0f}"],
     ]
-
-
-def generation_table(results: dict[str, Any]) -> list[list[str]]:
-    """Exact match and token F1 of the greedy answers on test, per arm (mean +/- std over seeds)."""
-    rows = [["arm", "exact match", "token F1", "test loss"]]
-    for arm in reversed(arm_names(results)):
-        tests = [run["test"] for run in results["runs"][arm]]
-        rows.append(
-            [arm, *(_mean_std([t[f"test_{key}"] for t in tests]) for key in ("exact_match", "token_f1", "loss"))]
-        )
-    return rows
-
-
-def side_by_side(results: dict[str, Any], count: int = SIDE_BY_SIDE_PROMPTS) -> list[list[str]]:
-    arms = arm_names(results)
-    answers = [_read_generations(results["runs"][arm][0].get("generations")) for arm in arms]
-    rows = [["prompt (end)", "expected", *arms]]
-    for per_arm in list(zip(*answers, strict=False))[:count]:
-        texts = [per_arm[0]["prompt"][-160:], per_arm[0]["reference"][:200]]
-        rows.append([_one_line(text) for text in [*texts, *(answer["generated"][:200] for answer in per_arm)]])
-    return rows
-
-
-def _one_line(text: str) -> str:
-    """A generated text as one table cell: its newlines shown as ⏎."""
-    return text.replace("\n", " ⏎ ")
-
-
-def _read_generations(path: str | None) -> list[dict[str, str]]:
-    if not path or not Path(path).is_file():
-        return []
-    return [json.loads(line) for line in Path(path).read_text().splitlines()]
-
-
-def _mean_std(values: list[float]) -> str:
-    mean = sum(values) / len(values)
-    std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5 if len(values) > 1 else 0.0
-    return f"{mean:.3f} +/- {std:.3f}"
 
 
 def shown_value(value: Any) -> str:

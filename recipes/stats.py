@@ -80,3 +80,10 @@ def welch_interval(a: np.ndarray, b: np.ndarray, alpha: float = 0.05) -> tuple[f
     df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
     half = float(stats.t.ppf(1 - alpha / 2, df)) * math.sqrt(va + vb)
     return difference - half, difference + half
+
+
+def mean_std(values: list[float]) -> str:
+    """``values`` as "mean +/- sample std" (3 decimals) for a report."""
+    mean = sum(values) / len(values)
+    std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5 if len(values) > 1 else 0.0
+    return f"{mean:.3f} +/- {std:.3f}"
