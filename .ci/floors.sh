@@ -23,7 +23,7 @@ echo "floors installed:"
 pip list 2>/dev/null | grep -iE "^(optuna|transformers|peft|accelerate|datasets|torch) "
 # Deselected: the prefix-tuning refusal exists because newer transformers renamed `past_key_values`; at
 # the floor the backbone still accepts it, so there is nothing to refuse.
-python -m pytest -x -q -p no:cacheprovider tests/test_config.py tests/test_train.py tests/test_preprocess.py \
+python -m pytest -x -q -p no:cacheprovider --durations=15 tests/test_config.py tests/test_train.py tests/test_preprocess.py \
   tests/test_data.py tests/test_hpo_optimize.py tests/test_hpo_finetune.py tests/test_exits.py tests/test_tracking.py \
   tests/test_generate.py tests/test_gpu_recipes_on_cpu.py tests/test_recipes_check.py tests/test_packing.py \
   tests/test_model_tuning.py::test_optimizer_settings_reach_the_optimizer \
