@@ -4,13 +4,17 @@ padding + length grouping against padding to max_length, and bf16 autocast again
     python benchmarks/throughput.py            # full: 5 runs per contender
     python benchmarks/throughput.py --quick    # a smaller check that it still works
     python benchmarks/throughput.py --sft      # SmolLM2 SFT on Dolly: packed vs padded vs plain Trainer
+    python benchmarks/throughput.py --sft --sft-config recipes/configs/sst2_words_smollm2_lora.yaml --padded-only
 
 --sft: SmolLM2-135M-Instruct LoRA on the Dolly open_qa rows of recipes/configs/dolly_smollm2_lora.yaml
 (256 tokens, batch 8, 1 epoch): the plain Trainer (the same tokenized rows and LoRA model, transformers'
 padding collator, random order), tunelab padded (the same), tunelab packed (data.packing), tunelab
 grouped by length (the recipe's setting), in fp32, and padded and packed under bf16 autocast. The
 "sft" section of the JSON holds the runs and packing_speedup_vs_padded_fp32 / _bf16 (median tokens/s
-ratios).
+ratios). The plain Trainer computes logits at every position; tunelab only where a label is scored
+(finetune/answer_logits.py), so on short answers (--sft-config of the sst2_words recipe: one-word answers)
+the padded rows' ratio to the plain Trainer is mostly that saving. --padded-only keeps the plain Trainer
+and tunelab padded (fp32, bf16); another --sft-config writes its section as "sft_<config name>".
 
 Both contenders train the same model (offline all-MiniLM-L6-v2, LoRA) on the same SST-2 rows with the
 same settings in fp32, measured in the same process, alternating order; "tunelab bf16" is the same
@@ -54,7 +58,7 @@ def tunelab_run(overrides: list[str], out: Path, config_file: Path = CONFIG) -> 
     }
 
 
-def plain_sft_trainer_run(overrides: list[str], out: Path) -> dict:
+def plain_sft_trainer_run(overrides: list[str], out: Path, config_file: Path = SFT_CONFIG) -> dict:
     """A hand-written Trainer on the same tokenized rows and LoRA model: padding collator, random order."""
     from peft import LoraConfig, TaskType, get_peft_model
     from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments, set_seed
@@ -62,7 +66,7 @@ def plain_sft_trainer_run(overrides: list[str], out: Path) -> dict:
     from finetune.inputs import prepare_inputs
     from finetune.models import build_model, load_tokenizer, resolve_source
 
-    config = load_finetune_config(SFT_CONFIG, overrides)
+    config = load_finetune_config(config_file, overrides)
     t, m = config.training, config.method
     set_seed(t.seed)
     source = resolve_source(config.model)
@@ -106,7 +110,7 @@ def plain_sft_trainer_run(overrides: list[str], out: Path) -> dict:
     }
 
 
-def sft_main(runs: int, rows: int) -> None:
+def sft_main(runs: int, rows: int, config_file: Path = SFT_CONFIG, padded_only: bool = False) -> None:
     common = [
         f"data.max_train_samples={rows}",
         "data.max_eval_samples=32",
@@ -123,6 +127,8 @@ def sft_main(runs: int, rows: int) -> None:
         "tunelab padded bf16": ["training.mixed_precision=bf16"],
         "tunelab packed bf16": ["data.packing=true", "training.mixed_precision=bf16"],
     }
+    if padded_only:
+        tunelab_rows = {name: tunelab_rows[name] for name in ("tunelab padded", "tunelab padded bf16")}
     results: dict[str, list[dict]] = {"plain Trainer": [], **{name: [] for name in tunelab_rows}}
     with tempfile.TemporaryDirectory() as scratch:
         for i in range(runs):
@@ -130,11 +136,11 @@ def sft_main(runs: int, rows: int) -> None:
             for name in names:
                 out = Path(scratch) / f"{name.replace(' ', '_')}{i}"
                 if name == "plain Trainer":
-                    results[name].append(plain_sft_trainer_run(common, out))
+                    results[name].append(plain_sft_trainer_run(common, out, config_file))
                 else:
-                    results[name].append(tunelab_run(common + tunelab_rows[name], out, SFT_CONFIG))
+                    results[name].append(tunelab_run(common + tunelab_rows[name], out, config_file))
     base = median(results["plain Trainer"], "tokens_per_second")
-    print(f"\nDolly open_qa, SmolLM2-135M-Instruct LoRA, {rows} rows, 1 epoch, batch 8, median of {runs} runs\n")
+    print(f"\n{config_file.name}, SmolLM2-135M-Instruct LoRA, {rows} rows, 1 epoch, batch 8, median of {runs} runs\n")
     print("| contender | tokens/s | train s | validation loss | tokens/s vs plain Trainer |")
     print("|---|---|---|---|---|")
     for name, items in results.items():
@@ -143,13 +149,17 @@ def sft_main(runs: int, rows: int) -> None:
             f"| {name} | {tps:.0f} | {median(items, 'train_seconds'):.1f} | "
             f"{median(items, 'validation_loss'):.4f} | {tps / base:.3f} |"
         )
+    section = "sft" if config_file == SFT_CONFIG else f"sft_{config_file.stem}"
+    if padded_only:
+        write_section(section, {"rows": rows, "runs": results})
+        return
     speedup = {
         f"packing_speedup_vs_padded_{kind}": median(results[f"tunelab packed{suffix}"], "tokens_per_second")
         / median(results[f"tunelab padded{suffix}"], "tokens_per_second")
         for kind, suffix in (("fp32", ""), ("bf16", " bf16"))
     }
     print("\n" + ", ".join(f"{k}: {v:.2f}x" for k, v in speedup.items()))
-    write_section("sft", {"rows": rows, "runs": results, **speedup})
+    write_section(section, {"rows": rows, "runs": results, **speedup})
 
 
 def write_section(section: str, content: dict) -> None:
@@ -258,10 +268,13 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=None, help="per-device batch of every contender")
     parser.add_argument("--sft", action="store_true", help="SmolLM2 SFT on Dolly: packed vs padded (see above)")
     parser.add_argument("--rows", type=int, default=None, help="training rows (default 2000; --sft 64)")
+    parser.add_argument("--sft-config", type=Path, default=SFT_CONFIG, help="--sft: the SmolLM2 config to train")
+    parser.add_argument("--padded-only", action="store_true", help="--sft: plain Trainer and tunelab padded only")
     args = parser.parse_args()
     runs = args.runs or (2 if args.quick else 5)
     if args.sft:
-        sft_main(args.runs or (1 if args.quick else 3), args.rows or (16 if args.quick else 64))
+        runs, rows = args.runs or (1 if args.quick else 3), args.rows or (16 if args.quick else 64)
+        sft_main(runs, rows, args.sft_config.resolve(), args.padded_only)
         return
     rows = args.rows or (256 if args.quick else 2000)
     # One epoch, evaluation only at the end (eval_steps past the last step) so both loops do the same work.
