@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from datasets import Dataset
 
-IGNORE_INDEX = -100
+from finetune.packing import IGNORE_INDEX
 
 
 class AnswerLogitsCollator:

@@ -180,10 +180,13 @@ def train(config: FinetuneConfig, callbacks: list[TrainerCallback] | None = None
     model = apply_method(model, config.method, config.model.task)
     if config.data.packing:
         check_rows_kept_apart(model, inputs.train, inputs.collator, model.config.model_type)
-    train_collator = packed_collator() if config.data.packing else inputs.collator
     if config.model.task == "causal_lm":
-        train_collator = answer_logits_collator(model, train_collator, inputs.train)
         inputs = replace(inputs, collator=answer_logits_collator(model, inputs.collator, inputs.train))
+    train_collator = inputs.collator
+    if config.data.packing:  # packed batches are checked on their own: the mask meets packed position_ids
+        train_collator = packed_collator()
+        if config.model.task == "causal_lm":
+            train_collator = answer_logits_collator(model, train_collator, inputs.train)
     trainable, total = count_parameters(model)
     timer = StageTimer(started)
     trainer = _trainer(config, model, tokenizer, inputs, train_collator, [*(callbacks or []), timer])  # timer last
