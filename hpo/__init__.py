@@ -26,6 +26,7 @@ from hpo.optimize import PlannedTrial, StudySettings, optimize
 from hpo.reporter import Reporter
 from hpo.results import SearchResult, TrialRecord
 from hpo.samplers import SAMPLERS, SCHEDULERS
+from hpo.sequential_winner import select_winner_sequentially
 from hpo.space import Categorical, Fixed, Float, Int, SearchSpace
 from hpo.winner_rule import Selection, SelectionSettings, select_winner
 
@@ -57,4 +58,5 @@ __all__ = [
     "optimize",
     "search_finetune",
     "select_winner",
+    "select_winner_sequentially",
 ]

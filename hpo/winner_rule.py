@@ -39,6 +39,9 @@ class SelectionSettings:
     top_k: int = 3  # candidates re-run at most, the baseline included (beyond 2, only if they fit the budget)
     seeds: int = 2  # fresh seeds per candidate (>= 2 to measure the noise)
     confidence: float = 0.98  # one-sided, over all challengers together
+    # One re-run at a time, stopping once the decision is clear (hpo.sequential_winner); ``seeds`` is then
+    # the most re-runs per candidate, and only the baseline's and the best challenger's first are reserved.
+    sequential: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 1:
@@ -48,6 +51,8 @@ class SelectionSettings:
                 f"search.selection.seeds: expected 0 (no re-runs: the best trial wins) or an integer >= 2 "
                 f"(one seed cannot measure noise), got {self.seeds!r}"
             )
+        if not isinstance(self.sequential, bool):
+            raise SearchConfigError(f"search.selection.sequential: expected true or false, got {self.sequential!r}")
         if not 0.5 <= self.confidence < 1:
             raise SearchConfigError(
                 f"search.selection.confidence: expected a value in [0.5, 1), got {self.confidence!r}"

@@ -82,6 +82,35 @@ def test_search_runs_untuned_first_then_selects_the_winner_over_fresh_seeds(tiny
     assert 0 <= times["between_runs_this_invocation"] and in_runs + times["between_runs_this_invocation"] <= wall
 
 
+def test_sequential_selection_at_4_full_runs_stays_in_the_budget(tiny_bert, sentiment_files, tmp_path):
+    from hpo import SelectionSettings
+
+    base = _base(tiny_bert, sentiment_files, tmp_path)
+    search = search_finetune(
+        base,
+        SearchSettings(
+            space=SMALL_SPACE,
+            sampler="random",
+            scheduler="none",
+            full_run_equivalents=4,
+            selection=SelectionSettings(top_k=3, seeds=2, sequential=True),
+            progress=False,
+        ),
+        run_dir=tmp_path / "search",
+    )
+    # 4 x 12 = 48 steps: exploration may spend all but one untuned re-run (36), the re-runs what is left.
+    summary = json.loads((tmp_path / "search" / "summary.json").read_text())
+    assert summary["budget"]["steps"] == 36
+    selection = search.selection
+    assert search.result.steps_spent + selection.steps <= 48
+    challengers = [c for c in selection.candidates if c.role != "untuned"]
+    assert challengers and all(1 <= len(c.values) <= 2 for c in challengers)  # each re-run once, at most twice
+    recorded = json.loads((tmp_path / "search" / "selection" / "selection.json").read_text())
+    assert recorded["winner"] == selection.winner and recorded["reason"] == selection.reason
+    replicates = list((tmp_path / "search" / "selection").glob("trial_*/replicate_*.json"))
+    assert len(replicates) == sum(len(c.values) for c in selection.candidates)
+
+
 def _strict_budget_search(base, tmp_path, *, epochs, seed):
     """Random search over the learning rate and ``epochs``, 10 untuned runs of budget, re-runs included."""
     space = SearchSpace(

@@ -202,10 +202,17 @@ def _options(space: SearchSpace, params: dict[str, Any], key: str, *, shorter: C
     return [value for value in values if shorter(value)]
 
 
+def reserved_reruns(selection: SelectionSettings) -> int:
+    """Re-runs per candidate set aside while exploring: all ``seeds`` for the fixed rule; the first one
+    for the sequential rule (its further re-runs come from whatever the search left)."""
+    return 1 if selection.sequential else selection.seeds
+
+
 def check_room_to_explore(full_runs: float, selection: SelectionSettings) -> None:
     """Refuse a budget of ``full_runs`` full-run equivalents that cannot re-run every candidate at the untuned
     run's length and still explore one full run (the worst case; RerunBudget counts the real lengths)."""
-    reserve = selection.top_k * selection.seeds if selection.enabled else 0
+    reserve = reserved_reruns(selection) * (min(selection.top_k, 2) if selection.sequential else selection.top_k)
+    reserve = reserve if selection.enabled else 0
     if full_runs - reserve < 1:
         raise ConfigError(
             f"search.budget: {full_runs:g} full-run equivalents leave less than one full run to explore "

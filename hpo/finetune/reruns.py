@@ -10,7 +10,8 @@ in ``keep_models``: `tunelab run` tests the untuned configuration's re-runs as u
 (kept_reruns), since nothing was selected on them.
 
 Under ``accelerate launch`` with several processes, every process trains every re-run together: the main
-process writes the candidates' configs to candidates.json and the others read them (follow_selection).
+process writes the candidates' configs to candidates.json, the others read them and train each re-run the
+main process announces (follow_selection): the sequential rule decides the next re-run from the scores.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import json
 import shutil
 import statistics
 import sys
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import asdict
 from pathlib import Path
 
@@ -29,8 +30,9 @@ from finetune.train import MODEL_DIR, process_state
 from hpo.finetune.cross_validation import fold_config
 from hpo.finetune.plan import Scoring
 from hpo.finetune.time_spent import summed
-from hpo.finetune.trial_training import release_memory
+from hpo.finetune.trial_training import broadcast, release_memory
 from hpo.results import SearchResult, TrialRecord
+from hpo.sequential_winner import select_winner_sequentially
 from hpo.winner_rule import Selection, SelectionSettings, select_winner
 
 SELECTION_SEED = 10_000
@@ -45,25 +47,31 @@ def select_finetune_winner(
     selection: SelectionSettings,
     scoring: Scoring,
     keep_models: Collection[int] = (),
+    steps_left: int | None = None,
+    rerun_length: Callable[[TrialRecord], int] | None = None,
 ) -> Selection:
     """``configs`` maps each picked trial (hpo.winner_rule.pick_candidates, in its order) to its config;
-    the re-runs of the trials in ``keep_models`` keep their saved model."""
+    the re-runs of the trials in ``keep_models`` keep their saved model. The sequential rule
+    (``selection.sequential``) re-runs within ``steps_left``, each re-run priced by ``rerun_length``."""
     folder.mkdir(parents=True, exist_ok=True)
-    if process_state().is_main_process:
+    processes = process_state()
+    if processes.is_main_process:
         raw = {
             "seeds": selection.seeds,
             "scoring": asdict(scoring),
             "configs": {str(n): c.to_dict() for n, c in configs.items()},
         }
         (folder / CANDIDATES_FILE).write_text(json.dumps(raw, indent=2))
-    process_state().wait_for_everyone()  # the other processes read candidates.json now
+    processes.wait_for_everyone()  # the other processes read candidates.json now
 
-    total, done = len(configs) * selection.seeds, [0]
+    most, done = len(configs) * selection.seeds, [0]
 
     def rerun(record: TrialRecord, replicate: int) -> tuple[float, int]:
         done[0] += 1
         seed = SELECTION_SEED + replicate
-        _say(f"choosing the winner: re-run {done[0]}/{total} (trial {record.number}, seed {seed})")
+        if processes.num_processes > 1:
+            broadcast([record.number, replicate])  # the followers train the same re-run
+        _say(f"choosing the winner: re-run {done[0]} of at most {most} (trial {record.number}, seed {seed})")
         keep = record.number in keep_models
         score, steps = rerun_candidate(
             configs[record.number], record.number, replicate, folder, scoring, keep_model=keep
@@ -72,27 +80,40 @@ def select_finetune_winner(
         return score, steps
 
     picked = [next(t for t in result.trials if t.number == number) for number in configs]
-    chosen = select_winner(result, rerun, settings=selection, picked=picked)
+    if selection.sequential:
+        chosen = select_winner_sequentially(
+            result,
+            rerun,
+            settings=selection,
+            picked=picked,
+            steps_left=steps_left,
+            rerun_length=rerun_length or (lambda record: 0),
+        )
+    else:
+        chosen = select_winner(result, rerun, settings=selection, picked=picked)
+    if processes.num_processes > 1:
+        broadcast(None)  # no more re-runs
     _say(f"winner: trial {chosen.winner}: {chosen.reason}")
-    process_state().wait_for_everyone()  # followers finished their part of the last re-run
-    if process_state().is_main_process:
+    processes.wait_for_everyone()  # followers finished their part of the last re-run
+    if processes.is_main_process:
         (folder / "selection.json").write_text(json.dumps(chosen.to_dict(), indent=2, default=str))
     return chosen
 
 
 def follow_selection(folder: Path) -> None:
-    """A non-main process: train the same re-runs as the main process, in the same order."""
-    process_state().wait_for_everyone()
+    """A non-main process: train each re-run the main process announces, until it announces None."""
+    processes = process_state()
+    processes.wait_for_everyone()
     raw = json.loads((folder / CANDIDATES_FILE).read_text())
     scoring = Scoring(**raw["scoring"])
-    for number, config_dict in raw["configs"].items():
-        config = FinetuneConfig.from_dict(config_dict)
-        for replicate in range(raw["seeds"]):
-            try:
-                rerun_candidate(config, int(number), replicate, folder, scoring)
-            except Exception:  # the main process records the failure and moves to the next candidate
-                break
-    process_state().wait_for_everyone()
+    configs = {int(number): FinetuneConfig.from_dict(c) for number, c in raw["configs"].items()}
+    while (message := broadcast(None)) is not None:
+        number, replicate = message
+        try:
+            rerun_candidate(configs[number], number, replicate, folder, scoring)
+        except Exception as exc:  # the main process records the failure and decides what comes next
+            print(f"[hpo] follower: re-run failed here too: {type(exc).__name__}: {exc}", file=sys.stderr)
+    processes.wait_for_everyone()
 
 
 def rerun_candidate(

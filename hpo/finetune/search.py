@@ -17,6 +17,7 @@ from typing import Any
 from finetune import FinetuneConfig
 from finetune.train import process_state
 from hpo import attributes
+from hpo.finetune.admission import rerun_steps
 from hpo.finetune.config_space import untuned_params
 from hpo.finetune.objective import TrialObjective
 from hpo.finetune.plan import SearchPlan, plan_search
@@ -105,6 +106,8 @@ def search_finetune(
             selection=plan.selection,
             scoring=plan.scoring,
             keep_models=kept,
+            steps_left=None if plan.total_steps is None else plan.total_steps - result.steps_spent,
+            rerun_length=lambda record: rerun_steps([record], 1, plan.full_run_steps),
         )
         run_seconds += time.perf_counter() - selection_started
         best = next(t for t in result.trials if t.number == chosen.winner)

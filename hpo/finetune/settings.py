@@ -111,7 +111,7 @@ class SearchSettings:
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> SearchSettings:
         """From a recipe's ``search:`` mapping: budget {full_run_equivalents, trials, steps, minutes},
-        objective {metric, direction, use, cv_folds}, selection {top_k, seeds, confidence}, space (YAML
+        objective {metric, direction, use, cv_folds}, selection {top_k, seeds, confidence, sequential}, space (YAML
         form), also_tune, and the plain fields by name."""
         if not isinstance(raw, dict):
             raise ConfigError(f"search: expected a mapping, got {raw!r}")

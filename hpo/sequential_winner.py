@@ -1,0 +1,153 @@
+"""Sequential choice of a search's winner: one fresh-seed re-run at a time, stopping once the decision is clear.
+
+The fixed rule (hpo.winner_rule.select_winner) re-runs every candidate ``seeds`` times, the untuned baseline
+included, whatever the scores say. When a challenger is far beyond the untuned run (a tuned LoRA at 0.10
+validation loss against an untuned one at 0.65), the baseline's re-runs, each a full run, change nothing.
+And the best challenger by search score is often a lucky short trial (the winner's curse), which one
+fresh re-run of each challenger exposes for a fraction of a full run. So here:
+
+1. every challenger is re-run once, in search order, each at its own length while it fits in
+   ``steps_left``; challengers are then ranked by their fresh re-runs only (their search scores were picked
+   for being high);
+2. the best challenger is tested against the baseline with hpo.winner_rule's margin,
+
+       mean(best re-runs) - mean(baseline scores) > t(q, df) * s * sqrt(1/n_best + 1/n_baseline),
+
+   where the baseline's search score is one unbiased sample, and ``s`` pools every candidate's scores with
+   its search score included: a challenger's search score sits above its re-runs by the winner's curse,
+   so ``s`` errs large and the test errs towards keeping the baseline;
+3. beaten by more than the margin: the challenger wins; worse by more than the margin: the baseline is
+   kept; in between: one more re-run, of the baseline while it has no more samples than the best
+   challenger, else of the best challenger, each at most ``seeds`` times and only while it fits. When
+   nothing more fits, the baseline is kept.
+
+q = 1 - (1 - confidence) / (challengers x seeds): Bonferroni over the challengers and over ``seeds`` looks.
+Measured on synthetic searches (benchmarks/selection_noise.py --sequential, 1,000 runs, confidence 0.98):
+with equal true scores the baseline is kept in 98.0-98.7% of runs (the fixed rule: 97.6-98.6%); a challenger
+better by 6 noise standard deviations is chosen in 94-100% (fixed: 98-100%); and where the gap is 20, the
+baseline is re-run 0.01-0.34 times instead of ``seeds`` times.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+from scipy import stats
+
+from hpo import attributes
+from hpo.results import SearchResult, TrialRecord
+from hpo.winner_rule import Candidate, Selection, SelectionSettings
+
+Rerun = Callable[[TrialRecord, int], tuple[float, int]]
+
+
+def select_winner_sequentially(
+    result: SearchResult,
+    rerun: Rerun,
+    *,
+    settings: SelectionSettings,
+    picked: list[TrialRecord],
+    steps_left: int | None,
+    rerun_length: Callable[[TrialRecord], int],
+) -> Selection:
+    """Re-run ``picked`` (the baseline first, then the challengers in search order) one seed at a time with
+    ``rerun(trial, replicate) -> (score, steps)``; ``rerun_length(trial)``: the steps one re-run will take,
+    checked against ``steps_left`` (None: no step budget) before it starts."""
+    sign = 1.0 if result.direction == "maximize" else -1.0
+    baseline, challengers = picked[0], picked[1:]
+    candidates = {
+        record.number: Candidate(
+            trial=record.number,
+            role=record.extra.get(attributes.ROLE),
+            params=record.params,
+            search_value=record.value if record.state == "COMPLETE" else None,
+            counts_search_value=record is baseline,
+        )
+        for record in picked
+    }
+    left = [math.inf if steps_left is None else steps_left]
+
+    def run_once(record: TrialRecord) -> bool:
+        """One more re-run of ``record`` if it may have one and it fits; whether it ran and scored."""
+        candidate = candidates[record.number]
+        if candidate.failure is not None or len(candidate.values) >= settings.seeds:
+            return False
+        if rerun_length(record) > left[0]:
+            return False
+        try:
+            score, steps = rerun(record, len(candidate.values))
+        except Exception as exc:  # a failing re-run disqualifies its candidate, never the selection
+            candidate.failure = f"{type(exc).__name__}: {exc}"
+            return False
+        if not math.isfinite(score):
+            candidate.failure = f"re-run {len(candidate.values)} scored {score!r}"
+            return False
+        candidate.values.append(float(score))
+        candidate.steps += int(steps)
+        left[0] -= int(steps)
+        return True
+
+    for record in challengers:
+        run_once(record)
+    base = candidates[baseline.number]
+    if not base.scores:  # its search trial was stopped early: it needs a score of its own
+        run_once(baseline)
+    looks = settings.seeds
+    while True:
+        tested = [candidates[r.number] for r in challengers]
+        tested = [c for c in tested if c.values and c.failure is None]
+        if not tested:
+            return _selection(candidates, baseline.number, baseline.number, 0.0, 0.0, "no challenger finished a re-run")
+        if base.failure is not None or not base.scores:
+            best = max(tested, key=lambda c: sign * c.rerun_mean)
+            why = base.failure or "no score"
+            reason = f"the baseline has no score ({why}); trial {best.trial} has the best re-run mean"
+            return _selection(candidates, best.trial, baseline.number, 0.0, 0.0, reason)
+        best = max(tested, key=lambda c: sign * c.rerun_mean)
+        noise, df = _pooled_noise(list(candidates.values()))
+        margin = math.inf
+        if df >= 1:
+            quantile = 1 - (1 - settings.confidence) / (len(challengers) * looks)
+            margin = float(stats.t.ppf(quantile, df)) * noise * math.sqrt(1 / len(best.values) + 1 / len(base.scores))
+        gain = sign * (best.rerun_mean - base.mean)
+        runs = f"{len(best.values)} re-run(s) against the baseline's {len(base.scores)} score(s)"
+        if gain > margin:
+            reason = f"trial {best.trial} beats the baseline by {gain:.4g} over {runs}, beyond the margin {margin:.4g}"
+            return _selection(candidates, best.trial, baseline.number, noise, margin, reason)
+        if gain < -margin:
+            reason = (
+                f"the best challenger (trial {best.trial}) is {gain:+.4g} from the baseline over {runs}, "
+                f"worse by more than the noise margin {margin:.4g}: the baseline is kept"
+            )
+            return _selection(candidates, baseline.number, baseline.number, noise, margin, reason)
+        best_record = next(r for r in challengers if r.number == best.trial)
+        order = [baseline, best_record] if len(base.scores) <= len(best.values) else [best_record, baseline]
+        if not any(run_once(record) for record in order):
+            reason = (
+                f"the best challenger (trial {best.trial}) is {gain:+.4g} from the baseline over {runs}, within "
+                f"the noise margin {margin:.4g}, and no further re-run fits: the baseline is kept"
+            )
+            return _selection(candidates, baseline.number, baseline.number, noise, margin, reason)
+
+
+def _pooled_noise(candidates: list[Candidate]) -> tuple[float, int]:
+    """The pooled standard deviation of one run's score and its degrees of freedom, over every candidate's
+    scores with its search score included (a challenger's is biased high: the estimate errs large)."""
+    squares, df = 0.0, 0
+    for candidate in candidates:
+        values = list(candidate.values)
+        if candidate.search_value is not None:
+            values.append(candidate.search_value)
+        if candidate.failure is not None or len(values) < 2:
+            continue
+        mean = sum(values) / len(values)
+        squares += sum((v - mean) ** 2 for v in values)
+        df += len(values) - 1
+    return (math.sqrt(squares / df) if df else 0.0), df
+
+
+def _selection(
+    candidates: dict[int, Candidate], winner: int, baseline: int, noise: float, margin: float, reason: str
+) -> Selection:
+    return Selection(list(candidates.values()), winner, baseline, noise, margin, reason)
