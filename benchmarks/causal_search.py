@@ -19,6 +19,8 @@ back when the command runs again, so a stopped benchmark continues where it was.
     python benchmarks/causal_search.py --task dolly_short_qa
     python benchmarks/causal_search.py --task sst2_words --quick   # a small version to check it still works
     python benchmarks/causal_search.py --task sst2_words --report-only   # the table of the committed JSON
+    python benchmarks/causal_search.py --task sst2_words --only tunelab --variant sequential \
+        --set search.selection.top_k=4 --set search.selection.seeds=2 --set search.selection.sequential=true
 
 Prints a seed x arm table and the goals' verdicts; writes benchmarks/causal_search_<task>.json (--quick: under
 --out).
@@ -70,10 +72,25 @@ def main() -> None:
         "--only", default="untuned,references,tunelab,grid", help="the arm groups to train now (in this order)"
     )
     parser.add_argument("--report-only", action="store_true", help="print the table of the JSON, train nothing")
+    parser.add_argument(
+        "--variant",
+        help="a name for search settings other than the recipe's (with --set): its arms are tunelab_NAME_S",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="search.KEY=VALUE",
+        help="override the recipe's search settings for this variant, e.g. search.selection.sequential=true",
+    )
     args = parser.parse_args()
+    if bool(args.set) != bool(args.variant):
+        parser.error("--set and --variant go together: a variant names the search settings it changes")
+    if any(not item.startswith("search.") for item in args.set):
+        parser.error("--set: only search.* keys (the other arms must train what the recipe says)")
 
     recipe_path, generation_metric = TASKS[args.task]
-    recipe = load_recipe(ROOT / recipe_path, QUICK if args.quick else None)
+    recipe = load_recipe(ROOT / recipe_path, (QUICK if args.quick else []) + args.set)
     seeds = list(range(args.seeds))
     name = f"{args.task}_quick" if args.quick else args.task
     run_dir = args.out / name
@@ -126,19 +143,22 @@ def main() -> None:
                     overrides = {"training.learning_rate": lr, "training.num_train_epochs": n_epochs}
                     train_arm(f"grid_lr{lr:g}_ep{n_epochs}", "grid", recipe.untuned.with_overrides(overrides))
         elif group == "tunelab":
+            prefix = f"tunelab_{args.variant}" if args.variant else "tunelab"
             for search_seed in search_seeds:
-                if recorded(f"tunelab_{search_seed}"):
-                    print(f"[causal_search] tunelab_{search_seed}: recorded in {output.name}", flush=True)
+                if recorded(f"{prefix}_{search_seed}"):
+                    print(f"[causal_search] {prefix}_{search_seed}: recorded in {output.name}", flush=True)
                     continue
-                search_dir = run_dir / f"search_{search_seed}"
+                search_dir = run_dir / f"{prefix.replace('tunelab', 'search')}_{search_seed}"
                 started = time.perf_counter()
                 search = search_finetune(recipe.untuned, replace(recipe.search, seed=search_seed), run_dir=search_dir)
                 summary = json.loads((search_dir / "summary.json").read_text())
                 winner = search.best_config
                 train_arm(
-                    f"tunelab_{search_seed}",
+                    f"{prefix}_{search_seed}",
                     "tunelab",
                     winner,
+                    variant=args.variant,
+                    settings_changed=args.set,
                     search_seed=search_seed,
                     search_steps=round(summary["full_run_equivalents_spent"] * summary["full_run_steps"]),
                     full_run_equivalents=summary["full_run_equivalents_spent"],
@@ -191,12 +211,23 @@ def _report(arms: dict, generation_metric: str) -> None:
             f"{', '.join(f'{v:.3f}' for v in gen)} | {statistics.fmean(gen):.3f} | {steps}{extra} |"
         )
 
-    groups = {g: [a for a, r in arms.items() if r["group"] == g] for g in ("reference", "grid", "tunelab")}
-    if not groups["tunelab"]:
-        return
+    groups = {g: [a for a, r in arms.items() if r["group"] == g] for g in ("reference", "grid")}
+    variants = {}  # None: the recipe's own search settings
+    for arm, record in arms.items():
+        if record["group"] == "tunelab":
+            variants.setdefault(record.get("variant"), []).append(arm)
+    for variant, searches in variants.items():
+        changed = arms[searches[0]].get("settings_changed") or "the recipe's search settings"
+        print(f"\n## tunelab{'' if variant is None else ' ' + variant}: {changed}")
+        _goals(arms, searches, groups, generation_metric, scores)
+
+
+def _goals(arms: dict, searches: list[str], groups: dict, generation_metric: str, scores) -> None:
+    """The issue's goals for one set of searches: every search against the best reference, the median
+    against the oracle grid point."""
     for key, better in ((generation_metric, max), ("loss", min)):
         sign = 1 if better is max else -1
-        tuned = {arm: statistics.fmean(scores(arm, key)) for arm in groups["tunelab"]}
+        tuned = {arm: statistics.fmean(scores(arm, key)) for arm in searches}
         median = statistics.median(tuned.values())
         worst = min(tuned.values()) if better is max else max(tuned.values())
         print(f"\n{key}: tunelab median over {len(tuned)} searches {median:.3f} (worst {worst:.3f})")
