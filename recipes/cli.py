@@ -164,7 +164,7 @@ def _search_settings(args: argparse.Namespace):
             minutes=args.budget_minutes,
         ),
         "objective": _given(metric=args.metric, use=args.use),
-        "selection": _given(top_k=args.top_k, seeds=args.selection_seeds),
+        "selection": _given(top_k=args.top_k, seeds=args.selection_seeds, sequential=args.sequential or None),
     }
     if args.cv_folds is not None:
         raw["objective"]["cv_folds"] = _cv_folds(args.cv_folds)
@@ -296,6 +296,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     search.add_argument(
         "--selection-seeds", type=int, help="fresh seeds per candidate (default: 2); 0: the best trial wins, no re-runs"
+    )
+    search.add_argument(
+        "--sequential",
+        action="store_true",
+        help="choose the winner one re-run at a time, the untuned run re-run only when the gap is unclear",
     )
     search.add_argument(
         "--isolation",

@@ -69,11 +69,12 @@ def test_settings_default_budget_is_written_once():
 def test_flags_and_a_recipe_section_give_the_same_settings():
     flags = build_parser().parse_args(
         ["search", "config.yaml", "--sampler", "random", "--budget-fre", "5", "--top-k", "2", "--cv-folds", "none"]
+        + ["--sequential"]
     )
     recipe = {
         "sampler": "random",
         "budget": {"full_run_equivalents": 5},
-        "selection": {"top_k": 2},
+        "selection": {"top_k": 2, "sequential": True},
         "objective": {"cv_folds": None},
     }
     assert _search_settings(flags) == SearchSettings.from_dict(recipe)
