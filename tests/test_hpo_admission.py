@@ -112,3 +112,17 @@ def test_exploration_ends_when_nothing_useful_fits_or_the_sampler_keeps_missing(
 
 def test_exploration_never_gets_the_baselines_reruns():
     assert _budget(total=1000).exploration_steps() == 800
+
+
+def test_the_sequential_rule_reserves_one_rerun_of_each_top_challenger():
+    budget = RerunBudget(
+        total_steps=1000, full_run_steps=100, top_k=3, seeds=1, shortest_useful_steps=10, challengers=2
+    )
+    result = _result([_trial(0, 0.70, 100, role="untuned"), _trial(1, 0.90, 30)])
+    # One challenger so far: a new trial of 50 steps joins the two reserved ones whatever it scores.
+    assert budget.rerun_steps_now(result) == 100 + 30
+    assert budget.rerun_steps_after(result, 50) == 100 + 30 + 50
+    result = _result([_trial(0, 0.70, 100, role="untuned"), _trial(1, 0.90, 30), _trial(2, 0.80, 20)])
+    # Two: a new trial may take the second one's place (30 + 60) or stay out of the top two (30 + 20).
+    assert budget.rerun_steps_after(result, 60) == 100 + 30 + 60
+    assert budget.rerun_steps_after(result, 10) == 100 + 30 + 20

@@ -49,10 +49,12 @@ def test_a_step_budget_too_small_for_the_reruns_is_refused_before_training(tiny_
 
 def test_the_sequential_rule_reserves_one_rerun_each_and_accepts_4_full_runs(tiny_bert, sentiment_files, tmp_path):
     base = _base(tiny_bert, sentiment_files, tmp_path)
-    sequential = SelectionSettings(top_k=4, seeds=2, sequential=True)
+    sequential = SelectionSettings(top_k=3, seeds=2, sequential=True)
     plan = plan_search(base, SearchSettings(full_run_equivalents=4, selection=sequential))
-    # 48 steps: exploration may spend all but one re-run of the untuned run (the fixed rule refuses 4 runs).
-    assert plan.total_steps == 48 and plan.budget.steps == 48 - 12 and plan.rerun_budget.seeds == 1
+    # 48 steps: exploration may spend all but one re-run of the untuned run (the fixed rule refuses 4 runs);
+    # the first re-runs of the 2 best challengers are reserved as trials are admitted.
+    assert plan.total_steps == 48 and plan.budget.steps == 48 - 12
+    assert plan.rerun_budget.seeds == 1 and plan.rerun_budget.challengers == 2
     with pytest.raises(ConfigError, match="selection reserve of 8 full runs"):
         plan_search(base, SearchSettings(full_run_equivalents=4, selection=SelectionSettings(top_k=4, seeds=2)))
     assert SearchSettings.from_dict({"selection": {"sequential": True}}).selection.sequential

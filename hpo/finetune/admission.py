@@ -8,7 +8,9 @@ known only once the sampler has proposed it (a 5-epoch trial costs 5/3 of a 3-ep
 time it is re-run). So before a trial starts, its planned length is checked (RerunBudget.admit): it may
 start only if, once it has finished, the baseline's and the best challenger's re-runs still fit in what
 is left, whether it becomes the best challenger or not. Reserving room for all top_k candidates instead
-would let a poor but long third candidate end exploration early.
+would let a poor but long third candidate end exploration early. The sequential rule
+(hpo.sequential_winner) reserves one re-run each of the baseline and of its top_k - 1 best challengers
+instead: re-running every challenger once is how it exposes a lucky trial.
 
 A proposal that does not fit runs shortened when it can (longest_fitting: fewer epochs or a larger
 effective batch, values the space allows, everything else as proposed), never below SHORTENED_EVALUATIONS
@@ -90,6 +92,9 @@ class RerunBudget:
     top_k: int
     seeds: int
     shortest_useful_steps: int  # e.g. one evaluation interval: a shorter room ends exploration
+    # Challengers whose re-runs are reserved: the best one for the fixed rule; the sequential rule re-runs
+    # each of its top_k - 1 once (ranking them by fresh seeds is what exposes a lucky trial).
+    challengers: int = 1
     refused_in_a_row: int = 0
 
     def exploration_steps(self) -> int:
@@ -97,16 +102,21 @@ class RerunBudget:
         return self.total_steps - self.seeds * self.full_run_steps
 
     def rerun_steps_now(self, result: SearchResult) -> int:
-        """The re-runs that must happen: the baseline's and the best challenger's (without them, no selection)."""
-        picked = pick_candidates(result, 2)
+        """The re-runs that must happen: the baseline's and the reserved challengers' (without the best
+        challenger's, no selection)."""
+        picked = pick_candidates(result, 1 + self.challengers)
         return rerun_steps(picked, self.seeds, self.full_run_steps)
 
     def rerun_steps_after(self, result: SearchResult, length: int) -> int:
         """The re-runs that must happen once a trial of ``length`` steps has finished, at most: it may stay
-        behind the best challenger, or take its place."""
-        baseline, *best = pick_candidates(result, 2)
-        best_length = rerun_steps(best, 1, self.full_run_steps)
-        return rerun_steps([baseline], self.seeds, self.full_run_steps) + self.seeds * max(length, best_length)
+        behind the reserved challengers, or take the place of the last of them."""
+        baseline, *top = pick_candidates(result, 1 + self.challengers)
+        lengths = [rerun_steps([trial], 1, self.full_run_steps) for trial in top]
+        if len(lengths) < self.challengers:
+            challengers = sum(lengths) + length
+        else:
+            challengers = max(sum(lengths), sum(lengths[:-1]) + length)
+        return rerun_steps([baseline], self.seeds, self.full_run_steps) + self.seeds * challengers
 
     def steps_needed(self, result: SearchResult, length: int) -> int:
         """Where a trial of ``length`` planned steps would take the search: spent, itself, and its re-runs."""
@@ -211,8 +221,7 @@ def reserved_reruns(selection: SelectionSettings) -> int:
 def check_room_to_explore(full_runs: float, selection: SelectionSettings) -> None:
     """Refuse a budget of ``full_runs`` full-run equivalents that cannot re-run every candidate at the untuned
     run's length and still explore one full run (the worst case; RerunBudget counts the real lengths)."""
-    reserve = reserved_reruns(selection) * (min(selection.top_k, 2) if selection.sequential else selection.top_k)
-    reserve = reserve if selection.enabled else 0
+    reserve = reserved_reruns(selection) * selection.top_k if selection.enabled else 0
     if full_runs - reserve < 1:
         raise ConfigError(
             f"search.budget: {full_runs:g} full-run equivalents leave less than one full run to explore "

@@ -149,6 +149,7 @@ def _budgets(settings: SearchSettings, full_run_steps: int, min_steps: int) -> t
         top_k=selection.top_k,
         seeds=reserved_reruns(selection),
         shortest_useful_steps=min_steps,
+        challengers=selection.top_k - 1 if selection.sequential else 1,
     )
     exploration = Budget(trials=budget.trials, steps=rerun_budget.exploration_steps(), wall_seconds=budget.wall_seconds)
     return exploration, rerun_budget
