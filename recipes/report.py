@@ -236,21 +236,34 @@ def selection_lines(results: dict[str, Any]) -> list[str]:
     winner = next(c for c in sel["candidates"] if c["trial"] == sel["winner"])
     metric = results["metric"]
     test = results["comparison"]["tuned_mean"]
-    top_k = (results["search"].get("selection_settings") or {}).get("top_k", len(sel["candidates"]))
+    settings = results["search"].get("selection_settings") or {}
+    top_k = settings.get("top_k", len(sel["candidates"]))
     fewer = (
         f" (search.selection.top_k is {top_k}: no further candidate's re-runs fit what the budget had left, or no "
         "further trial completed)"
         if len(sel["candidates"]) < top_k
         else ""
     )
+    if settings.get("sequential"):
+        how = (
+            f"were re-run one fresh seed at a time (at most {settings.get('seeds')} each; fresh validation draws "
+            "where the validation split is carved from train): every challenger once, ranked by its re-runs, the "
+            "untuned one only while the decision was unclear; a challenger replaces the untuned configuration only "
+            "if its re-run mean beats the untuned mean by more than a one-sided t bound on the pooled noise, "
+            "Bonferroni-corrected over the challengers and the looks"
+        )
+    else:
+        how = (
+            f"were re-run with {len(winner['values'])} fresh seeds each (fresh validation draws where the "
+            "validation split is carved from train); a challenger replaces the untuned configuration only if its "
+            "mean beats the untuned mean by more than a one-sided t bound on the pooled noise, "
+            "Bonferroni-corrected over the challengers"
+        )
     lines = [
         f"Winner: trial {sel['winner']} ({winner['role'] or 'tuned'}). "
         f"{sel['reason'][0].upper()}{sel['reason'][1:]}. "
         f"Rule: the top {len(sel['candidates'])} candidates{fewer} by validation {metric} (the untuned one "
-        f"always among them) were re-run with {len(winner['values'])} fresh seeds each (fresh validation draws "
-        "where the validation split is carved from train); a challenger replaces the untuned configuration only "
-        "if its mean beats the untuned mean by more than a one-sided t bound on the pooled noise, "
-        f"Bonferroni-corrected over the challengers (noise std {sel['noise_std']:.4f}, margin {sel['margin']:.4f}).",
+        f"always among them) {how} (noise std {sel['noise_std']:.4f}, margin {sel['margin']:.4f}).",
     ]
     if winner["search_value"] is not None and winner["rerun_mean"] is not None:
         lines.append(

@@ -180,3 +180,5 @@ def test_the_report_says_why_fewer_candidates_than_top_k_were_re_run():
     assert "the top 2 candidates (search.selection.top_k is 3: no further candidate's re-runs fit" in text
     results["search"]["selection_settings"]["top_k"] = 2
     assert "top_k is" not in selection_lines(results)[0]
+    results["search"]["selection_settings"]["sequential"] = True
+    assert "re-run one fresh seed at a time (at most 2 each" in selection_lines(results)[0]
