@@ -9,7 +9,7 @@ back, so a key is renamed here or nowhere.
 UNTUNED = "untuned"
 
 # --- on trials, written by the search loop (hpo.optimize, hpo.reporter) ---
-ROLE = "role"  # UNTUNED on the baseline trial; absent on the others
+ROLE = "role"  # UNTUNED on the baseline trial, "warm_start" on warm-start trials; absent on the others
 PARAMS = "params"  # the trial's full params when they differ from Optuna's (fixed values included)
 GIVEN_PARAMS = "given_params"  # params run as given: a planned point outside the space (e.g. an untuned warmup)
 STEPS = "steps"  # optimizer steps a trial actually ran (updated at every report)

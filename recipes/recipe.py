@@ -5,8 +5,10 @@ A recipe YAML holds the four finetune sections (model, data, method, training) a
     search:   hpo.finetune.SearchSettings, read by SearchSettings.from_dict: {sampler, scheduler,
                budget: {full_run_equivalents, trials, steps, minutes}, objective: {metric, direction, use,
                cv_folds}, space (null: method-aware default), also_tune, selection: {top_k, seeds,
-               confidence} (how the winner is chosen: hpo.winner_rule), max_per_device_batch, isolation,
-               storage, study_name, heartbeat_seconds}
+               confidence, sequential} (how the winner is chosen: hpo.winner_rule), warm_start (a list
+               of section.key overrides tried right after the untuned run, or `references`: the compare
+               references' hyperparameters), max_per_device_batch, isolation, storage, study_name,
+               heartbeat_seconds}
     baseline: section.key overrides of the untuned run (default: TrainingArguments defaults and the
               method's peft defaults, i.e. what a user launches without tuning)
     seeds:    replicate seeds for the final comparison (a count or a list; default 3)
@@ -28,7 +30,7 @@ from finetune.config_checks import parse_override_value
 from finetune.errors import ConfigError
 from hpo.finetune import SearchSettings
 from hpo.finetune.config_space import check_combinations, flatten
-from recipes.references import resolve_references
+from recipes.references import reference_overrides, resolve_references
 
 RECIPE_SECTIONS = ("search", "baseline", "seeds", "compare")
 # Hyperparameters the untuned baseline takes from the library defaults, not from the recipe.
@@ -103,20 +105,24 @@ def recipe_from_dict(raw: dict[str, Any], *, base_dir: str | Path | None = None,
         raise ConfigError(f"seeds: need at least 2 integer seeds to compare arms, got {seeds!r}")
     if len(set(seeds)) != len(seeds):
         raise ConfigError(f"seeds: duplicates in {seeds}")
-    search = SearchSettings.from_dict(raw.get("search") or {})
+    compare = raw.get("compare") or {}
+    if not isinstance(compare, dict) or set(compare) - {"references"}:
+        raise ConfigError(f"compare: expected a mapping with the key references, got {compare!r}")
+    references = resolve_references(compare.get("references"), untuned)
+    search_raw = dict(raw.get("search") or {})
+    if search_raw.get("warm_start") == "references":  # the field's recipes, tried right after the untuned run
+        search_raw["warm_start"] = [reference_overrides(name, untuned.method.name) for name in references]
+    search = SearchSettings.from_dict(search_raw)
     if search.max_per_device_batch is None:  # the batch the recipe states, not the untuned run's default
         search.max_per_device_batch = finetune.training.per_device_train_batch_size
     if search.space is not None:
         check_combinations(search.space, flatten(untuned))  # impossible combinations fail at load
-    compare = raw.get("compare") or {}
-    if not isinstance(compare, dict) or set(compare) - {"references"}:
-        raise ConfigError(f"compare: expected a mapping with the key references, got {compare!r}")
     return Recipe(
         finetune=finetune,
         untuned=untuned,
         search=search,
         seeds=list(seeds),
-        references=resolve_references(compare.get("references"), untuned),
+        references=references,
         path=path,
     )
 

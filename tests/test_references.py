@@ -83,3 +83,12 @@ def test_a_method_without_a_reference_is_named(tmp_path):
     ):
         recipe_from_dict({**raw, "compare": {"references": ["torchtune"]}})
     assert recipe_from_dict({**raw, "compare": {"references": []}}).references == []
+
+
+def test_the_references_as_warm_start_trials(tmp_path):
+    raw = causal_config("unused-model", str(tmp_path / "train.jsonl"), tmp_path / "out")
+    recipe = recipe_from_dict({**raw, "search": {"warm_start": "references"}, "compare": {"references": ["axolotl"]}})
+    assert recipe.search.warm_start == (reference_overrides("axolotl", "lora"),)
+    assert recipe_from_dict({**raw, "compare": {"references": []}}).search.warm_start == ()
+    with pytest.raises(ConfigError, match="search.warm_start: expected a list of mappings"):
+        recipe_from_dict({**raw, "search": {"warm_start": "refs"}})

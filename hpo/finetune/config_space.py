@@ -32,9 +32,9 @@ def check_space_keys(space: SearchSpace) -> SearchSpace:
         if key in NEVER_SEARCHED:
             raise ConfigError(f"search.space: {key} cannot be searched: {NEVER_SEARCHED[key]}")
         if key not in DERIVED_KEYS:
-            _check_config_key(key, "search.space")
+            check_config_key(key, "search.space")
         for when_key in parameter.when or {}:
-            _check_config_key(when_key, f"search.space.{key}.when")
+            check_config_key(when_key, f"search.space.{key}.when")
         if key == EFFECTIVE_BATCH_SIZE:
             values = (
                 parameter.choices
@@ -135,7 +135,7 @@ def untuned_params(space: SearchSpace, base_values: dict[str, Any]) -> dict[str,
     return params
 
 
-def _check_config_key(key: str, where: str) -> None:
+def check_config_key(key: str, where: str) -> None:
     section, _, name = key.partition(".")
     if section not in SECTIONS:
         raise ConfigError(

@@ -25,6 +25,7 @@ from hpo.finetune.reruns import follow_selection, select_finetune_winner
 from hpo.finetune.settings import SearchSettings
 from hpo.finetune.time_spent import search_time_breakdown
 from hpo.finetune.trial_training import broadcast, follow_trials, train_trial
+from hpo.finetune.warm_start import WARM_START, warm_start_params
 from hpo.optimize import PlannedTrial, StudySettings, optimize
 from hpo.result_files import write_search_outputs
 from hpo.results import SearchResult
@@ -147,6 +148,10 @@ def _study_settings(settings: SearchSettings, plan: SearchPlan, storage: str, *,
 
 def _explore(objective: TrialObjective, plan: SearchPlan, study: StudySettings) -> SearchResult:
     untuned = PlannedTrial(untuned_params(plan.space, plan.base_values), role=attributes.UNTUNED)
+    warm = [
+        PlannedTrial(warm_start_params(plan.space, objective.base, overrides), role=WARM_START)
+        for overrides in objective.settings.warm_start
+    ]
     try:
         return optimize(
             objective,
@@ -154,7 +159,7 @@ def _explore(objective: TrialObjective, plan: SearchPlan, study: StudySettings) 
             budget=plan.budget,
             settings=study,
             base=plan.base_values,
-            first_params=[untuned] if objective.settings.include_untuned else None,
+            first_params=([untuned] if objective.settings.include_untuned else []) + warm,
             on_trial_end=lambda result: keep_top_checkpoints(result, max(1, plan.selection.top_k)),
         )
     finally:

@@ -15,7 +15,7 @@ from finetune.errors import ConfigError
 from hpo.budget import Budget
 from hpo.errors import SearchConfigError
 from hpo.finetune.admission import check_room_to_explore
-from hpo.finetune.config_space import check_space_keys
+from hpo.finetune.config_space import check_config_key, check_space_keys
 from hpo.finetune.cross_validation import CvFolds
 from hpo.finetune.default_spaces import EXTRAS
 from hpo.samplers import SAMPLERS, SCHEDULERS
@@ -76,6 +76,9 @@ class SearchSettings:
     study_name: str = "search"
     heartbeat_seconds: int | None = None
     include_untuned: bool = True  # the untuned config is the first trial and the baseline of the winner rule
+    # Overrides of the untuned config tried right after it, as the space can express them (hpo.finetune.warm_start),
+    # e.g. the field's recipes for the method: a recipe's `search.warm_start: references`.
+    warm_start: tuple[dict[str, Any], ...] = ()
     choose_winner: bool = True  # False for workers: `tunelab run` chooses once the budget is spent
     progress: bool = True
 
@@ -92,6 +95,14 @@ class SearchSettings:
         if self.isolation not in ISOLATIONS:
             raise ConfigError(f"search.isolation must be 'none' or 'subprocess', got {self.isolation!r}")
         self.also_tune = tuple(self.also_tune)
+        if isinstance(self.warm_start, dict) or not all(isinstance(item, dict) for item in self.warm_start):
+            raise ConfigError(
+                f"search.warm_start: expected a list of mappings of section.key overrides, got {self.warm_start!r}"
+            )
+        self.warm_start = tuple(self.warm_start)
+        for overrides in self.warm_start:
+            for key in overrides:
+                check_config_key(key, "search.warm_start")
         if set(self.also_tune) - set(EXTRAS):
             raise ConfigError(
                 f"search.also_tune: expected a list drawn from {list(EXTRAS)}, got {list(self.also_tune)}"
