@@ -31,6 +31,15 @@ def _base(tiny_bert, sentiment_files, tmp_path, **training):
     return FinetuneConfig.from_dict(raw)
 
 
+def _random_search(base, run_dir, *, space=SMALL_SPACE, **settings):
+    """A random search without a scheduler (every trial runs to its end), quiet; ``settings`` add the rest."""
+    return search_finetune(
+        base,
+        SearchSettings(space=space, sampler="random", scheduler="none", progress=False, **settings),
+        run_dir=run_dir,
+    )
+
+
 def test_search_runs_untuned_first_then_selects_the_winner_over_fresh_seeds(tiny_bert, sentiment_files, tmp_path):
     base = _base(tiny_bert, sentiment_files, tmp_path)
     search = search_finetune(
@@ -86,17 +95,11 @@ def test_sequential_selection_at_4_full_runs_stays_in_the_budget(tiny_bert, sent
     from hpo import SelectionSettings
 
     base = _base(tiny_bert, sentiment_files, tmp_path)
-    search = search_finetune(
+    search = _random_search(
         base,
-        SearchSettings(
-            space=SMALL_SPACE,
-            sampler="random",
-            scheduler="none",
-            full_run_equivalents=4,
-            selection=SelectionSettings(top_k=3, seeds=2, sequential=True),
-            progress=False,
-        ),
-        run_dir=tmp_path / "search",
+        tmp_path / "search",
+        full_run_equivalents=4,
+        selection=SelectionSettings(top_k=3, seeds=2, sequential=True),
     )
     # 4 x 12 = 48 steps: exploration may spend all but one untuned re-run (36), the re-runs what is left.
     summary = json.loads((tmp_path / "search" / "summary.json").read_text())
@@ -119,13 +122,7 @@ def _strict_budget_search(base, tmp_path, *, epochs, seed):
             "training.num_train_epochs": Categorical(choices=epochs),
         }
     )
-    return search_finetune(
-        base,
-        SearchSettings(
-            space=space, sampler="random", scheduler="none", full_run_equivalents=10, seed=seed, progress=False
-        ),
-        run_dir=tmp_path / "search",
-    )
+    return _random_search(base, tmp_path / "search", space=space, full_run_equivalents=10, seed=seed)
 
 
 def test_trials_whose_reruns_would_not_fit_run_shortened_and_the_budget_holds(tiny_bert, sentiment_files, tmp_path):
@@ -194,18 +191,8 @@ def test_budget_without_room_for_the_selection_reserve_is_refused(tiny_bert, sen
 def test_effective_batch_is_split_by_memory_limit(tiny_bert, sentiment_files, tmp_path):
     base = _base(tiny_bert, sentiment_files, tmp_path)
     space = SearchSpace({"training.effective_batch_size": Categorical(choices=(16,))})
-    search = search_finetune(
-        base,
-        SearchSettings(
-            space=space,
-            sampler="random",
-            scheduler="none",
-            budget=Budget(trials=2),
-            include_untuned=False,
-            max_per_device_batch=4,
-            progress=False,
-        ),
-        run_dir=tmp_path / "s",
+    search = _random_search(
+        base, tmp_path / "s", space=space, budget=Budget(trials=2), include_untuned=False, max_per_device_batch=4
     )
     t = search.best_config.training
     assert (t.per_device_train_batch_size, t.gradient_accumulation_steps) == (4, 4)
@@ -213,17 +200,8 @@ def test_effective_batch_is_split_by_memory_limit(tiny_bert, sentiment_files, tm
 
 def test_objective_last_and_minimize_loss(tiny_bert, sentiment_files, tmp_path):
     base = _base(tiny_bert, sentiment_files, tmp_path)
-    search = search_finetune(
-        base,
-        SearchSettings(
-            space=SMALL_SPACE,
-            sampler="random",
-            scheduler="none",
-            budget=Budget(trials=2),
-            objective=Objective(metric="loss", use="last"),
-            progress=False,
-        ),
-        run_dir=tmp_path / "s",
+    search = _random_search(
+        base, tmp_path / "s", budget=Budget(trials=2), objective=Objective(metric="loss", use="last")
     )
     assert search.metric == "eval_loss" and search.result.direction == "minimize"
 
@@ -233,18 +211,7 @@ def test_unknown_objective_metric_fails_trials_with_clear_message(tiny_bert, sen
 
     base = _base(tiny_bert, sentiment_files, tmp_path)
     with pytest.raises(SearchError, match="'eval_bleu' is not among the evaluation metrics"):
-        search_finetune(
-            base,
-            SearchSettings(
-                space=SMALL_SPACE,
-                sampler="random",
-                scheduler="none",
-                budget=Budget(trials=5),
-                objective=Objective(metric="bleu"),
-                progress=False,
-            ),
-            run_dir=tmp_path / "s",
-        )
+        _random_search(base, tmp_path / "s", budget=Budget(trials=5), objective=Objective(metric="bleu"))
 
 
 def test_memory_does_not_grow_over_20_trials(tiny_bert, sentiment_files, tmp_path):
@@ -279,11 +246,7 @@ def test_memory_does_not_grow_over_20_trials(tiny_bert, sentiment_files, tmp_pat
 
 def test_trial_folders_are_separate(tiny_bert, sentiment_files, tmp_path):
     base = _base(tiny_bert, sentiment_files, tmp_path)
-    search_finetune(
-        base,
-        SearchSettings(space=SMALL_SPACE, sampler="random", scheduler="none", budget=Budget(trials=3), progress=False),
-        run_dir=tmp_path / "s",
-    )
+    _random_search(base, tmp_path / "s", budget=Budget(trials=3))
     folders = sorted(Path(tmp_path / "s" / "trials").iterdir())
     assert [f.name for f in folders] == ["trial_0000", "trial_0001", "trial_0002"]
     assert all((f / "run_result.json").is_file() for f in folders)
