@@ -33,13 +33,8 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-from scipy import stats
-
-from hpo import attributes
 from hpo.results import SearchResult, TrialRecord
-from hpo.winner_rule import Candidate, Selection, SelectionSettings
-
-Rerun = Callable[[TrialRecord, int], tuple[float, int]]
+from hpo.winner_rule import Candidate, Rerun, Selection, SelectionSettings, noise_margin
 
 
 def select_winner_sequentially(
@@ -56,16 +51,7 @@ def select_winner_sequentially(
     checked against ``steps_left`` (None: no step budget) before it starts."""
     sign = 1.0 if result.direction == "maximize" else -1.0
     baseline, challengers = picked[0], picked[1:]
-    candidates = {
-        record.number: Candidate(
-            trial=record.number,
-            role=record.extra.get(attributes.ROLE),
-            params=record.params,
-            search_value=record.value if record.state == "COMPLETE" else None,
-            counts_search_value=record is baseline,
-        )
-        for record in picked
-    }
+    candidates = {record.number: Candidate.of_trial(record, baseline=record is baseline) for record in picked}
     left = [math.inf if steps_left is None else steps_left]
 
     def run_once(record: TrialRecord) -> bool:
@@ -75,17 +61,10 @@ def select_winner_sequentially(
             return False
         if rerun_length(record) > left[0]:
             return False
-        try:
-            score, steps = rerun(record, len(candidate.values))
-        except Exception as exc:  # a failing re-run disqualifies its candidate, never the selection
-            candidate.failure = f"{type(exc).__name__}: {exc}"
+        steps_before = candidate.steps
+        if not candidate.add_rerun(rerun, record):
             return False
-        if not math.isfinite(score):
-            candidate.failure = f"re-run {len(candidate.values)} scored {score!r}"
-            return False
-        candidate.values.append(float(score))
-        candidate.steps += int(steps)
-        left[0] -= int(steps)
+        left[0] -= candidate.steps - steps_before
         return True
 
     for record in challengers:
@@ -109,7 +88,7 @@ def select_winner_sequentially(
         margin = math.inf
         if df >= 1:
             quantile = 1 - (1 - settings.confidence) / (len(challengers) * looks)
-            margin = float(stats.t.ppf(quantile, df)) * noise * math.sqrt(1 / len(best.values) + 1 / len(base.scores))
+            margin = noise_margin(quantile, df, noise, len(best.values), len(base.scores))
         gain = sign * (best.rerun_mean - base.mean)
         runs = f"{len(best.values)} re-run(s) against the baseline's {len(base.scores)} score(s)"
         if gain > margin:

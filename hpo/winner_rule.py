@@ -33,6 +33,9 @@ from hpo import attributes
 from hpo.errors import SearchConfigError
 from hpo.results import SearchResult, TrialRecord
 
+# rerun(trial, replicate) -> (score, steps): one fresh-seed re-run of a search trial.
+Rerun = Callable[[TrialRecord, int], tuple[float, int]]
+
 
 @dataclass(frozen=True, kw_only=True)
 class SelectionSettings:
@@ -73,6 +76,33 @@ class Candidate:
     counts_search_value: bool = False  # the baseline's search score is an unbiased extra sample
     steps: int = 0  # optimizer steps of the re-runs
     failure: str | None = None  # a re-run failed: the candidate cannot win
+
+    @classmethod
+    def of_trial(cls, record: TrialRecord, *, baseline: bool) -> Candidate:
+        """A candidate for a search trial, before any re-run; the baseline's search score counts as a sample."""
+        return cls(
+            trial=record.number,
+            role=record.extra.get(attributes.ROLE),
+            params=record.params,
+            search_value=record.value if record.state == "COMPLETE" else None,
+            counts_search_value=baseline,
+        )
+
+    def add_rerun(self, rerun: Rerun, record: TrialRecord) -> bool:
+        """Run replicate ``len(values)`` of ``record`` and record it; False, with ``failure`` set, when it
+        raises or scores NaN: a failing re-run disqualifies its candidate, never the selection."""
+        replicate = len(self.values)
+        try:
+            score, steps = rerun(record, replicate)
+        except Exception as exc:
+            self.failure = f"{type(exc).__name__}: {exc}"
+            return False
+        if not math.isfinite(score):
+            self.failure = f"re-run {replicate} scored {score!r}"
+            return False
+        self.values.append(float(score))
+        self.steps += int(steps)
+        return True
 
     @property
     def scores(self) -> list[float]:
@@ -158,6 +188,11 @@ def trial_score(values: list[float], use: str, direction: str) -> float:
     return max(values) if direction == "maximize" else min(values)
 
 
+def noise_margin(quantile: float, df: int, noise: float, n_challenger: int, n_baseline: int) -> float:
+    """How far a challenger's mean must beat the baseline's: the one-sided t bound on their difference."""
+    return float(stats.t.ppf(quantile, df)) * noise * math.sqrt(1 / n_challenger + 1 / n_baseline)
+
+
 def decide(candidates: list[Candidate], baseline: int, direction: str, confidence: float) -> Selection:
     """Keep the baseline unless the best challenger's mean beats it by more than the measured noise."""
     base = next(c for c in candidates if c.trial == baseline)
@@ -175,8 +210,7 @@ def decide(candidates: list[Candidate], baseline: int, direction: str, confidenc
         raise SearchConfigError("selection: need at least 2 re-runs of some candidate to measure the noise")
     pooled = math.sqrt(sum((len(c.scores) - 1) * c.std**2 for c in finished) / df)
     best = max(challengers, key=lambda c: sign * c.mean)
-    quantile = 1 - (1 - confidence) / len(challengers)
-    margin = float(stats.t.ppf(quantile, df)) * pooled * math.sqrt(1 / len(best.scores) + 1 / len(base.scores))
+    margin = noise_margin(1 - (1 - confidence) / len(challengers), df, pooled, len(best.scores), len(base.scores))
     gain = sign * (best.mean - base.mean)
     if gain > margin:
         reason = (
@@ -195,7 +229,7 @@ def decide(candidates: list[Candidate], baseline: int, direction: str, confidenc
 
 def select_winner(
     result: SearchResult,
-    rerun: Callable[[TrialRecord, int], tuple[float, int]],
+    rerun: Rerun,
     *,
     settings: SelectionSettings,
     picked: list[TrialRecord] | None = None,
@@ -208,23 +242,9 @@ def select_winner(
     picked = picked or pick_candidates(result, settings.top_k)
     candidates = []
     for record in picked:
-        candidate = Candidate(
-            trial=record.number,
-            role=record.extra.get(attributes.ROLE),
-            params=record.params,
-            search_value=record.value if record.state == "COMPLETE" else None,
-            counts_search_value=record.number == picked[0].number,
-        )
-        for replicate in range(settings.seeds):
-            try:
-                score, steps = rerun(record, replicate)
-            except Exception as exc:  # a failing re-run disqualifies its candidate, never the selection
-                candidate.failure = f"{type(exc).__name__}: {exc}"
+        candidate = Candidate.of_trial(record, baseline=record.number == picked[0].number)
+        for _ in range(settings.seeds):
+            if not candidate.add_rerun(rerun, record):
                 break
-            if not math.isfinite(score):
-                candidate.failure = f"re-run {replicate} scored {score!r}"
-                break
-            candidate.values.append(float(score))
-            candidate.steps += int(steps)
         candidates.append(candidate)
     return decide(candidates, picked[0].number, result.direction, settings.confidence)
