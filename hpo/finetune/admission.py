@@ -97,6 +97,21 @@ class RerunBudget:
     challengers: int = 1
     refused_in_a_row: int = 0
 
+    @classmethod
+    def for_selection(
+        cls, selection: SelectionSettings, *, total_steps: int, full_run_steps: int, shortest_useful_steps: int
+    ) -> RerunBudget:
+        """The reserve ``selection``'s rule needs: ``seeds`` re-runs of the baseline and the best challenger
+        (fixed rule), or one of the baseline and of each of the top_k - 1 challengers (sequential rule)."""
+        return cls(
+            total_steps=total_steps,
+            full_run_steps=full_run_steps,
+            top_k=selection.top_k,
+            seeds=reserved_reruns(selection),
+            shortest_useful_steps=shortest_useful_steps,
+            challengers=selection.top_k - 1 if selection.sequential else 1,
+        )
+
     def exploration_steps(self) -> int:
         """The most exploration can ever get: all but the baseline's re-runs (always needed)."""
         return self.total_steps - self.seeds * self.full_run_steps

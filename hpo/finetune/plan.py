@@ -17,7 +17,7 @@ from finetune.errors import ConfigError
 from finetune.inputs import check_inputs
 from finetune.train import planned_steps
 from hpo.budget import Budget
-from hpo.finetune.admission import RerunBudget, check_room_to_explore, reserved_reruns
+from hpo.finetune.admission import RerunBudget, check_room_to_explore
 from hpo.finetune.config_space import check_combinations, flatten
 from hpo.finetune.cross_validation import fold_config, resolve_folds
 from hpo.finetune.default_spaces import default_space
@@ -143,13 +143,8 @@ def _budgets(settings: SearchSettings, full_run_steps: int, min_steps: int) -> t
         check_room_to_explore(budget.steps / full_run_steps, selection)
     if not selection.enabled or budget.steps is None:
         return budget, None
-    rerun_budget = RerunBudget(
-        total_steps=budget.steps,
-        full_run_steps=full_run_steps,
-        top_k=selection.top_k,
-        seeds=reserved_reruns(selection),
-        shortest_useful_steps=min_steps,
-        challengers=selection.top_k - 1 if selection.sequential else 1,
+    rerun_budget = RerunBudget.for_selection(
+        selection, total_steps=budget.steps, full_run_steps=full_run_steps, shortest_useful_steps=min_steps
     )
     exploration = Budget(trials=budget.trials, steps=rerun_budget.exploration_steps(), wall_seconds=budget.wall_seconds)
     return exploration, rerun_budget
