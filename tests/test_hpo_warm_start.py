@@ -1,14 +1,13 @@
-"""Warm start: overrides of the untuned config tried right after it, as the search space can express them."""
+"""Warm start: overrides of the untuned config tried right after it, exactly as written."""
 
 import pytest
 import yaml
 from conftest import classification_config
 
 from finetune import ConfigError, FinetuneConfig
-from hpo import Budget, Categorical, Float, Int, SearchSpace
+from hpo import Budget, Categorical, Float, SearchSpace
 from hpo.finetune import SearchSettings, search_finetune
-from hpo.finetune.warm_start import nearest_allowed, warm_start_params
-from hpo.space import Fixed
+from hpo.finetune.warm_start import warm_start_params
 
 SPACE = SearchSpace(
     {
@@ -26,34 +25,35 @@ def _base(tiny_bert, sentiment_files, tmp_path):
     )
 
 
-def test_values_the_space_does_not_offer_become_the_nearest_it_does():
-    assert nearest_allowed(Float(low=1e-4, high=1e-2, log=True), 2e-2) == 1e-2
-    assert nearest_allowed(Float(low=1e-4, high=1e-2, log=True), 3e-3) == 3e-3
-    assert nearest_allowed(Int(low=1, high=5), 9) == 5
-    assert nearest_allowed(Categorical(choices=(8, 16, 32)), 4) == 8  # by ratio
-    assert (
-        nearest_allowed(Categorical(choices=(8, 16, 32)), 22) == 16
-        and nearest_allowed(Categorical(choices=(8, 16, 32)), 23) == 32  # 23/16 > 32/23
-    )
-    assert nearest_allowed(Categorical(choices=("linear", "cosine")), "constant") == "linear"
-    assert nearest_allowed(Fixed(value=0.01), 0.1) == 0.01
-
-
-def test_warm_start_params_project_the_overridden_config(tiny_bert, sentiment_files, tmp_path):
+def test_warm_start_params_train_the_overridden_config_exactly(tiny_bert, sentiment_files, tmp_path):
     base = _base(tiny_bert, sentiment_files, tmp_path)
     overrides = {
-        "training.learning_rate": 2e-2,  # above the space: its high end
+        "training.learning_rate": 2e-2,  # above the space's range: kept, so the trial runs as given
         "training.per_device_train_batch_size": 4,
-        "training.gradient_accumulation_steps": 4,  # effective batch 16
-        "method.lora_r": 32,  # not offered: the nearest choice
+        "training.gradient_accumulation_steps": 4,  # the space's effective batch: 16
+        "method.lora_r": 32,  # not offered: kept
+        "training.warmup_ratio": 0.1,  # not searched: rides along
+        "training.weight_decay": 0.0,  # the base's own value: nothing to say
     }
     params = warm_start_params(SPACE, base, overrides)
-    assert params == {"training.learning_rate": 1e-2, "training.effective_batch_size": 16, "method.lora_r": 8}
+    assert params == {
+        "training.learning_rate": 2e-2,
+        "training.effective_batch_size": 16,
+        "method.lora_r": 32,
+        "training.warmup_ratio": 0.1,
+    }
+    assert not SPACE.contains(params)
+    inside = warm_start_params(SPACE, base, {"training.learning_rate": 3e-3, "method.lora_r": 4})
+    assert inside == {"training.learning_rate": 3e-3, "training.effective_batch_size": 8, "method.lora_r": 4}
+    assert SPACE.contains(inside)  # the sampler learns from it
 
 
 def test_a_search_runs_the_warm_start_trials_right_after_the_untuned_one(tiny_bert, sentiment_files, tmp_path):
     base = _base(tiny_bert, sentiment_files, tmp_path)
-    warm = ({"training.learning_rate": 3e-3, "method.lora_r": 4}, {"training.learning_rate": 1e-3})
+    warm = (
+        {"training.learning_rate": 3e-3, "method.lora_r": 4},
+        {"training.learning_rate": 1e-3, "training.per_device_train_batch_size": 4, "method.lora_r": 32},
+    )
     search = search_finetune(
         base,
         SearchSettings(
@@ -64,9 +64,16 @@ def test_a_search_runs_the_warm_start_trials_right_after_the_untuned_one(tiny_be
     trials = search.result.trials
     assert [t.extra.get("role") for t in trials[:3]] == ["untuned", "warm_start", "warm_start"]
     assert trials[1].params["training.learning_rate"] == 3e-3 and trials[1].params["method.lora_r"] == 4
-    assert trials[2].params["training.learning_rate"] == 1e-3 and trials[2].params["method.lora_r"] == 8
-    ran = yaml.safe_load((tmp_path / "search" / "trials" / "trial_0001" / "tunelab_config.yaml").read_text())
-    assert ran["training"]["learning_rate"] == 3e-3 and ran["method"]["lora_r"] == 4
+    assert trials[2].params["training.effective_batch_size"] == 4 and trials[2].params["method.lora_r"] == 32
+
+    def ran(number):
+        path = tmp_path / "search" / "trials" / f"trial_{number:04d}" / "tunelab_config.yaml"
+        return yaml.safe_load(path.read_text())
+
+    assert ran(1)["training"]["learning_rate"] == 3e-3 and ran(1)["method"]["lora_r"] == 4
+    # Outside the space (batch 4, rank 32): run as written, not as the nearest point the space offers.
+    assert ran(2)["training"]["per_device_train_batch_size"] == 4 and ran(2)["method"]["lora_r"] == 32
+    assert ran(2)["training"]["learning_rate"] == 1e-3
 
 
 @pytest.mark.parametrize("raw", [{"training.learning_rate": 1e-3}, [{"training.nope": 1}], ["lr"]])

@@ -76,7 +76,7 @@ class SearchSettings:
     study_name: str = "search"
     heartbeat_seconds: int | None = None
     include_untuned: bool = True  # the untuned config is the first trial and the baseline of the winner rule
-    # Overrides of the untuned config tried right after it, as the space can express them (hpo.finetune.warm_start),
+    # Overrides of the untuned config tried right after it, exactly as written (hpo.finetune.warm_start),
     # e.g. the field's recipes for the method: a recipe's `search.warm_start: references`.
     warm_start: tuple[dict[str, Any], ...] = ()
     choose_winner: bool = True  # False for workers: `tunelab run` chooses once the budget is spent

@@ -1,56 +1,37 @@
 """Warm start: configurations worth trying before anything sampled (e.g. the field's recipes for the method,
-`search.warm_start` in a recipe), run right after the untuned trial as the search space can express them.
+`search.warm_start` in a recipe), run right after the untuned trial exactly as written.
 
-Each is a set of overrides of the base (untuned) config. Its trial is that config projected onto the space:
-every searched key takes the config's value, or the nearest value the space allows (a float or int clipped
-to its range, a number among categorical choices by ratio, a name not offered: the first choice); keys the
-space does not search keep the base config's values, as in every trial. The trials compete like any other
-(the scheduler may stop them, the budget may shorten them), and the sampler learns from them.
+Each is a set of overrides of the base (untuned) config, and its trial trains that config: the space's keys
+take the config's values (derived keys such as the effective batch included), and overrides of keys the
+space does not search ride along. hpo.optimize enqueues a trial the space holds as a point the sampler
+learns from; one it cannot hold (a batch size or rank the space does not offer) runs as given and competes
+for best on its value. Projecting it onto the space instead would try something else under the recipe's
+name (Axolotl's batch 4 as batch 8 is half its steps). The trials compete like any other: the scheduler
+may stop them, the budget may shorten them.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from finetune import FinetuneConfig
-from hpo.finetune.config_space import flatten, untuned_params
-from hpo.space import Categorical, Fixed, Float, Int, SearchSpace
+from hpo.finetune.config_space import EFFECTIVE_BATCH_SIZE, LORA_ALPHA_MULTIPLIER, flatten, untuned_params
+from hpo.space import SearchSpace
 
 WARM_START = "warm_start"  # the role of a warm-start trial (hpo.attributes.ROLE)
+# Config keys a derived space key stands for: the trial sets them from the derived value.
+STANDS_FOR = {
+    EFFECTIVE_BATCH_SIZE: ("training.per_device_train_batch_size", "training.gradient_accumulation_steps"),
+    LORA_ALPHA_MULTIPLIER: ("method.lora_alpha",),
+}
 
 
 def warm_start_params(space: SearchSpace, base: FinetuneConfig, overrides: dict[str, Any]) -> dict[str, Any]:
-    """``base`` with ``overrides``, in the space's keys and values."""
+    """The trial params that train ``base`` with ``overrides``: the space's keys, then the overridden keys
+    the space does not cover whose values differ from ``base``'s."""
     values = flatten(base.with_overrides(overrides))
-    return {key: nearest_allowed(space.parameters[key], value) for key, value in untuned_params(space, values).items()}
-
-
-def nearest_allowed(parameter: Any, value: Any) -> Any:
-    """``value`` if ``parameter`` allows it, else the allowed value closest to it."""
-    if isinstance(parameter, Fixed):
-        return parameter.value
-    if isinstance(parameter, Float):
-        return min(max(float(value), parameter.low), parameter.high)
-    if isinstance(parameter, Int):
-        stepped = parameter.low + round((int(value) - parameter.low) / parameter.step) * parameter.step
-        return min(max(stepped, parameter.low), parameter.high)
-    if isinstance(parameter, Categorical):
-        if value in parameter.choices:
-            return value
-        numbers = [c for c in parameter.choices if _is_number(c)]
-        if _is_number(value) and numbers:
-            return min(numbers, key=lambda choice: _distance(choice, value))
-        return parameter.choices[0]
-    return value
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _distance(choice: float, value: float) -> float:
-    """By ratio for positive numbers (learning rates, ranks, batch sizes), else by difference."""
-    if choice > 0 and value > 0:
-        return abs(math.log(choice / value))
-    return abs(choice - value)
+    params = untuned_params(space, values)
+    covered = set(params) | {key for derived in params for key in STANDS_FOR.get(derived, ())}
+    base_values = flatten(base)
+    extra = {key: values[key] for key in overrides if key not in covered and values[key] != base_values[key]}
+    return {**params, **extra}
