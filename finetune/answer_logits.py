@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from datasets import Dataset
 
-from finetune.packing import IGNORE_INDEX
+from finetune.packing import IGNORE_INDEX, on_model_device
 
 
 class AnswerLogitsCollator:
@@ -45,13 +45,12 @@ def answer_logits_collator(model: torch.nn.Module, collator, train: Dataset):
         return collator
     rows = [train[i] for i in range(min(2, len(train)))]
     batch = collator(rows)
-    device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            full = _loss(model, batch, device)
-            answers_only = _loss(model, with_answer_positions(batch), device)
+            full = _loss(model, batch)
+            answers_only = _loss(model, with_answer_positions(batch))
     # A model that cannot take the mask (a shape or type error deep in its forward) keeps the full logits.
     except Exception:  # noqa: BLE001
         return collator
@@ -62,7 +61,6 @@ def answer_logits_collator(model: torch.nn.Module, collator, train: Dataset):
     return AnswerLogitsCollator(collator)
 
 
-def _loss(model: torch.nn.Module, batch: dict, device: torch.device) -> torch.Tensor | None:
-    inputs = {k: torch.as_tensor(v).to(device) for k, v in batch.items() if k != "use_cache"}
-    loss = model(**inputs, use_cache=False).loss
+def _loss(model: torch.nn.Module, batch: dict) -> torch.Tensor | None:
+    loss = model(**on_model_device(batch, model), use_cache=False).loss
     return None if loss is None else loss.float()

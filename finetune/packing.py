@@ -55,8 +55,8 @@ def check_rows_kept_apart(model: torch.nn.Module, train: Dataset, padded_collato
     model.eval()
     try:
         with torch.no_grad():
-            alone = torch.cat([token_losses(model, _to(padded_collator([row]), model)) for row in rows])
-            packed = token_losses(model, _to(packed_collator()(rows), model))
+            alone = torch.cat([token_losses(model, on_model_device(padded_collator([row]), model)) for row in rows])
+            packed = token_losses(model, on_model_device(packed_collator()(rows), model))
     finally:
         model.train(was_training)
     if alone.shape != packed.shape or not torch.allclose(alone, packed, atol=1e-3, rtol=1e-3):
@@ -66,7 +66,8 @@ def check_rows_kept_apart(model: torch.nn.Module, train: Dataset, padded_collato
         )
 
 
-def _to(batch: dict, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+def on_model_device(batch: dict, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A collated batch as tensors on ``model``'s device, for a forward outside the Trainer (checks)."""
     device = next(model.parameters()).device
     return {k: torch.as_tensor(v).to(device) for k, v in batch.items() if k != "use_cache"}
 
