@@ -25,6 +25,7 @@ from hpo.finetune import FinetuneSearch, Objective, SearchSettings, search_finet
 from hpo.optimize import PlannedTrial, StudySettings, optimize
 from hpo.reporter import Reporter
 from hpo.results import SearchResult, TrialRecord
+from hpo.rung_signal import RungSignal
 from hpo.samplers import SAMPLERS, SCHEDULERS
 from hpo.sequential_winner import select_winner_sequentially
 from hpo.space import Categorical, Fixed, Float, Int, SearchSpace
@@ -44,6 +45,7 @@ __all__ = [
     "PlannedTrial",
     "ReplaceTrial",
     "Reporter",
+    "RungSignal",
     "SearchConfigError",
     "SearchDone",
     "SearchError",

@@ -13,6 +13,9 @@ ROLE = "role"  # UNTUNED on the baseline trial, "warm_start" on warm-start trial
 PARAMS = "params"  # the trial's full params when they differ from Optuna's (fixed values included)
 GIVEN_PARAMS = "given_params"  # params run as given: a planned point outside the space (e.g. an untuned warmup)
 STEPS = "steps"  # optimizer steps a trial actually ran (updated at every report)
+# The metric of a trial's last evaluation, where the scheduler was given a rung signal (hpo.rung_signal)
+# instead: what a stopped trial scored.
+LAST_VALUE = "last_value"
 FAILURE = "failure"  # why a trial failed or is infeasible
 STOP_REASON = "stop_reason"  # why a trial was stopped early (also a study attribute: why the search ended)
 PLANNED = "planned"  # queued up front (the untuned trial, grid points)

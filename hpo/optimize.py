@@ -25,6 +25,7 @@ from hpo.errors import InfeasibleTrial, ReplaceTrial, SearchConfigError, SearchD
 from hpo.progress import Progress
 from hpo.reporter import Reporter
 from hpo.results import SearchResult, trial_records
+from hpo.rung_signal import RungSignal
 from hpo.samplers import build_pruner, build_sampler
 from hpo.space import SearchSpace
 from hpo.storage import open_storage
@@ -60,6 +61,8 @@ class StudySettings:
     # Steps the caller runs once this search has explored (re-runs, retrains): the progress line's ETA
     # covers them at the seconds per step measured so far, so it is one ETA for the whole command.
     steps_after: int = 0
+    # What the schedulers compare at their rungs (hpo.rung_signal); None: the reported metric itself.
+    rung_signal: RungSignal | None = None
 
     def __post_init__(self) -> None:
         if self.direction not in ("maximize", "minimize"):
@@ -140,7 +143,8 @@ def _optimize(
                 time.sleep(2.0)  # their trials may still win, or be lost and need a retry
                 continue
             break
-        done = _run_trial(study, objective, space, budget, base, only_planned=settings.sampler == "grid") or done
+        only_planned = settings.sampler == "grid"
+        done = _run_trial(study, objective, space, budget, base, only_planned, settings.rung_signal) or done
         tracker.update(study)
         if on_trial_end is not None:
             on_trial_end(SearchResult.from_study(study, "", settings.storage))
@@ -207,6 +211,7 @@ def _run_trial(
     budget: Budget,
     base: dict[str, Any] | None,
     only_planned: bool = False,
+    rung_signal: RungSignal | None = None,
 ) -> str | None:
     """Run one trial; returns why the search is done when the objective said so (SearchDone)."""
     with warnings.catch_warnings():  # Optuna warns that heartbeats are meant for Study.optimize; we send them
@@ -222,7 +227,7 @@ def _run_trial(
     ):
         _discard(study, trial, "not run: every grid point was taken" if grid_ran_out else "not run: trial budget spent")
         return None
-    reporter = Reporter(trial, study, budget)
+    reporter = Reporter(trial, study, budget, rung_signal)
     try:
         with heartbeat(study, trial):
             state, value, feasible = _objective_outcome(trial, study, objective, space, base, reporter)

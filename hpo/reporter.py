@@ -9,25 +9,34 @@ import optuna
 from hpo import attributes
 from hpo.budget import Budget, exhausted, spent
 from hpo.results import SearchResult
+from hpo.rung_signal import RungSignal
 
 
 class Reporter:
     """Handed to the objective: report(step, value) after each evaluation, then ask should_stop()."""
 
-    def __init__(self, trial: optuna.Trial, study: optuna.Study, budget: Budget):
+    def __init__(self, trial: optuna.Trial, study: optuna.Study, budget: Budget, rung_signal: RungSignal | None = None):
         self.trial = trial
         self._study = study
         self._budget = budget
+        self._rung_signal = rung_signal
         self.steps = 0
         self._saved_steps = 0
         self.values: list[tuple[int, float]] = []
         self.stop_reason: str | None = None
 
-    def report(self, step: int, value: float) -> None:
+    def report(self, step: int, value: float, smooth: float | None = None) -> None:
+        """``value``: the objective's metric at ``step``; ``smooth``: the validation loss there, which a
+        rung signal (hpo.rung_signal) lets the scheduler compare where the metric cannot tell trials apart."""
         self.steps = max(self.steps, int(step))
         if value is not None and math.isfinite(value):
             self.values.append((int(step), float(value)))
-            self.trial.report(float(value), int(step))
+            rung_value = float(value)
+            if self._rung_signal is not None and smooth is not None and math.isfinite(smooth):
+                maximize = self._study.direction == optuna.study.StudyDirection.MAXIMIZE
+                rung_value = self._rung_signal.value(float(value), float(smooth), maximize=maximize)
+                self.trial.set_user_attr(attributes.LAST_VALUE, float(value))  # a stopped trial's value
+            self.trial.report(rung_value, int(step))
         self.save_steps()
 
     def add_steps(self, steps: int) -> None:

@@ -30,7 +30,14 @@ class TrialRecord:
 
 def to_record(trial: FrozenTrial) -> TrialRecord:
     attrs = trial.user_attrs
-    known = {attributes.PARAMS, attributes.GIVEN_PARAMS, attributes.STEPS, attributes.FAILURE, attributes.STOP_REASON}
+    known = {
+        attributes.PARAMS,
+        attributes.GIVEN_PARAMS,
+        attributes.STEPS,
+        attributes.FAILURE,
+        attributes.STOP_REASON,
+        attributes.LAST_VALUE,
+    }
     return TrialRecord(
         number=trial.number,
         state=trial.state.name,
@@ -145,6 +152,9 @@ class SearchResult:
 
 
 def _last_value(trial: FrozenTrial) -> float | None:
+    """A stopped trial's metric: its last report (the scheduler saw a rung signal instead where one was used)."""
+    if attributes.LAST_VALUE in trial.user_attrs:
+        return trial.user_attrs[attributes.LAST_VALUE]
     if not trial.intermediate_values:
         return None
     return trial.intermediate_values[max(trial.intermediate_values)]

@@ -163,7 +163,7 @@ def _search_settings(args: argparse.Namespace):
             steps=args.budget_steps,
             minutes=args.budget_minutes,
         ),
-        "objective": _given(metric=args.metric, use=args.use),
+        "objective": _given(metric=args.metric, use=args.use, rungs=args.rungs),
         "selection": _given(top_k=args.top_k, seeds=args.selection_seeds, sequential=args.sequential or None),
     }
     if args.cv_folds is not None:
@@ -277,6 +277,11 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--budget-minutes", type=float, help="budget in wall-clock minutes (default: none)")
     search.add_argument("--metric", help="accuracy, macro_f1, loss... (default: by task)")
     search.add_argument("--use", choices=["best", "last"], help="which evaluation scores a trial (default: best)")
+    search.add_argument(
+        "--rungs",
+        choices=["metric", "smooth"],
+        help="what early stopping compares: the metric (default), or smooth: the loss where the metric has not moved",
+    )
     search.add_argument(
         "--cv-folds", help="k-fold cross-validation: k >= 2, auto (small validation splits; the default) or none"
     )

@@ -4,7 +4,7 @@ A recipe YAML holds the four finetune sections (model, data, method, training) a
 
     search:   hpo.finetune.SearchSettings, read by SearchSettings.from_dict: {sampler, scheduler,
                budget: {full_run_equivalents, trials, steps, minutes}, objective: {metric, direction, use,
-               cv_folds}, space (null: method-aware default), also_tune, selection: {top_k, seeds,
+               cv_folds, rungs}, space (null: method-aware default), also_tune, selection: {top_k, seeds,
                confidence, sequential} (how the winner is chosen: hpo.winner_rule), warm_start (a list
                of section.key overrides tried right after the untuned run, or `references`: the compare
                references' hyperparameters), max_per_device_batch, isolation, storage, study_name,

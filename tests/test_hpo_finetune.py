@@ -342,7 +342,7 @@ def test_a_stopped_trial_saw_exactly_what_the_full_trial_saw(tiny_bert, sentimen
         def __init__(self, stop_at):
             self.stop_at, self.step, self.stop_reason, self.values, self.ends = stop_at, 0, None, [], []
 
-        def report(self, step, value):
+        def report(self, step, value, smooth=None):
             self.step = step
             self.values.append((step, value))
 

@@ -71,13 +71,13 @@ def test_settings_default_budget_is_written_once():
 def test_flags_and_a_recipe_section_give_the_same_settings():
     flags = build_parser().parse_args(
         ["search", "config.yaml", "--sampler", "random", "--budget-fre", "5", "--top-k", "2", "--cv-folds", "none"]
-        + ["--sequential"]
+        + ["--sequential", "--rungs", "smooth"]
     )
     recipe = {
         "sampler": "random",
         "budget": {"full_run_equivalents": 5},
         "selection": {"top_k": 2, "sequential": True},
-        "objective": {"cv_folds": None},
+        "objective": {"cv_folds": None, "rungs": "smooth"},
     }
     assert _search_settings(flags) == SearchSettings.from_dict(recipe)
     assert _search_settings(build_parser().parse_args(["search", "config.yaml"])) == SearchSettings()

@@ -355,10 +355,11 @@ def test_fold_reports_are_the_running_mean_across_folds_at_equal_steps():
         stop_reason, trial = None, None
 
         def __init__(self):
-            self.reports, self.steps = [], 0
+            self.reports, self.losses, self.steps = [], [], 0
 
-        def report(self, step, value):
+        def report(self, step, value, smooth=None):
             self.reports.append((step, value))
+            self.losses.append(smooth)
 
         def add_steps(self, steps):
             self.steps = steps
@@ -375,8 +376,11 @@ def test_fold_reports_are_the_running_mean_across_folds_at_equal_steps():
     second = FoldReporter(inner, 11, curves, 1)
     second.report(5, 0.4)
     second.report(10, 0.6)
-    third = FoldReporter(inner, 22, curves, 2)
-    third.report(7, 0.5)  # between evaluations: the earlier folds' values at step 5
+    losses = [[], [], []]  # the validation losses, for a rung signal, are averaged the same way
+    third = FoldReporter(inner, 22, curves, 2, losses)
+    losses[0] = [(5, 0.9)]
+    losses[1] = [(5, 0.7), (10, 0.5)]
+    third.report(7, 0.5, 0.8)  # between evaluations: the earlier folds' values at step 5
     assert inner.reports == [
         (5, 0.6),
         (10, 0.8),
@@ -384,6 +388,7 @@ def test_fold_reports_are_the_running_mean_across_folds_at_equal_steps():
         (21, pytest.approx(0.7)),
         (29, pytest.approx((0.6 + 0.4 + 0.5) / 3)),
     ]
+    assert inner.losses == [None, None, None, None, pytest.approx((0.9 + 0.7 + 0.8) / 3)]
     assert inner.steps == 11
     # The end of an earlier fold is not the trial's end (stopping there saves the later folds); the last is.
     second.should_stop(run_ends=True)

@@ -60,10 +60,20 @@ def value_at(curve: list[tuple[int, float]], step: int) -> float:
 
 
 class FoldReporter:
-    """What one fold's run reports to: forwards to the trial's Reporter with offset steps and the running mean."""
+    """What one fold's run reports to: forwards to the trial's Reporter with offset steps and the running mean
+    (of the metric in ``curves``, of the validation loss in ``loss_curves``), each fold's value at a step
+    being its last evaluation at or before that step."""
 
-    def __init__(self, reporter, offset: int, curves: list[list[tuple[int, float]]], fold: int):
+    def __init__(
+        self,
+        reporter,
+        offset: int,
+        curves: list[list[tuple[int, float]]],
+        fold: int,
+        loss_curves: list[list[tuple[int, float]]] | None = None,
+    ):
         self.reporter, self.offset, self.curves, self.fold = reporter, offset, curves, fold
+        self.loss_curves = loss_curves or [[] for _ in curves]
 
     @property
     def trial(self):
@@ -73,10 +83,10 @@ class FoldReporter:
     def stop_reason(self) -> str | None:
         return self.reporter.stop_reason
 
-    def report(self, step: int, value: float) -> None:
-        self.curves[self.fold].append((int(step), float(value)))
-        earlier = [value_at(curve, step) for curve in self.curves[: self.fold] if curve]
-        self.reporter.report(self.offset + int(step), statistics.fmean([*earlier, float(value)]))
+    def report(self, step: int, value: float, smooth: float | None = None) -> None:
+        mean_value = _running_mean(self.curves, self.fold, step, value)
+        mean_smooth = None if smooth is None else _running_mean(self.loss_curves, self.fold, step, smooth)
+        self.reporter.report(self.offset + int(step), mean_value, mean_smooth)
 
     def add_steps(self, steps: int) -> None:
         self.reporter.add_steps(self.offset + int(steps))
@@ -84,6 +94,13 @@ class FoldReporter:
     def should_stop(self, *, run_ends: bool = False) -> bool:
         # Only the last fold's end is the trial's end: stopping after an earlier fold still saves the rest.
         return self.reporter.should_stop(run_ends=run_ends and self.fold == len(self.curves) - 1)
+
+
+def _running_mean(curves: list[list[tuple[int, float]]], fold: int, step: int, value: float) -> float:
+    """Record ``value`` at ``step`` for ``fold``; the mean of it and the earlier folds' values at ``step``."""
+    curves[fold].append((int(step), float(value)))
+    earlier = [value_at(curve, step) for curve in curves[:fold] if curve]
+    return statistics.fmean([*earlier, float(value)])
 
 
 @dataclass(frozen=True)

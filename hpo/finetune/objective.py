@@ -112,11 +112,12 @@ class TrialObjective:
         """Fold after fold until done or stopped; the score is the mean of the folds' scores."""
         folds = self.plan.scoring.folds
         curves: list[list[tuple[int, float]]] = [[] for _ in range(folds)]
+        loss_curves: list[list[tuple[int, float]]] = [[] for _ in range(folds)]
         offset, scores = 0, []
         for fold in range(folds):
             out = Path(config.training.output_dir) / f"fold_{fold}"
             result = self._train(
-                fold_config(config, folds, fold, str(out)), FoldReporter(reporter, offset, curves, fold)
+                fold_config(config, folds, fold, str(out)), FoldReporter(reporter, offset, curves, fold, loss_curves)
             )
             offset += result.optimizer_steps
             shutil.rmtree(out, ignore_errors=True)  # a fold's model is not a candidate: only its score counts

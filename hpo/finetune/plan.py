@@ -15,6 +15,7 @@ from finetune import FinetuneConfig
 from finetune.data import load_splits
 from finetune.errors import ConfigError
 from finetune.inputs import check_inputs
+from finetune.metrics import constant_prediction_metrics
 from finetune.train import planned_steps
 from hpo.budget import Budget
 from hpo.finetune.admission import RerunBudget, check_room_to_explore
@@ -22,6 +23,7 @@ from hpo.finetune.config_space import check_combinations, flatten
 from hpo.finetune.cross_validation import fold_config, resolve_folds
 from hpo.finetune.default_spaces import default_space
 from hpo.finetune.settings import SearchSettings
+from hpo.rung_signal import RungSignal, rate_noise
 from hpo.space import SearchSpace
 from hpo.winner_rule import SelectionSettings, trial_score
 
@@ -29,6 +31,8 @@ from hpo.winner_rule import SelectionSettings, trial_score
 # the first data.max_generation_samples validation rows (GENERATION_SAMPLES when the config sets none).
 GENERATION_METRICS = ("eval_exact_match", "eval_token_f1")
 GENERATION_SAMPLES = 64
+# Metrics that move smoothly from the first step: no rung signal needed (hpo.rung_signal).
+SMOOTH_METRICS = ("eval_loss", "eval_perplexity")
 # Rungs per untuned run: trials are evaluated every 1/9 of it, so the schedulers' rungs (1/9 x 3^k of a
 # run, reduction factor 3) always fall on an evaluation.
 EVALUATIONS_PER_RUN = 9
@@ -62,6 +66,7 @@ class SearchPlan:
     rerun_budget: RerunBudget | None  # admission of trials (None: no re-runs, or no step budget)
     selection: SelectionSettings
     generation_samples: int | None = None  # validation rows generated on at each evaluation (None: none)
+    rung_signal: RungSignal | None = None  # what the schedulers compare (None: the metric)
 
     @property
     def search_evaluations(self) -> dict[str, Any]:
@@ -99,7 +104,8 @@ def plan_search(base: FinetuneConfig, settings: SearchSettings, *, world_size: i
     folds, validation = resolve_folds(settings.objective.cv_folds, base)
     # The unit of the budget is the untuned trial: all its folds.
     data = base.data if folds is None else fold_config(base, folds, 0, "unused").data
-    trial_rows = len(load_splits(data).train)
+    splits = load_splits(data)
+    trial_rows = len(splits.train)
     run_steps = planned_steps(base, trial_rows, world_size)
     full_run_steps = (folds or 1) * run_steps
     min_steps = max(1, round(run_steps / EVALUATIONS_PER_RUN))
@@ -125,6 +131,7 @@ def plan_search(base: FinetuneConfig, settings: SearchSettings, *, world_size: i
         rerun_budget=rerun_budget,
         selection=settings.selection,
         generation_samples=generation_samples,
+        rung_signal=_rung_signal(settings, base, metric, splits.validation),
     )
 
 
@@ -148,3 +155,19 @@ def _budgets(settings: SearchSettings, full_run_steps: int, min_steps: int) -> t
     )
     exploration = Budget(trials=budget.trials, steps=rerun_budget.exploration_steps(), wall_seconds=budget.wall_seconds)
     return exploration, rerun_budget
+
+
+def _rung_signal(settings: SearchSettings, base: FinetuneConfig, metric: str, validation: Any) -> RungSignal | None:
+    """The schedulers' rung signal: the metric alone, or with the loss where it has not moved (``rungs: smooth``),
+    anchored at what a constant prediction scores on the ``validation`` split."""
+    if settings.objective.rungs != "smooth" or metric in SMOOTH_METRICS:
+        return None
+    task = base.model.task
+    flat = constant_prediction_metrics(validation[base.data.label_column]) if task == "classification" else {}
+    name = metric.removeprefix("eval_")
+    if name not in flat:
+        raise ConfigError(
+            f"search.objective.rungs: smooth needs a classification metric (accuracy, macro_f1) to know where it "
+            f"starts; {metric!r} cannot (a loss is already smooth: use rungs: metric)"
+        )
+    return RungSignal(flat=flat[name], noise=rate_noise(len(validation)))

@@ -143,6 +143,7 @@ def _study_settings(settings: SearchSettings, plan: SearchPlan, storage: str, *,
         heartbeat_seconds=settings.heartbeat_seconds,
         progress=settings.progress,
         steps_after=steps_after,
+        rung_signal=plan.rung_signal,
     )
 
 

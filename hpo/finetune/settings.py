@@ -39,10 +39,15 @@ class Objective:
     # k-fold cross-validation instead of one validation split: k >= 2, "auto" (hpo.finetune.cross_validation)
     # or None.
     cv_folds: CvFolds = "auto"
+    # What the scheduler compares at its rungs: the metric, or "smooth": the validation loss among trials whose
+    # metric has not left what a constant prediction scores (hpo.rung_signal). A loss is its own smooth signal.
+    rungs: Literal["metric", "smooth"] = "metric"
 
     def __post_init__(self) -> None:
         if self.use not in ("best", "last"):
             raise ConfigError(f"search.objective.use must be 'best' or 'last', got {self.use!r}")
+        if self.rungs not in ("metric", "smooth"):
+            raise ConfigError(f"search.objective.rungs must be 'metric' or 'smooth', got {self.rungs!r}")
 
     def resolve(self, task: str) -> tuple[str, str]:
         """(the evaluation key, "maximize" or "minimize") for ``task``."""
@@ -122,8 +127,8 @@ class SearchSettings:
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> SearchSettings:
         """From a recipe's ``search:`` mapping: budget {full_run_equivalents, trials, steps, minutes},
-        objective {metric, direction, use, cv_folds}, selection {top_k, seeds, confidence, sequential}, space (YAML
-        form), also_tune, and the plain fields by name."""
+        objective {metric, direction, use, cv_folds, rungs}, selection {top_k, seeds, confidence, sequential},
+        space (YAML form), also_tune, and the plain fields by name."""
         if not isinstance(raw, dict):
             raise ConfigError(f"search: expected a mapping, got {raw!r}")
         allowed = {f.name for f in dataclasses.fields(cls)}

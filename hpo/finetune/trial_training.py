@@ -83,7 +83,8 @@ class ReportToTrial(TrainerCallback):
         if self.metric not in metrics:
             available = sorted(k for k in metrics if k.startswith("eval_"))
             return "error", f"search.objective.metric: {self.metric!r} is not among the evaluation metrics {available}"
-        self.reporter.report(step, metrics[self.metric])
+        smooth = metrics.get("eval_loss") if self.metric != "eval_loss" else None  # for a rung signal
+        self.reporter.report(step, metrics[self.metric], smooth)
         stop = self.reporter.should_stop(run_ends=run_ends)
         return ("stop", self.reporter.stop_reason) if stop else ("go", "")
 
