@@ -13,7 +13,8 @@ full-run equivalents of the untuned run (default 8). Contenders:
   random         random search over the same space, no pruning
   grid           a coarse grid (full cost reported, however much larger than B)
   tunelab        tunelab's default strategy (what `tunelab run` does when the user picks nothing)
-  tunelab:S/P    tunelab with sampler S and scheduler P (e.g. tunelab:gp/hyperband)
+  tunelab:S/P    tunelab with sampler S and scheduler P (e.g. tunelab:gp/hyperband); tunelab:S/P/smooth
+                 with search.objective.rungs: smooth (early stopping on the loss while accuracy is flat)
 
 Prints a table, writes benchmarks/peers_<method>_<rows>.json and benchmarks/peers_<method>_<rows>_anytime.png.
 
@@ -50,7 +51,7 @@ from finetune.data import load_splits  # noqa: E402
 from finetune.train import planned_steps  # noqa: E402
 from hpo import attributes  # noqa: E402
 from hpo.budget import Budget  # noqa: E402
-from hpo.finetune import SearchSettings, search_finetune  # noqa: E402
+from hpo.finetune import Objective, SearchSettings, search_finetune  # noqa: E402
 from hpo.finetune.config_space import flatten, to_overrides  # noqa: E402
 from hpo.finetune.default_spaces import default_space  # noqa: E402
 from hpo.finetune.trial_training import at_run_end  # noqa: E402
@@ -260,9 +261,10 @@ def grid_contender(untuned: FinetuneConfig, ledger: Ledger, scratch: Path, metho
 
 
 def tunelab_contender(
-    untuned: FinetuneConfig, ledger: Ledger, run_dir: Path, sampler: str, scheduler: str, seed: int
+    untuned: FinetuneConfig, ledger: Ledger, run_dir: Path, sampler: str, scheduler: str, seed: int, rungs: str
 ) -> FinetuneConfig:
     settings = SearchSettings(
+        objective=Objective(rungs=rungs),
         # In steps, not full-run equivalents: where tunelab cross-validates (validation < 300 rows) its
         # "full run" is all the folds, and the budget must still be the peers'.
         budget=Budget(steps=ledger.budget_steps),
@@ -382,10 +384,12 @@ def main() -> None:
             elif name == "grid":
                 chosen = grid_contender(untuned, ledger, folder, args.method)
             elif name == "tunelab" or name.startswith("tunelab:"):
-                # "tunelab" is the default strategy; "tunelab:SAMPLER/SCHEDULER" a named combination.
-                sampler, _, scheduler = (name.partition(":")[2] or "tpe/hyperband").partition("/")
+                # "tunelab" is the default strategy; "tunelab:SAMPLER/SCHEDULER[/RUNGS]" a named combination.
+                sampler, scheduler, *rungs = (name.partition(":")[2] or "tpe/hyperband").split("/") + ["", ""]
                 run_dir = args.keep_runs / name.replace("/", "_") if args.keep_runs else folder / "tunelab"
-                chosen = tunelab_contender(untuned, ledger, run_dir, sampler, scheduler or "none", args.search_seed)
+                chosen = tunelab_contender(
+                    untuned, ledger, run_dir, sampler, scheduler or "none", args.search_seed, rungs[0] or "metric"
+                )
             else:
                 raise SystemExit(f"unknown contender {name!r}; choose from {CONTENDERS}")
             record = ledger.summary()
