@@ -279,7 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--use", choices=["best", "last"], help="which evaluation scores a trial (default: best)")
     search.add_argument(
         "--rungs",
-        choices=["metric", "smooth"],
+        choices=["auto", "metric", "smooth"],
         help="what early stopping compares: the metric (default), or smooth: the loss where the metric has not moved",
     )
     search.add_argument(

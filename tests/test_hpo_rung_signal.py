@@ -1,7 +1,7 @@
 """The smooth rung signal: schedulers compare the validation loss where the metric has not moved yet."""
 
 import pytest
-from conftest import classification_config
+from conftest import causal_config, classification_config
 
 from finetune import ConfigError, FinetuneConfig
 from finetune.metrics import constant_prediction_metrics
@@ -96,6 +96,17 @@ def test_a_smooth_search_anchors_at_the_validation_majority_share(tiny_bert, sen
     assert plan_search(base, SearchSettings(budget=Budget(trials=2))).rung_signal is None  # rungs: metric
     loss = Objective(metric="loss", rungs="smooth")  # already smooth: nothing to add
     assert plan_search(base, SearchSettings(budget=Budget(trials=2), objective=loss)).rung_signal is None
+    auto = Objective(rungs="auto")
+    assert plan_search(base, SearchSettings(budget=Budget(trials=2), objective=auto)).rung_signal == plan.rung_signal
+
+
+def test_smooth_rungs_need_a_metric_with_a_starting_point_and_auto_falls_back(tiny_llama, sft_files, tmp_path):
+    base = FinetuneConfig.from_dict(causal_config(tiny_llama, sft_files["messages"], tmp_path / "unused"))
+    exact_match = {"metric": "exact_match"}
+    with pytest.raises(ConfigError, match="rungs: smooth needs a classification metric"):
+        plan_search(base, SearchSettings(budget=Budget(trials=2), objective=Objective(**exact_match, rungs="smooth")))
+    auto = SearchSettings(budget=Budget(trials=2), objective=Objective(**exact_match, rungs="auto"))
+    assert plan_search(base, auto).rung_signal is None
 
 
 def _validation_labels(base):
@@ -105,5 +116,5 @@ def _validation_labels(base):
 
 
 def test_bad_rungs_settings_are_named():
-    with pytest.raises(ConfigError, match="search.objective.rungs must be 'metric' or 'smooth'"):
+    with pytest.raises(ConfigError, match="search.objective.rungs must be 'auto', 'metric' or 'smooth'"):
         Objective(rungs="loss")

@@ -158,14 +158,18 @@ def _budgets(settings: SearchSettings, full_run_steps: int, min_steps: int) -> t
 
 
 def _rung_signal(settings: SearchSettings, base: FinetuneConfig, metric: str, validation: Any) -> RungSignal | None:
-    """The schedulers' rung signal: the metric alone, or with the loss where it has not moved (``rungs: smooth``),
-    anchored at what a constant prediction scores on the ``validation`` split."""
-    if settings.objective.rungs != "smooth" or metric in SMOOTH_METRICS:
+    """The schedulers' rung signal: the metric alone, or with the loss where it has not moved (``rungs: smooth``;
+    ``auto``: where the metric is a classification one), anchored at what a constant prediction scores on the
+    ``validation`` split."""
+    rungs = settings.objective.rungs
+    if rungs == "metric" or metric in SMOOTH_METRICS:
         return None
     task = base.model.task
     flat = constant_prediction_metrics(validation[base.data.label_column]) if task == "classification" else {}
     name = metric.removeprefix("eval_")
     if name not in flat:
+        if rungs == "auto":
+            return None
         raise ConfigError(
             f"search.objective.rungs: smooth needs a classification metric (accuracy, macro_f1) to know where it "
             f"starts; {metric!r} cannot (a loss is already smooth: use rungs: metric)"

@@ -40,14 +40,15 @@ class Objective:
     # or None.
     cv_folds: CvFolds = "auto"
     # What the scheduler compares at its rungs: the metric, or "smooth": the validation loss among trials whose
-    # metric has not left what a constant prediction scores (hpo.rung_signal). A loss is its own smooth signal.
-    rungs: Literal["metric", "smooth"] = "metric"
+    # metric has not left what a constant prediction scores (hpo.rung_signal); "auto": smooth for classification
+    # metrics, the metric elsewhere. A loss is its own smooth signal.
+    rungs: Literal["auto", "metric", "smooth"] = "metric"
 
     def __post_init__(self) -> None:
         if self.use not in ("best", "last"):
             raise ConfigError(f"search.objective.use must be 'best' or 'last', got {self.use!r}")
-        if self.rungs not in ("metric", "smooth"):
-            raise ConfigError(f"search.objective.rungs must be 'metric' or 'smooth', got {self.rungs!r}")
+        if self.rungs not in ("auto", "metric", "smooth"):
+            raise ConfigError(f"search.objective.rungs must be 'auto', 'metric' or 'smooth', got {self.rungs!r}")
 
     def resolve(self, task: str) -> tuple[str, str]:
         """(the evaluation key, "maximize" or "minimize") for ``task``."""
