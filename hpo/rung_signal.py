@@ -3,8 +3,9 @@
 At the first rungs of a LoRA classification search (a ninth of a run) no trial has left the majority class:
 every accuracy is the majority share give or take a few rows, and successive halving keeps whichever trial
 is ahead by that noise, stopping the ones that were about to learn. Their validation loss has already
-moved and separates them. So with ``search.objective.rungs: smooth`` the value each evaluation reports to
-the scheduler is, for a metric to maximize (mirrored for one to minimize),
+moved and separates them. So with ``search.objective.rungs: smooth`` (``auto``, the default, for classification
+metrics) the value each evaluation reports to the scheduler is, for a metric to maximize (mirrored for one
+to minimize),
 
     metric                                      where metric > flat + noise  (it has moved up)
     flat - noise + 2 noise x 0.999 / (1 + loss)  where |metric - flat| <= noise (it has not moved)

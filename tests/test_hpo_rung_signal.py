@@ -93,11 +93,12 @@ def test_a_smooth_search_anchors_at_the_validation_majority_share(tiny_bert, sen
     assert plan.rung_signal is not None and 0.5 <= plan.rung_signal.flat < 1
     assert plan.rung_signal.noise == pytest.approx(rate_noise(len(_validation_labels(base))))
     assert plan.rung_signal.flat == constant_prediction_metrics(_validation_labels(base))["accuracy"]
-    assert plan_search(base, SearchSettings(budget=Budget(trials=2))).rung_signal is None  # rungs: metric
+    metric = Objective(rungs="metric")
+    assert plan_search(base, SearchSettings(budget=Budget(trials=2), objective=metric)).rung_signal is None
     loss = Objective(metric="loss", rungs="smooth")  # already smooth: nothing to add
     assert plan_search(base, SearchSettings(budget=Budget(trials=2), objective=loss)).rung_signal is None
-    auto = Objective(rungs="auto")
-    assert plan_search(base, SearchSettings(budget=Budget(trials=2), objective=auto)).rung_signal == plan.rung_signal
+    # The default (auto) is smooth for a classification metric.
+    assert plan_search(base, SearchSettings(budget=Budget(trials=2))).rung_signal == plan.rung_signal
 
 
 def test_smooth_rungs_need_a_metric_with_a_starting_point_and_auto_falls_back(tiny_llama, sft_files, tmp_path):

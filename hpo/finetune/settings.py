@@ -42,7 +42,7 @@ class Objective:
     # What the scheduler compares at its rungs: the metric, or "smooth": the validation loss among trials whose
     # metric has not left what a constant prediction scores (hpo.rung_signal); "auto": smooth for classification
     # metrics, the metric elsewhere. A loss is its own smooth signal.
-    rungs: Literal["auto", "metric", "smooth"] = "metric"
+    rungs: Literal["auto", "metric", "smooth"] = "auto"
 
     def __post_init__(self) -> None:
         if self.use not in ("best", "last"):
