@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from scipy import stats
@@ -43,8 +43,10 @@ class SelectionSettings:
     seeds: int = 2  # fresh seeds per candidate (>= 2 to measure the noise)
     confidence: float = 0.98  # one-sided, over all challengers together
     # One re-run at a time, stopping once the decision is clear (hpo.sequential_winner); ``seeds`` is then
-    # the most re-runs per candidate, and only the baseline's and the best challenger's first are reserved.
-    sequential: bool = False
+    # the most re-runs per candidate, and one re-run of the baseline and of each challenger is reserved.
+    # None (auto): the fixed rule where the budget holds its reserve and a full run to explore, else this
+    # one (``for_budget``), so a small budget is explored instead of refused.
+    sequential: bool | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 1:
@@ -54,8 +56,10 @@ class SelectionSettings:
                 f"search.selection.seeds: expected 0 (no re-runs: the best trial wins) or an integer >= 2 "
                 f"(one seed cannot measure noise), got {self.seeds!r}"
             )
-        if not isinstance(self.sequential, bool):
-            raise SearchConfigError(f"search.selection.sequential: expected true or false, got {self.sequential!r}")
+        if self.sequential is not None and not isinstance(self.sequential, bool):
+            raise SearchConfigError(
+                f"search.selection.sequential: expected true, false or null (auto), got {self.sequential!r}"
+            )
         if not 0.5 <= self.confidence < 1:
             raise SearchConfigError(
                 f"search.selection.confidence: expected a value in [0.5, 1), got {self.confidence!r}"
@@ -64,6 +68,14 @@ class SelectionSettings:
     @property
     def enabled(self) -> bool:
         return self.seeds >= 2 and self.top_k >= 2
+
+    def for_budget(self, full_runs: float) -> SelectionSettings:
+        """These settings with ``sequential`` decided for a budget of ``full_runs`` full-run equivalents: when
+        auto, the fixed rule if its reserve (``top_k x seeds`` full runs at worst) leaves one full run to
+        explore, the sequential rule (one re-run per candidate reserved) otherwise."""
+        if self.sequential is not None:
+            return self
+        return replace(self, sequential=self.top_k * self.seeds + 1 > full_runs)
 
 
 @dataclass

@@ -21,6 +21,7 @@ import finetune
 from finetune.inputs import check_inputs
 from finetune.models import resolve_source
 from finetune.train import planned_steps
+from hpo import SelectionSettings
 from hpo.finetune.plan import EVALUATIONS_PER_RUN, plan_search
 from recipes.recipe import Recipe
 from recipes.references import reference_config
@@ -73,9 +74,7 @@ def check_recipe(recipe: Recipe, *, time_steps: bool = True) -> dict[str, Any]:
         "search_steps": plan.total_steps,
         "exploration_steps": plan.budget.steps,
         "reserve_steps": (plan.total_steps - plan.budget.steps) if plan.rerun_budget else 0,
-        "selection": f"the top {plan.selection.top_k} candidates re-run with {plan.selection.seeds} fresh seeds each"
-        if plan.selection.enabled
-        else "no re-runs, the best trial wins",
+        "selection": _selection_summary(plan.selection),
         # The untuned configuration's re-runs are untuned-arm seeds; the other seeds train fresh, on the
         # whole train split (trials under cross-validation on a fold's share).
         "retrain_runs": retrains,
@@ -187,3 +186,14 @@ def _and_references(references: list[str]) -> str:
 
 def _reused(count: int) -> str:
     return f"; {count} untuned seeds are the untuned configuration's re-runs from choosing the winner" if count else ""
+
+
+def _selection_summary(selection: SelectionSettings) -> str:
+    if not selection.enabled:
+        return "no re-runs, the best trial wins"
+    if selection.sequential:
+        return (
+            f"the top {selection.top_k} candidates re-run one fresh seed at a time, up to {selection.seeds} each, "
+            "until the decision is clear (sequential rule)"
+        )
+    return f"the top {selection.top_k} candidates re-run with {selection.seeds} fresh seeds each"

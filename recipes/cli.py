@@ -164,7 +164,7 @@ def _search_settings(args: argparse.Namespace):
             minutes=args.budget_minutes,
         ),
         "objective": _given(metric=args.metric, use=args.use, rungs=args.rungs),
-        "selection": _given(top_k=args.top_k, seeds=args.selection_seeds, sequential=args.sequential or None),
+        "selection": _given(top_k=args.top_k, seeds=args.selection_seeds, sequential=args.sequential),
     }
     if args.cv_folds is not None:
         raw["objective"]["cv_folds"] = _cv_folds(args.cv_folds)
@@ -304,8 +304,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     search.add_argument(
         "--sequential",
-        action="store_true",
-        help="choose the winner one re-run at a time, the untuned run re-run only when the gap is unclear",
+        action=argparse.BooleanOptionalAction,
+        help="choose the winner one re-run at a time, the untuned run re-run only when the gap is unclear "
+        "(default: when the budget cannot hold top_k x seeds re-runs and one full run to explore)",
     )
     search.add_argument(
         "--isolation",

@@ -43,8 +43,30 @@ def test_plan_without_reruns_explores_the_whole_budget(tiny_bert, sentiment_file
 
 def test_a_step_budget_too_small_for_the_reruns_is_refused_before_training(tiny_bert, sentiment_files, tmp_path):
     base = _base(tiny_bert, sentiment_files, tmp_path)
+    fixed = SelectionSettings(top_k=3, seeds=2, sequential=False)
     with pytest.raises(ConfigError, match="selection reserve of 6 full runs"):
-        plan_search(base, SearchSettings(budget=Budget(steps=12 * 5)))
+        plan_search(base, SearchSettings(budget=Budget(steps=12 * 5), selection=fixed))
+    with pytest.raises(ConfigError, match="selection reserve of 3 full runs"):  # even the sequential rule's
+        plan_search(base, SearchSettings(budget=Budget(steps=12 * 3)))
+
+
+def test_the_default_rule_is_the_fixed_one_where_its_reserve_fits_else_the_sequential_one(
+    tiny_bert, sentiment_files, tmp_path
+):
+    base = _base(tiny_bert, sentiment_files, tmp_path)  # the untuned run: 12 steps
+    # top_k 3 x seeds 2 = 6 full runs at worst, plus one to explore: 7 full runs hold the fixed rule.
+    for settings, sequential in [
+        (SearchSettings(full_run_equivalents=7), False),
+        (SearchSettings(full_run_equivalents=6.9), True),
+        (SearchSettings(full_run_equivalents=4), True),
+        (SearchSettings(budget=Budget(steps=12 * 8)), False),  # a budget in steps is decided by the plan
+        (SearchSettings(budget=Budget(steps=12 * 4)), True),
+        (SearchSettings(full_run_equivalents=5, selection=SelectionSettings(top_k=2)), False),  # 2 x 2 + 1 <= 5
+    ]:
+        plan = plan_search(base, settings)
+        assert plan.selection.sequential is sequential, settings
+        assert plan.rerun_budget.seeds == (1 if sequential else 2)
+    assert SelectionSettings(sequential=False).for_budget(2).sequential is False  # what the user set stays
 
 
 def test_the_sequential_rule_reserves_one_rerun_each_and_accepts_4_full_runs(tiny_bert, sentiment_files, tmp_path):
@@ -56,7 +78,9 @@ def test_the_sequential_rule_reserves_one_rerun_each_and_accepts_4_full_runs(tin
     assert plan.total_steps == 48 and plan.budget.steps == 48 - 12
     assert plan.rerun_budget.seeds == 1 and plan.rerun_budget.challengers == 2
     with pytest.raises(ConfigError, match="selection reserve of 8 full runs"):
-        plan_search(base, SearchSettings(full_run_equivalents=4, selection=SelectionSettings(top_k=4, seeds=2)))
+        plan_search(
+            base, SearchSettings(full_run_equivalents=4, selection=SelectionSettings(top_k=4, sequential=False))
+        )
     assert SearchSettings.from_dict({"selection": {"sequential": True}}).selection.sequential
 
 

@@ -109,7 +109,7 @@ def plan_search(base: FinetuneConfig, settings: SearchSettings, *, world_size: i
     run_steps = planned_steps(base, trial_rows, world_size)
     full_run_steps = (folds or 1) * run_steps
     min_steps = max(1, round(run_steps / EVALUATIONS_PER_RUN))
-    budget, rerun_budget = _budgets(settings, full_run_steps, min_steps)
+    budget, rerun_budget, selection = _budgets(settings, full_run_steps, min_steps)
     if settings.sampler == "grid" and budget.steps is not None:
         grid = space.grid_size(base_values)
         if grid * full_run_steps > budget.steps * 3:
@@ -129,15 +129,18 @@ def plan_search(base: FinetuneConfig, settings: SearchSettings, *, world_size: i
         total_steps=rerun_budget.total_steps if rerun_budget else budget.steps,
         budget=budget,
         rerun_budget=rerun_budget,
-        selection=settings.selection,
+        selection=selection,
         generation_samples=generation_samples,
         rung_signal=_rung_signal(settings, base, metric, splits.validation),
     )
 
 
-def _budgets(settings: SearchSettings, full_run_steps: int, min_steps: int) -> tuple[Budget, RerunBudget | None]:
-    """The search's budget in steps (full-run equivalents x the untuned run), and, when the winner is chosen
-    by re-runs, its admission rule with what exploration may spend."""
+def _budgets(
+    settings: SearchSettings, full_run_steps: int, min_steps: int
+) -> tuple[Budget, RerunBudget | None, SelectionSettings]:
+    """The search's budget in steps (full-run equivalents x the untuned run); when the winner is chosen by
+    re-runs, its admission rule with what exploration may spend; the selection with its rule decided for
+    that budget."""
     budget, selection = settings.budget, settings.selection
     if settings.full_run_equivalents is not None:
         budget = Budget.from_full_runs(
@@ -146,15 +149,17 @@ def _budgets(settings: SearchSettings, full_run_steps: int, min_steps: int) -> t
             trials=budget.trials if budget else None,
             wall_seconds=budget.wall_seconds if budget else None,
         )
-    elif budget.steps is not None and selection.enabled:
-        check_room_to_explore(budget.steps / full_run_steps, selection)
+    elif budget.steps is not None:
+        selection = selection.for_budget(budget.steps / full_run_steps)
+        if selection.enabled:
+            check_room_to_explore(budget.steps / full_run_steps, selection)
     if not selection.enabled or budget.steps is None:
-        return budget, None
+        return budget, None, selection
     rerun_budget = RerunBudget.for_selection(
         selection, total_steps=budget.steps, full_run_steps=full_run_steps, shortest_useful_steps=min_steps
     )
     exploration = Budget(trials=budget.trials, steps=rerun_budget.exploration_steps(), wall_seconds=budget.wall_seconds)
-    return exploration, rerun_budget
+    return exploration, rerun_budget, selection
 
 
 def _rung_signal(settings: SearchSettings, base: FinetuneConfig, metric: str, validation: Any) -> RungSignal | None:
