@@ -23,7 +23,9 @@ the sampler keeps proposing trials that do not fit.
 
 Two budget rules, two moments. Before anything runs, check_room_to_explore asks for the worst case in
 whole runs: every one of the top_k candidates re-run at the untuned run's length, and one full run left
-to explore; a budget below that is refused at load time with the settings to change. During the search,
+to explore; a budget below that is refused at load time with the settings to change. Unless the user
+names the rule, the fixed one is taken only where its worst case fits and the sequential one otherwise
+(SelectionSettings.for_budget), so only a budget under top_k + 1 full runs is refused. During the search,
 RerunBudget does the exact accounting with the lengths actually proposed, which usually leaves more to
 explore than the worst case.
 """
