@@ -58,7 +58,9 @@ def write_search_outputs(
 
 def write_trial_tables(result: SearchResult, folder: str | Path) -> None:
     """trials.csv and trials.json (params, state, objective, steps, seconds, failure reason). trials.csv has a
-    DISCARDED row for every number asked for but never run, so its numbering has no gaps."""
+    DISCARDED row for every number asked for but never run, so its numbering has no gaps, and an INFEASIBLE
+    row, without a value, for every trial refused before or while running (not run for the budget, or out of
+    memory at every batch)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     rows = [asdict(t) for t in result.trials]
@@ -74,7 +76,9 @@ def write_trial_tables(result: SearchResult, folder: str | Path) -> None:
             note = t.failure or t.stop_reason or ""
             if attributes.SHORTENED in t.extra:
                 note = f"shortened: {t.extra[attributes.SHORTENED]}" + (f"; {note}" if note else "")
-            rows[t.number] = [t.number, t.state, t.value, t.steps, round(t.seconds, 2), *params, note]
+            # Stored COMPLETE at the worst value so TPE/GP avoid the region; the table says what happened.
+            state, value = (t.state, t.value) if t.feasible else ("INFEASIBLE", "")
+            rows[t.number] = [t.number, state, value, t.steps, round(t.seconds, 2), *params, note]
         writer.writerows(rows[number] for number in sorted(rows))
 
 

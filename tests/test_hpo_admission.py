@@ -126,3 +126,32 @@ def test_the_sequential_rule_reserves_one_rerun_of_each_top_challenger():
     # Two: a new trial may take the second one's place (30 + 60) or stay out of the top two (30 + 20).
     assert budget.rerun_steps_after(result, 60) == 100 + 30 + 60
     assert budget.rerun_steps_after(result, 10) == 100 + 30 + 20
+
+
+def test_the_trials_table_shows_a_refused_trial_as_infeasible_without_a_value(tmp_path):
+    import csv
+
+    from hpo.result_files import write_trial_tables
+
+    refused = TrialRecord(
+        number=2,
+        state="COMPLETE",
+        value=0.5,
+        params={"lr": 0.1},
+        steps=0,
+        seconds=0.0,
+        feasible=False,
+        failure="infeasible: not run: 160 steps, then its re-runs, would take the search to 941 optimizer steps",
+    )  # stored complete at the worst value so the sampler avoids the region
+    result = _result([_trial(0, 0.6, 10, role="untuned"), _trial(1, 0.8, 10), refused])
+    result.discarded = {3: "not run: the search ended (step budget spent)"}
+    write_trial_tables(result, tmp_path)
+    with open(tmp_path / "trials.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(row["number"], row["state"], row["value"]) for row in rows] == [
+        ("0", "COMPLETE", "0.6"),
+        ("1", "COMPLETE", "0.8"),
+        ("2", "INFEASIBLE", ""),
+        ("3", "DISCARDED", ""),
+    ]
+    assert rows[2]["note"].startswith("infeasible: not run: 160 steps")
