@@ -189,10 +189,12 @@ def _trials(args: argparse.Namespace) -> int:
     short = [k.split(".")[-1] for k in keys]
     print(" | ".join(["#", "state", "value", "steps", "sec", *short, "note"]))
     for t in trials:
-        value = "" if t["value"] is None else f"{t['value']:.4f}"
+        # A refused trial is stored COMPLETE at the worst value (for the sampler); trials.csv says INFEASIBLE.
+        state = t["state"] if t.get("feasible", True) else "INFEASIBLE"
+        value = "" if t["value"] is None or state == "INFEASIBLE" else f"{t['value']:.4f}"
         params = [_fmt(t["params"].get(k, "")) for k in keys]
         note = t.get("failure") or t.get("stop_reason") or t.get("extra", {}).get(attributes.ROLE) or ""
-        print(" | ".join([str(t["number"]), t["state"], value, str(t["steps"]), f"{t['seconds']:.0f}", *params, note]))
+        print(" | ".join([str(t["number"]), state, value, str(t["steps"]), f"{t['seconds']:.0f}", *params, note]))
     return 0
 
 

@@ -128,7 +128,7 @@ def test_the_sequential_rule_reserves_one_rerun_of_each_top_challenger():
     assert budget.rerun_steps_after(result, 10) == 100 + 30 + 20
 
 
-def test_the_trials_table_shows_a_refused_trial_as_infeasible_without_a_value(tmp_path):
+def test_the_trials_table_shows_a_refused_trial_as_infeasible_without_a_value(tmp_path, capsys):
     import csv
 
     from hpo.result_files import write_trial_tables
@@ -155,3 +155,9 @@ def test_the_trials_table_shows_a_refused_trial_as_infeasible_without_a_value(tm
         ("3", "DISCARDED", ""),
     ]
     assert rows[2]["note"].startswith("infeasible: not run: 160 steps")
+    # `tunelab trials` reads trials.json and says the same.
+    from recipes.cli import main
+
+    assert main(["trials", str(tmp_path)]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[3].startswith("2 | INFEASIBLE |  | 0 |")
