@@ -56,6 +56,13 @@ def write_search_outputs(
     return paths
 
 
+def shown_state(state: str, value: float | None, *, feasible: bool) -> tuple[str, float | None]:
+    """A trial's state and value as the trial tables show them. A refused trial (not run for the budget, or
+    out of memory at every batch) is stored COMPLETE at the worst value so TPE/GP avoid its region; the
+    tables say INFEASIBLE, without a value."""
+    return (state, value) if feasible else ("INFEASIBLE", None)
+
+
 def write_trial_tables(result: SearchResult, folder: str | Path) -> None:
     """trials.csv and trials.json (params, state, objective, steps, seconds, failure reason). trials.csv has a
     DISCARDED row for every number asked for but never run, so its numbering has no gaps, and an INFEASIBLE
@@ -76,8 +83,7 @@ def write_trial_tables(result: SearchResult, folder: str | Path) -> None:
             note = t.failure or t.stop_reason or ""
             if attributes.SHORTENED in t.extra:
                 note = f"shortened: {t.extra[attributes.SHORTENED]}" + (f"; {note}" if note else "")
-            # Stored COMPLETE at the worst value so TPE/GP avoid the region; the table says what happened.
-            state, value = (t.state, t.value) if t.feasible else ("INFEASIBLE", "")
+            state, value = shown_state(t.state, t.value, feasible=t.feasible)
             rows[t.number] = [t.number, state, value, t.steps, round(t.seconds, 2), *params, note]
         writer.writerows(rows[number] for number in sorted(rows))
 

@@ -179,6 +179,7 @@ def _trials(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from hpo import attributes
+    from hpo.result_files import shown_state
 
     path = Path(args.run_dir) / "trials.json"
     if not path.is_file():
@@ -189,9 +190,8 @@ def _trials(args: argparse.Namespace) -> int:
     short = [k.split(".")[-1] for k in keys]
     print(" | ".join(["#", "state", "value", "steps", "sec", *short, "note"]))
     for t in trials:
-        # A refused trial is stored COMPLETE at the worst value (for the sampler); trials.csv says INFEASIBLE.
-        state = t["state"] if t.get("feasible", True) else "INFEASIBLE"
-        value = "" if t["value"] is None or state == "INFEASIBLE" else f"{t['value']:.4f}"
+        state, value = shown_state(t["state"], t["value"], feasible=t.get("feasible", True))
+        value = "" if value is None else f"{value:.4f}"
         params = [_fmt(t["params"].get(k, "")) for k in keys]
         note = t.get("failure") or t.get("stop_reason") or t.get("extra", {}).get(attributes.ROLE) or ""
         print(" | ".join([str(t["number"]), state, value, str(t["steps"]), f"{t['seconds']:.0f}", *params, note]))

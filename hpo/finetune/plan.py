@@ -149,6 +149,7 @@ def _budgets(
             trials=budget.trials if budget else None,
             wall_seconds=budget.wall_seconds if budget else None,
         )
+        selection = selection.for_budget(settings.full_run_equivalents)  # SearchSettings checked its room
     elif budget.steps is not None:
         selection = selection.for_budget(budget.steps / full_run_steps)
         if selection.enabled:

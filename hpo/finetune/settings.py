@@ -123,8 +123,7 @@ class SearchSettings:
         if not self.include_untuned:
             self.selection = SelectionSettings(top_k=self.selection.top_k, seeds=0)  # no baseline to keep
         if self.full_run_equivalents is not None:
-            self.selection = self.selection.for_budget(self.full_run_equivalents)
-            check_room_to_explore(self.full_run_equivalents, self.selection)
+            check_room_to_explore(self.full_run_equivalents, self.selection.for_budget(self.full_run_equivalents))
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> SearchSettings:
