@@ -275,6 +275,8 @@ def tunelab_contender(
     )
     search = search_finetune(untuned, settings, run_dir=run_dir)
     ledger.shortened = sum(bool(t.extra.get(attributes.SHORTENED)) for t in search.result.trials)
+    if search.lr_range_test:  # the LR sweep ran first and is part of its budget
+        ledger.add(search.lr_range_test.steps, None, "LR_RANGE_TEST")
     for trial in search.result.trials:
         if trial.extra.get(attributes.NOT_RUN):  # proposed, but its re-runs would not have fit: 0 steps, no score
             ledger.add(0, None, "NOT_RUN")

@@ -71,7 +71,8 @@ def check_recipe(recipe: Recipe, *, time_steps: bool = True) -> dict[str, Any]:
         "objective": f"{plan.scoring.metric} ({plan.scoring.direction}, {plan.scoring.use} evaluation)",
         "full_run_steps": plan.full_run_steps,
         "evaluation_every_steps": plan.min_steps,
-        "search_steps": plan.total_steps,
+        "search_steps": None if plan.total_steps is None else plan.total_steps + plan.lr_range_steps,
+        "lr_range_steps": plan.lr_range_steps,
         "exploration_steps": plan.budget.steps,
         "reserve_steps": (plan.total_steps - plan.budget.steps) if plan.rerun_budget else 0,
         "selection": _selection_summary(plan.selection),
@@ -164,8 +165,9 @@ def format_check(report: dict[str, Any]) -> str:
         f"validation: {report['validation']}; objective: {report['objective']}",
         f"one full run (the untuned configuration): {report['full_run_steps']} steps, "
         f"evaluated every {report['evaluation_every_steps']}",
-        f"search: {report['search_steps']} steps in all, {report['exploration_steps']} to explore and "
-        f"{report['reserve_steps']} kept to choose the winner; selection: {report['selection']}",
+        f"search: {report['search_steps']} steps in all, {_sweep(report['lr_range_steps'])}"
+        f"{report['exploration_steps']} to explore and {report['reserve_steps']} kept to choose the winner; "
+        f"selection: {report['selection']}",
         f"retrains: {report['retrain_runs']} runs (tuned, untuned{_and_references(report['references'])}, one "
         f"per seed{_reused(report['reused_untuned_runs'])}), about {report['retrain_steps']} steps",
     ]
@@ -197,3 +199,7 @@ def _selection_summary(selection: SelectionSettings) -> str:
             "until the decision is clear (sequential rule)"
         )
     return f"the top {selection.top_k} candidates re-run with {selection.seeds} fresh seeds each"
+
+
+def _sweep(steps: int) -> str:
+    return f"{steps} for the learning-rate range test (it sets the searched LR range), " if steps else ""

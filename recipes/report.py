@@ -176,8 +176,9 @@ def _budget_rows(results: dict[str, Any]) -> list[list[str]]:
     s = results["search"]
     return [
         ["", "value"],
-        ["optimizer steps spent (exploration + selection re-runs)", str(total_steps(s))],
+        ["optimizer steps spent (LR sweep + exploration + selection re-runs)", str(total_steps(s))],
         ["full-run equivalents spent", spent_against_budget(s)],
+        ["learning-rate range test", ((s.get("lr_range_test") or {}).get("reading") or {}).get("reason", "not run")],
         [
             "trials run shorter than proposed (fewer epochs or a larger batch, so their re-runs fit)",
             str(s.get("trials_shortened", 0)),
@@ -225,7 +226,9 @@ def spent_against_budget(summary: dict[str, Any]) -> str:
 
 
 def total_steps(summary: dict[str, Any]) -> int:
-    return summary["steps_spent"] + ((summary.get("selection") or {}).get("steps") or 0)
+    """Optimizer steps of the whole search: LR sweep, exploration and selection re-runs."""
+    sweep = (summary.get("lr_range_test") or {}).get("steps") or 0
+    return sweep + summary["steps_spent"] + ((summary.get("selection") or {}).get("steps") or 0)
 
 
 def selection_lines(results: dict[str, Any]) -> list[str]:

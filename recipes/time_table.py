@@ -29,6 +29,7 @@ def time_rows(breakdown: dict[str, Any]) -> list[list[str]]:
     rows = [["phase", *STAGES, "total (s)", "training share"]]
     search = breakdown.get("search") or {}
     phases = [
+        ("learning-rate range test", search.get("lr_range_test")),
         ("search trials", search.get("trials")),
         ("choosing the winner (re-runs)", search.get("reruns")),
         ("retraining the arms", breakdown.get("retraining")),

@@ -22,6 +22,7 @@ from hpo.finetune.admission import RerunBudget, check_room_to_explore
 from hpo.finetune.config_space import check_combinations, flatten
 from hpo.finetune.cross_validation import fold_config, resolve_folds
 from hpo.finetune.default_spaces import default_space
+from hpo.finetune.lr_range_test import space_lr_bounds
 from hpo.finetune.settings import SearchSettings
 from hpo.rung_signal import RungSignal, rate_noise
 from hpo.space import SearchSpace
@@ -36,6 +37,11 @@ SMOOTH_METRICS = ("eval_loss", "eval_perplexity")
 # Rungs per untuned run: trials are evaluated every 1/9 of it, so the schedulers' rungs (1/9 x 3^k of a
 # run, reduction factor 3) always fall on an evaluation.
 EVALUATIONS_PER_RUN = 9
+# The LR sweep: a third of one run, within these steps (fewer cannot be read through the loss noise).
+LR_SWEEP_STEPS = (30, 100)
+# Auto runs the sweep only where it costs at most half a run and, after it, the budget holds this many full
+# runs (the untuned trial, its re-run and something to explore).
+LR_SWEEP_MIN_FULL_RUNS = 3
 
 
 @dataclass(frozen=True)
@@ -67,6 +73,9 @@ class SearchPlan:
     selection: SelectionSettings
     generation_samples: int | None = None  # validation rows generated on at each evaluation (None: none)
     rung_signal: RungSignal | None = None  # what the schedulers compare (None: the metric)
+    # Steps of the learning-rate sweep before the first trial (hpo.finetune.lr_range_test), set aside from
+    # the budget: total_steps is what is left for trials and re-runs. 0: no sweep.
+    lr_range_steps: int = 0
 
     @property
     def search_evaluations(self) -> dict[str, Any]:
@@ -109,7 +118,8 @@ def plan_search(base: FinetuneConfig, settings: SearchSettings, *, world_size: i
     run_steps = planned_steps(base, trial_rows, world_size)
     full_run_steps = (folds or 1) * run_steps
     min_steps = max(1, round(run_steps / EVALUATIONS_PER_RUN))
-    budget, rerun_budget, selection = _budgets(settings, full_run_steps, min_steps)
+    lr_range_steps = _lr_range_steps(settings, space, run_steps, full_run_steps, world_size)
+    budget, rerun_budget, selection = _budgets(settings, full_run_steps, min_steps, set_aside=lr_range_steps)
     if settings.sampler == "grid" and budget.steps is not None:
         grid = space.grid_size(base_values)
         if grid * full_run_steps > budget.steps * 3:
@@ -132,15 +142,60 @@ def plan_search(base: FinetuneConfig, settings: SearchSettings, *, world_size: i
         selection=selection,
         generation_samples=generation_samples,
         rung_signal=_rung_signal(settings, base, metric, splits.validation),
+        lr_range_steps=lr_range_steps,
     )
 
 
+def _lr_range_steps(
+    settings: SearchSettings, space: SearchSpace, run_steps: int, full_run_steps: int, world_size: int
+) -> int:
+    """Steps of the learning-rate sweep (a third of one run, LR_SWEEP_STEPS at most and at least), or 0 for none:
+    where it was turned off, cannot run, or (auto) where the space is the user's, the run too short or the budget
+    small."""
+    wanted = settings.lr_range_test
+    if wanted is False:
+        return 0
+    total = _total_steps(settings, full_run_steps)
+    why_not = None
+    if space_lr_bounds(space) is None:
+        why_not = "the space's training.learning_rate is not a log-scale float range (without a `when`)"
+    elif settings.sampler == "grid":
+        why_not = "the grid sampler runs its own points"
+    elif total is None:
+        why_not = "the sweep is paid from a step budget: give search.budget.full_run_equivalents or steps"
+    elif world_size > 1:
+        why_not = "it runs in one process; under accelerate launch with several processes set it false"
+    elif settings.storage is not None:
+        why_not = "workers sharing a database would each sweep; set it false with search.storage"
+    if why_not is not None:
+        if wanted:
+            raise ConfigError(f"search.lr_range_test: {why_not}")
+        return 0
+    steps = min(LR_SWEEP_STEPS[1], max(LR_SWEEP_STEPS[0], round(run_steps / 3)))
+    small = steps > full_run_steps / 2 or total - steps < LR_SWEEP_MIN_FULL_RUNS * full_run_steps
+    if wanted is None and (settings.space is not None or small):
+        return 0
+    if total - steps < full_run_steps:
+        raise ConfigError(
+            f"search.lr_range_test: its {steps} steps leave less than one full run ({full_run_steps} steps) of the "
+            f"{total}-step budget; raise the budget or set it false"
+        )
+    return steps
+
+
+def _total_steps(settings: SearchSettings, full_run_steps: int) -> int | None:
+    """The whole step budget (trials, re-runs and sweep), or None without one."""
+    if settings.full_run_equivalents is not None:
+        return int(round(settings.full_run_equivalents * full_run_steps))
+    return settings.budget.steps
+
+
 def _budgets(
-    settings: SearchSettings, full_run_steps: int, min_steps: int
+    settings: SearchSettings, full_run_steps: int, min_steps: int, *, set_aside: int
 ) -> tuple[Budget, RerunBudget | None, SelectionSettings]:
-    """The search's budget in steps (full-run equivalents x the untuned run); when the winner is chosen by
-    re-runs, its admission rule with what exploration may spend; the selection with its rule decided for
-    that budget."""
+    """The search's budget in steps (full-run equivalents x the untuned run) less ``set_aside`` (the LR
+    sweep's); when the winner is chosen by re-runs, its admission rule with what exploration may spend; the
+    selection with its rule decided for the whole budget."""
     budget, selection = settings.budget, settings.selection
     if settings.full_run_equivalents is not None:
         budget = Budget.from_full_runs(
@@ -154,6 +209,8 @@ def _budgets(
         selection = selection.for_budget(budget.steps / full_run_steps)
         if selection.enabled:
             check_room_to_explore(budget.steps / full_run_steps, selection)
+    if set_aside:
+        budget = Budget(trials=budget.trials, steps=budget.steps - set_aside, wall_seconds=budget.wall_seconds)
     if not selection.enabled or budget.steps is None:
         return budget, None, selection
     rerun_budget = RerunBudget.for_selection(

@@ -1,16 +1,16 @@
 """search_finetune: tune the hyperparameters of a fine-tune; each trial is one finetune.train run.
 
-Read it as a recipe: plan, explore, choose the winner, write the results. The untuned config is the
-first trial and the baseline: the winner is the untuned config unless a candidate beats it beyond the
-noise over fresh seeds (hpo.winner_rule), and those re-runs are paid from the same step budget as the
-exploration, which is never exceeded (hpo.finetune.admission).
+Read it as a recipe: plan, place the learning rate, explore, choose the winner, write the results. The
+untuned config is the first trial and the baseline: the winner is the untuned config unless a candidate
+beats it beyond the noise over fresh seeds (hpo.winner_rule), and those re-runs are paid from the same step
+budget as the exploration, which is never exceeded (hpo.finetune.admission); so is the LR sweep.
 """
 
 from __future__ import annotations
 
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from finetune.train import process_state
 from hpo import attributes
 from hpo.finetune.admission import rerun_steps
 from hpo.finetune.config_space import untuned_params
+from hpo.finetune.lr_range_test import LRRangeTest, placed_space, run_lr_range_test
 from hpo.finetune.objective import TrialObjective
 from hpo.finetune.plan import SearchPlan, plan_search
 from hpo.finetune.reruns import follow_selection, select_finetune_winner
@@ -42,6 +43,7 @@ class FinetuneSearch:
     metric: str
     run_dir: str
     selection: Selection | None = None  # how the winner was chosen (None: the best trial, no re-runs)
+    lr_range_test: LRRangeTest | None = None  # the LR sweep before the first trial (None: none ran)
 
 
 def search_finetune(
@@ -78,14 +80,19 @@ def search_finetune(
         if choose:
             follow_selection(run_dir / "selection")
         return None
-    # 3. Explore: the untuned config first, then the sampler's proposals, until the budget is spent.
+    # 3. Place the learning rate: a short LR sweep of the untuned config sets the space's LR range.
+    sweep = None
+    if plan.lr_range_steps:
+        sweep = run_lr_range_test(base, plan.space, steps=plan.lr_range_steps, run_dir=run_dir)
+        plan = replace(plan, space=placed_space(plan.space, sweep.reading))
+    # 4. Explore: the untuned config first, then the sampler's proposals, until the budget is spent.
     #    The study is a journal in the run folder unless a database is given: running again resumes it.
     objective = TrialObjective(base, settings, plan, trials_dir=run_dir / "trials")
     storage = settings.storage or str(run_dir / "study.journal")
     reserve = plan.total_steps - plan.budget.steps if plan.rerun_budget else 0
     study = _study_settings(settings, plan, storage, steps_after=reserve + steps_after_search)
     result = _explore(objective, plan, study)
-    # 4. Choose the winner: the top candidates re-run with fresh seeds, the untuned one kept unless beaten.
+    # 5. Choose the winner: the top candidates re-run with fresh seeds, the untuned one kept unless beaten.
     chosen, best, run_seconds = None, result.best_trial, objective.run_seconds
     if choose:
         picked = (
@@ -112,7 +119,7 @@ def search_finetune(
         )
         run_seconds += time.perf_counter() - selection_started
         best = next(t for t in result.trials if t.number == chosen.winner)
-    # 5. Write the trials table, the summary and the winner's config.
+    # 6. Write the trials table, the summary and the winner's config.
     checkpoint = best.extra.get(attributes.CHECKPOINT)
     search = FinetuneSearch(
         result=result,
@@ -122,11 +129,14 @@ def search_finetune(
         metric=plan.scoring.metric,
         run_dir=str(run_dir),
         selection=chosen,
+        lr_range_test=sweep,
     )
     summary = _summary(search, best.number, plan, settings, storage)
     summary["time_breakdown"] = search_time_breakdown(
         result, run_dir / "selection", wall_seconds=time.perf_counter() - started, run_seconds=run_seconds
     )
+    if sweep is not None:
+        summary["time_breakdown"]["lr_range_test"] = sweep.time_breakdown
     write_search_outputs(result, run_dir, best_config=search.best_config, extra=summary)
     return search
 
@@ -172,7 +182,8 @@ def _summary(
     search: FinetuneSearch, winner: int, plan: SearchPlan, settings: SearchSettings, storage: str
 ) -> dict[str, Any]:
     """summary.json's keys beyond the generic ones (hpo.result_files)."""
-    result, chosen = search.result, search.selection
+    result, chosen, sweep = search.result, search.selection, search.lr_range_test
+    swept = sweep.steps if sweep else 0
     winner_trial = next(t for t in result.trials if t.number == winner)
     return {
         "study_name": settings.study_name,
@@ -184,15 +195,20 @@ def _summary(
         "full_run_steps": plan.full_run_steps,
         "cross_validation_folds": plan.scoring.folds,
         "validation": plan.validation,
-        "full_run_equivalents_spent": (result.steps_spent + (chosen.steps if chosen else 0)) / plan.full_run_steps,
-        # The whole step budget (exploration + selection re-runs) in full runs; None without a step budget.
-        "full_run_equivalents_budget": None if plan.total_steps is None else plan.total_steps / plan.full_run_steps,
+        "full_run_equivalents_spent": (swept + result.steps_spent + (chosen.steps if chosen else 0))
+        / plan.full_run_steps,
+        # The whole step budget (LR sweep + exploration + selection re-runs) in full runs; None without one.
+        "full_run_equivalents_budget": None
+        if plan.total_steps is None
+        else (plan.lr_range_steps + plan.total_steps) / plan.full_run_steps,
         "exploration_steps": result.steps_spent,
         # Trials the sampler proposed that were not run: their re-runs would not have fit the budget.
         "trials_not_run": sum(bool(t.extra.get(attributes.NOT_RUN)) for t in result.trials),
         # Trials that ran shorter than proposed (fewer epochs or a larger batch) so their re-runs would fit.
         "trials_shortened": sum(bool(t.extra.get(attributes.SHORTENED)) for t in result.trials),
         "selection": chosen.to_dict() if chosen else None,
+        # The LR sweep: its steps, and the range it set (reading.low/high; None: the space's range kept).
+        "lr_range_test": {"steps": sweep.steps, "reading": asdict(sweep.reading)} if sweep else None,
         "selection_settings": asdict(plan.selection),
         "winner_trial": winner,
         "winner_role": winner_trial.extra.get(attributes.ROLE),

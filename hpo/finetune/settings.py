@@ -85,6 +85,10 @@ class SearchSettings:
     # Overrides of the untuned config tried right after it, exactly as written (hpo.finetune.warm_start),
     # e.g. the field's recipes for the method: a recipe's `search.warm_start: references`.
     warm_start: tuple[dict[str, Any], ...] = ()
+    # A short learning-rate sweep before the first trial places the space's LR range (hpo.lr_range), paid from
+    # the step budget. None (auto): on for the default space with a step budget, one process and the run
+    # folder's own journal; true asks for it with a given space too.
+    lr_range_test: bool | None = None
     choose_winner: bool = True  # False for workers: `tunelab run` chooses once the budget is spent
     progress: bool = True
 
@@ -98,6 +102,8 @@ class SearchSettings:
         cap = self.max_per_device_batch
         if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
             raise ConfigError(f"search.max_per_device_batch: expected an integer >= 1 or null, got {cap!r}")
+        if self.lr_range_test is not None and not isinstance(self.lr_range_test, bool):
+            raise ConfigError(f"search.lr_range_test: expected true, false or null (auto), got {self.lr_range_test!r}")
         if self.isolation not in ISOLATIONS:
             raise ConfigError(f"search.isolation must be 'none' or 'subprocess', got {self.isolation!r}")
         self.also_tune = tuple(self.also_tune)
