@@ -2,6 +2,7 @@
 
 The flow of `search_finetune(base, settings, run_dir=...)` (hpo/finetune/search.py):
   1. plan     hpo.finetune.plan: the space (space.py), metric, folds, the untuned run's length, budgets
+     lr       hpo.finetune.lr_range_test sweeps the learning rate once; lr_range.py reads where to search it
   2. explore  optimize.py: ask / run / tell until the budget (budget.py) is spent; samplers and schedulers
               (samplers.py) are Optuna's; the study lives in storage.py, shared by workers.py
   3. trial    hpo.finetune.objective: admit under the budget (admission.py), train and report each
@@ -22,6 +23,7 @@ from hpo.errors import (
     TrialPruned,
 )
 from hpo.finetune import FinetuneSearch, Objective, SearchSettings, search_finetune
+from hpo.lr_range import LRRangeReading, read_sweep
 from hpo.optimize import PlannedTrial, StudySettings, optimize
 from hpo.reporter import Reporter
 from hpo.results import SearchResult, TrialRecord
@@ -41,6 +43,7 @@ __all__ = [
     "Float",
     "InfeasibleTrial",
     "Int",
+    "LRRangeReading",
     "Objective",
     "PlannedTrial",
     "ReplaceTrial",
@@ -58,6 +61,7 @@ __all__ = [
     "TrialPruned",
     "TrialRecord",
     "optimize",
+    "read_sweep",
     "search_finetune",
     "select_winner",
     "select_winner_sequentially",

@@ -1,8 +1,9 @@
 """The fine-tune adapter of hpo: a search whose trials are finetune.train runs.
 
 search.py (search_finetune) reads top to bottom: plan.py decides the space, metric, folds and budgets;
-objective.py runs one trial (admission.py admits it under the step budget, trial_training.py trains and
-reports it); reruns.py re-runs the top candidates to choose the winner. settings.py holds every setting.
+lr_range_test.py sweeps the learning rate to place its searched range; objective.py runs one trial
+(admission.py admits it under the step budget, trial_training.py trains and reports it); reruns.py re-runs
+the top candidates to choose the winner. settings.py holds every setting.
 """
 
 from hpo.finetune.plan import Scoring, SearchPlan, plan_search
