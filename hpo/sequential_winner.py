@@ -21,7 +21,8 @@ fresh re-run of each challenger exposes for a fraction of a full run. So here:
    challenger, else of the best challenger, each at most ``seeds`` times and only while it fits. When
    nothing more fits, the baseline is kept.
 
-q = 1 - (1 - confidence) / (challengers x seeds): Bonferroni over the challengers and over ``seeds`` looks.
+q = 1 - (1 - confidence) / (challengers x looks): Bonferroni over the challengers and over the decision
+points, at most 2 x seeds (the first round, then each further re-run of the baseline or the challenger).
 Measured on synthetic searches (benchmarks/selection_noise.py --sequential, 1,000 runs, confidence 0.98):
 with equal true scores the baseline is kept in 98.0-98.7% of runs (the fixed rule: 97.6-98.6%); a challenger
 better by 6 noise standard deviations is chosen in 94-100% (fixed: 98-100%); and where the gap is 20, the
@@ -72,7 +73,9 @@ def select_winner_sequentially(
     base = candidates[baseline.number]
     if not base.scores:  # its search trial was stopped early: it needs a score of its own
         run_once(baseline)
-    looks = settings.seeds
+    # Decision points: after the first round, then after each further re-run: the baseline's (``seeds`` at
+    # most) and the best challenger's (``seeds`` - 1 more at most).
+    looks = 2 * settings.seeds
     while True:
         tested = [candidates[r.number] for r in challengers]
         tested = [c for c in tested if c.values and c.failure is None]

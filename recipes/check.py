@@ -195,10 +195,10 @@ def _selection_summary(selection: SelectionSettings) -> str:
         return "no re-runs, the best trial wins"
     if selection.sequential:
         return (
-            f"the top {selection.top_k} candidates re-run one fresh seed at a time, up to {selection.seeds} each, "
+            f"the top {selection.candidates} candidates re-run one fresh seed at a time, up to {selection.seeds} each, "
             "until the decision is clear (sequential rule)"
         )
-    return f"the top {selection.top_k} candidates re-run with {selection.seeds} fresh seeds each"
+    return f"the top {selection.candidates} candidates re-run with {selection.seeds} fresh seeds each"
 
 
 def _sweep(steps: int) -> str:

@@ -182,9 +182,9 @@ def test_budget_without_room_for_the_selection_reserve_is_refused(tiny_bert, sen
     from finetune.errors import ConfigError
 
     base = _base(tiny_bert, sentiment_files, tmp_path)
-    with pytest.raises(ConfigError, match="selection reserve of 3 full runs"):
+    with pytest.raises(ConfigError, match="selection reserve of 2 full runs"):  # the sequential rule's top 2
         search_finetune(
-            base, SearchSettings(space=SMALL_SPACE, full_run_equivalents=3, progress=False), run_dir=tmp_path / "s"
+            base, SearchSettings(space=SMALL_SPACE, full_run_equivalents=2.5, progress=False), run_dir=tmp_path / "s"
         )
 
 

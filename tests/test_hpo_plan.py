@@ -46,8 +46,8 @@ def test_a_step_budget_too_small_for_the_reruns_is_refused_before_training(tiny_
     fixed = SelectionSettings(top_k=3, seeds=2, sequential=False)
     with pytest.raises(ConfigError, match="selection reserve of 6 full runs"):
         plan_search(base, SearchSettings(budget=Budget(steps=12 * 5), selection=fixed))
-    with pytest.raises(ConfigError, match="selection reserve of 3 full runs"):  # even the sequential rule's
-        plan_search(base, SearchSettings(budget=Budget(steps=12 * 3)))
+    with pytest.raises(ConfigError, match="selection reserve of 2 full runs"):  # even the sequential rule's
+        plan_search(base, SearchSettings(budget=Budget(steps=12 * 2)))
 
 
 def test_the_default_rule_is_the_fixed_one_where_its_reserve_fits_else_the_sequential_one(
@@ -55,18 +55,27 @@ def test_the_default_rule_is_the_fixed_one_where_its_reserve_fits_else_the_seque
 ):
     base = _base(tiny_bert, sentiment_files, tmp_path)  # the untuned run: 12 steps
     # top_k 3 x seeds 2 = 6 full runs at worst, plus one to explore: 7 full runs hold the fixed rule.
-    for settings, sequential in [
-        (SearchSettings(full_run_equivalents=7), False),
-        (SearchSettings(full_run_equivalents=6.9), True),
-        (SearchSettings(full_run_equivalents=4), True),
-        (SearchSettings(budget=Budget(steps=12 * 8)), False),  # a budget in steps is decided by the plan
-        (SearchSettings(budget=Budget(steps=12 * 4)), True),
-        (SearchSettings(full_run_equivalents=5, selection=SelectionSettings(top_k=2)), False),  # 2 x 2 + 1 <= 5
+    # Where top_k is not given, the fixed rule re-runs the top 3, the sequential one the top 2.
+    for settings, sequential, top_k in [
+        (SearchSettings(full_run_equivalents=7), False, 3),
+        (SearchSettings(full_run_equivalents=6.9), True, 2),
+        (SearchSettings(full_run_equivalents=4), True, 2),
+        (SearchSettings(budget=Budget(steps=12 * 8)), False, 3),  # a budget in steps is decided by the plan
+        (SearchSettings(budget=Budget(steps=12 * 4)), True, 2),
+        (SearchSettings(full_run_equivalents=5, selection=SelectionSettings(top_k=2)), False, 2),  # 2 x 2 + 1 <= 5
+        (SearchSettings(full_run_equivalents=4, selection=SelectionSettings(top_k=3)), True, 3),
+        (SearchSettings(budget=Budget(trials=6)), False, 3),  # no step budget: the fixed rule has room
     ]:
         plan = plan_search(base, settings)
-        assert plan.selection.sequential is sequential, settings
-        assert plan.rerun_budget.seeds == (1 if sequential else 2)
+        assert (plan.selection.sequential, plan.selection.top_k) == (sequential, top_k), settings
+        if plan.rerun_budget:
+            assert plan.rerun_budget.seeds == (1 if sequential else 2)
+            assert plan.rerun_budget.challengers == (top_k - 1 if sequential else 1)
     assert SelectionSettings(sequential=False).for_budget(2).sequential is False  # what the user set stays
+    assert SelectionSettings(sequential=True).for_budget(20).top_k == 2
+    with pytest.raises(ConfigError, match="selection reserve of 2 full runs"):  # top 2 x 1 re-run, + 1 to explore
+        plan_search(base, SearchSettings(full_run_equivalents=2.9))
+    assert plan_search(base, SearchSettings(full_run_equivalents=3)).selection.top_k == 2
 
 
 def test_the_sequential_rule_reserves_one_rerun_each_and_accepts_4_full_runs(tiny_bert, sentiment_files, tmp_path):

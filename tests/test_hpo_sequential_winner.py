@@ -38,7 +38,7 @@ def _select(result, scores: dict[int, list[float]], *, steps_left=None, length=N
         calls.append((record.number, replicate))
         return scores[record.number][replicate], (length or {}).get(record.number, 10)
 
-    picked = pick_candidates(result, settings.top_k)
+    picked = pick_candidates(result, settings.candidates)
     selection = select_winner_sequentially(
         result,
         rerun,
@@ -52,8 +52,8 @@ def _select(result, scores: dict[int, list[float]], *, steps_left=None, length=N
 
 def test_a_clear_win_needs_no_baseline_rerun_and_ranks_challengers_by_their_reruns():
     # Validation losses of a causal-LM search: trial 1 (a short trial) topped it by luck (0.096, re-run 0.158),
-    # trial 2 holds its score; the untuned baseline is far behind (0.65).
-    result = _result([0.65, 0.096, 0.100], direction="minimize")
+    # trial 2 holds its score; the untuned baseline is far behind (0.95).
+    result = _result([0.95, 0.096, 0.100], direction="minimize")
     selection, calls = _select(result, {1: [0.158, 0.16], 2: [0.095, 0.09]})
     assert calls == [(1, 0), (2, 0)]  # each challenger once; the baseline's full-length re-runs are saved
     assert selection.winner == 2

@@ -108,10 +108,10 @@ class RerunBudget:
         return cls(
             total_steps=total_steps,
             full_run_steps=full_run_steps,
-            top_k=selection.top_k,
+            top_k=selection.candidates,
             seeds=reserved_reruns(selection),
             shortest_useful_steps=shortest_useful_steps,
-            challengers=selection.top_k - 1 if selection.sequential else 1,
+            challengers=selection.candidates - 1 if selection.sequential else 1,
         )
 
     def exploration_steps(self) -> int:
@@ -238,11 +238,11 @@ def reserved_reruns(selection: SelectionSettings) -> int:
 def check_room_to_explore(full_runs: float, selection: SelectionSettings) -> None:
     """Refuse a budget of ``full_runs`` full-run equivalents that cannot re-run every candidate at the untuned
     run's length and still explore one full run (the worst case; RerunBudget counts the real lengths)."""
-    reserve = reserved_reruns(selection) * selection.top_k if selection.enabled else 0
+    reserve = reserved_reruns(selection) * selection.candidates if selection.enabled else 0
     if full_runs - reserve < 1:
         raise ConfigError(
             f"search.budget: {full_runs:g} full-run equivalents leave less than one full run to explore "
             f"after the selection reserve of {reserve} full runs (search.selection: "
-            f"top_k={selection.top_k} x seeds={selection.seeds}); raise the budget to at least "
+            f"top_k={selection.candidates} x seeds={selection.seeds}); raise the budget to at least "
             f"{reserve + 1} or lower search.selection.top_k / seeds (seeds: 0 turns re-runs off)"
         )

@@ -8,6 +8,7 @@ once the untuned run's re-runs are set aside (hpo.finetune.admission).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -209,6 +210,8 @@ def _budgets(
         selection = selection.for_budget(budget.steps / full_run_steps)
         if selection.enabled:
             check_room_to_explore(budget.steps / full_run_steps, selection)
+    else:
+        selection = selection.for_budget(math.inf)  # no step budget: the fixed rule has room
     if set_aside:
         budget = Budget(trials=budget.trials, steps=budget.steps - set_aside, wall_seconds=budget.wall_seconds)
     if not selection.enabled or budget.steps is None:

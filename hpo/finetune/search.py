@@ -96,7 +96,7 @@ def search_finetune(
     chosen, best, run_seconds = None, result.best_trial, objective.run_seconds
     if choose:
         picked = (
-            plan.rerun_budget.candidates(result) if plan.rerun_budget else pick_candidates(result, plan.selection.top_k)
+            plan.rerun_budget.candidates(result) if plan.rerun_budget else pick_candidates(result, plan.selection.candidates)
         )
         # Re-runs evaluate on the search's schedule, so "best" means the same as in the search.
         configs = {t.number: objective.config_of(t).with_overrides(plan.search_evaluations) for t in picked}
@@ -171,7 +171,7 @@ def _explore(objective: TrialObjective, plan: SearchPlan, study: StudySettings) 
             settings=study,
             base=plan.base_values,
             first_params=([untuned] if objective.settings.include_untuned else []) + warm,
-            on_trial_end=lambda result: keep_top_checkpoints(result, max(1, plan.selection.top_k)),
+            on_trial_end=lambda result: keep_top_checkpoints(result, max(1, plan.selection.candidates)),
         )
     finally:
         if objective.sync:
