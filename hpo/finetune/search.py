@@ -96,7 +96,9 @@ def search_finetune(
     chosen, best, run_seconds = None, result.best_trial, objective.run_seconds
     if choose:
         picked = (
-            plan.rerun_budget.candidates(result) if plan.rerun_budget else pick_candidates(result, plan.selection.candidates)
+            plan.rerun_budget.candidates(result)
+            if plan.rerun_budget
+            else pick_candidates(result, plan.selection.candidates)
         )
         # Re-runs evaluate on the search's schedule, so "best" means the same as in the search.
         configs = {t.number: objective.config_of(t).with_overrides(plan.search_evaluations) for t in picked}
