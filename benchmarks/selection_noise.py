@@ -100,7 +100,7 @@ def main() -> None:
             "| sequential: right | sequential: re-runs (baseline + challengers) |"
         )
         print("|---|---|---|---|---|---|")
-        for top_k, seeds in ((3, 2), (4, 2), (3, 3)):
+        for top_k, seeds in ((2, 2), (2, 3), (3, 2), (4, 2), (3, 3)):
             settings = SelectionSettings(top_k=top_k, seeds=seeds)
             for gap in (0, 2, 4, 6, 10, 20):
                 rules = compare_rules(gap, settings, args.runs, rng)
