@@ -160,3 +160,15 @@ def test_a_search_with_the_sweep_searches_its_range_and_counts_its_steps(
         assert 2e-3 <= trial.params["training.learning_rate"] <= 2e-2
     assert summary["space"]["training.learning_rate"]["low"] == pytest.approx(2e-3)
     assert "lr_range_test" in summary["time_breakdown"]
+
+
+def test_the_report_counts_the_sweep_in_the_search_and_shows_its_reading():
+    from recipes.report import total_steps
+    from recipes.time_table import time_rows
+
+    stages = {"setup": 1.0, "training": 8.0, "evaluation": 1.0, "checkpoints": 0.0}
+    summary = {"steps_spent": 400, "selection": {"steps": 200}, "lr_range_test": {"steps": 63, "reading": {}}}
+    assert total_steps(summary) == 663
+    assert total_steps({"steps_spent": 400, "selection": None}) == 400  # results written before the sweep existed
+    rows = time_rows({"search": {"lr_range_test": stages, "trials": stages, "reruns": stages}})
+    assert [row[0] for row in rows[1:3]] == ["learning-rate range test", "search trials"]
