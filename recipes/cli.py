@@ -160,6 +160,7 @@ def _search_settings(args: argparse.Namespace):
         "space": yaml.safe_load(open(args.space)) if args.space else None,
         "also_tune": args.also_tune.split(",") if args.also_tune else None,
         "include_untuned": False if args.no_untuned else None,
+        "lr_range_test": args.lr_range_test,
         "budget": _given(
             full_run_equivalents=args.budget_fre,
             trials=args.budget_trials,
@@ -302,7 +303,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     search.add_argument("--no-untuned", action="store_true", help="do not evaluate the untuned config first")
     search.add_argument(
-        "--top-k", type=int, help="candidates re-run to choose the winner, untuned included (default: 3)"
+        "--top-k",
+        type=int,
+        help="candidates re-run to choose the winner, untuned included (default: 3; 2 under the sequential rule)",
     )
     search.add_argument(
         "--selection-seeds", type=int, help="fresh seeds per candidate (default: 2); 0: the best trial wins, no re-runs"
@@ -312,6 +315,12 @@ def build_parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         help="choose the winner one re-run at a time, the untuned run re-run only when the gap is unclear "
         "(default: when the budget cannot hold top_k x seeds re-runs and one full run to explore)",
+    )
+    search.add_argument(
+        "--lr-range-test",
+        action=argparse.BooleanOptionalAction,
+        help="sweep the learning rate before the first trial to place the searched LR range, paid from the budget "
+        "(default: with the default space, where the sweep costs at most half a run)",
     )
     search.add_argument(
         "--isolation",

@@ -104,13 +104,14 @@ def test_settings_default_budget_is_written_once():
 def test_flags_and_a_recipe_section_give_the_same_settings():
     flags = build_parser().parse_args(
         ["search", "config.yaml", "--sampler", "random", "--budget-fre", "5", "--top-k", "2", "--cv-folds", "none"]
-        + ["--sequential", "--rungs", "smooth"]
+        + ["--sequential", "--rungs", "smooth", "--no-lr-range-test"]
     )
     recipe = {
         "sampler": "random",
         "budget": {"full_run_equivalents": 5},
         "selection": {"top_k": 2, "sequential": True},
         "objective": {"cv_folds": None, "rungs": "smooth"},
+        "lr_range_test": False,
     }
     assert _search_settings(flags) == SearchSettings.from_dict(recipe)
     assert _search_settings(build_parser().parse_args(["search", "config.yaml"])) == SearchSettings()
