@@ -90,7 +90,9 @@ def select_winner_sequentially(
         best = max(tested, key=lambda c: sign * c.rerun_mean)
         noise, df = _pooled_noise(list(candidates.values()))
         margin = math.inf
-        if df >= 1:
+        # A zero spread measures nothing: accuracy on a few hundred rows can repeat exactly (0.86 in the search
+        # and in the re-run), and a zero margin would let any gain win. It waits for another re-run.
+        if df >= 1 and noise > 0:
             quantile = 1 - (1 - settings.confidence) / (len(challengers) * looks)
             margin = noise_margin(quantile, df, noise, len(best.values), len(base.scores))
         gain = sign * (best.rerun_mean - base.mean)

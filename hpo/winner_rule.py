@@ -241,6 +241,8 @@ def decide(candidates: list[Candidate], baseline: int, direction: str, confidenc
     pooled = math.sqrt(sum((len(c.scores) - 1) * c.std**2 for c in finished) / df)
     best = max(challengers, key=lambda c: sign * c.mean)
     margin = noise_margin(1 - (1 - confidence) / len(challengers), df, pooled, len(best.scores), len(base.scores))
+    if pooled == 0:  # every candidate repeated its score exactly: no noise measured, no gain is shown beyond it
+        margin = math.inf
     gain = sign * (best.mean - base.mean)
     if gain > margin:
         reason = (

@@ -101,7 +101,7 @@ def test_a_failing_challenger_is_disqualified_and_minimize_flips_the_sign():
     def rerun(record, replicate):
         if record.number == 1:
             raise RuntimeError("out of memory")
-        return {0: 2.0, 2: 0.9}[record.number], 10
+        return {0: [2.0, 2.02], 2: [0.9, 0.91]}[record.number][replicate], 10
 
     picked = pick_candidates(result, 3)
     selection = select_winner_sequentially(
@@ -132,3 +132,13 @@ def test_pure_noise_keeps_the_baseline_and_a_large_gap_is_found_without_baseline
 def test_sequential_must_be_a_boolean():
     with pytest.raises(SearchConfigError, match="search.selection.sequential"):
         SelectionSettings(sequential="yes")
+
+
+def test_a_zero_spread_decides_nothing_and_the_baseline_is_re_run():
+    # Accuracy on a few hundred rows can repeat exactly: 0.86 in the search and in the re-run. That pair alone
+    # measures no noise; a zero margin would let any gain win. The baseline is re-run first.
+    result = _result([0.592, 0.86])
+    settings = SelectionSettings(top_k=2, seeds=2, sequential=True)
+    selection, calls = _select(result, {0: [0.578, 0.58], 1: [0.86, 0.85]}, settings=settings)
+    assert calls[:2] == [(1, 0), (0, 0)]
+    assert selection.winner == 1 and selection.margin > 0

@@ -49,7 +49,7 @@ def test_untuned_baseline_uses_library_defaults_unless_the_recipe_says(tmp_path,
         ({"baseline": {"learning_rate": 1}}, "baseline: keys look like section.key"),
         ({"search": {"selection": {"seeds": 1}}}, "search.selection.seeds: expected 0"),
         ({"search": {"selection": {"topk": 3}}}, "search.selection: .*allowed: top_k, seeds, confidence"),
-        ({"search": {"budget": {"full_run_equivalents": 3}}}, "selection reserve of 3 full runs"),
+        ({"search": {"budget": {"full_run_equivalents": 2.5}}}, "selection reserve of 2 full runs"),
     ],
 )
 def test_bad_recipes(tmp_path, tiny_bert, sentiment_files, extra, message):
