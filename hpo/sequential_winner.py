@@ -89,10 +89,8 @@ def select_winner_sequentially(
             return _selection(candidates, best.trial, baseline.number, 0.0, 0.0, reason)
         best = max(tested, key=lambda c: sign * c.rerun_mean)
         noise, df = _pooled_noise(list(candidates.values()))
-        margin = math.inf
-        # A zero spread measures nothing: accuracy on a few hundred rows can repeat exactly (0.86 in the search
-        # and in the re-run), and a zero margin would let any gain win. It waits for another re-run.
-        if df >= 1 and noise > 0:
+        margin = math.inf  # no degrees of freedom (or, noise_margin, no spread): wait for another re-run
+        if df >= 1:
             quantile = 1 - (1 - settings.confidence) / (len(challengers) * looks)
             margin = noise_margin(quantile, df, noise, len(best.values), len(base.scores))
         gain = sign * (best.rerun_mean - base.mean)
