@@ -121,7 +121,6 @@ def _search(args: argparse.Namespace) -> int:
     winner = selection.winner if selection else result.best_trial.number
     chosen = next(t for t in result.trials if t.number == winner)
     selection_steps = selection.steps if selection else 0
-    swept = search.lr_range_test.steps if search.lr_range_test else 0
     summary = {
         "run_dir": run_dir,
         "stop_reason": result.stop_reason,
@@ -134,10 +133,10 @@ def _search(args: argparse.Namespace) -> int:
         "best_checkpoint": search.best_checkpoint,
         "best_config": f"{run_dir}/best_config.yaml",
         "lr_range_test": search.lr_range_test.reading.reason if search.lr_range_test else None,
-        "lr_range_test_steps": swept,
+        "lr_range_test_steps": search.lr_range_test.steps if search.lr_range_test else 0,
         "steps_spent": result.steps_spent,
         "selection_steps": selection_steps,
-        "full_run_equivalents_spent": round((swept + result.steps_spent + selection_steps) / search.full_run_steps, 2),
+        "full_run_equivalents_spent": round(search.steps_spent / search.full_run_steps, 2),
         "trials": {s: result.count(s) for s in ("COMPLETE", "PRUNED", "FAIL")},
     }
     print(json.dumps(summary, indent=2, default=str))

@@ -45,6 +45,12 @@ class FinetuneSearch:
     selection: Selection | None = None  # how the winner was chosen (None: the best trial, no re-runs)
     lr_range_test: LRRangeTest | None = None  # the LR sweep before the first trial (None: none ran)
 
+    @property
+    def steps_spent(self) -> int:
+        """Optimizer steps of the whole search: the LR sweep, the trials and the selection re-runs."""
+        swept = self.lr_range_test.steps if self.lr_range_test else 0
+        return swept + self.result.steps_spent + (self.selection.steps if self.selection else 0)
+
 
 def search_finetune(
     base: FinetuneConfig,
@@ -185,7 +191,6 @@ def _summary(
 ) -> dict[str, Any]:
     """summary.json's keys beyond the generic ones (hpo.result_files)."""
     result, chosen, sweep = search.result, search.selection, search.lr_range_test
-    swept = sweep.steps if sweep else 0
     winner_trial = next(t for t in result.trials if t.number == winner)
     return {
         "study_name": settings.study_name,
@@ -197,8 +202,7 @@ def _summary(
         "full_run_steps": plan.full_run_steps,
         "cross_validation_folds": plan.scoring.folds,
         "validation": plan.validation,
-        "full_run_equivalents_spent": (swept + result.steps_spent + (chosen.steps if chosen else 0))
-        / plan.full_run_steps,
+        "full_run_equivalents_spent": search.steps_spent / plan.full_run_steps,
         # The whole step budget (LR sweep + exploration + selection re-runs) in full runs; None without one.
         "full_run_equivalents_budget": None
         if plan.total_steps is None
