@@ -187,7 +187,7 @@ def _lr_range_steps(
 def _total_steps(settings: SearchSettings, full_run_steps: int) -> int | None:
     """The whole step budget (trials, re-runs and sweep), or None without one."""
     if settings.full_run_equivalents is not None:
-        return int(round(settings.full_run_equivalents * full_run_steps))
+        return Budget.from_full_runs(settings.full_run_equivalents, full_run_steps).steps
     return settings.budget.steps
 
 
