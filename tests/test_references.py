@@ -90,5 +90,15 @@ def test_the_references_as_warm_start_trials(tmp_path):
     recipe = recipe_from_dict({**raw, "search": {"warm_start": "references"}, "compare": {"references": ["axolotl"]}})
     assert recipe.search.warm_start == (reference_overrides("axolotl", "lora"),)
     assert recipe_from_dict({**raw, "compare": {"references": []}}).search.warm_start == ()
+    # The default for a causal LM: every default reference, in order; `warm_start: []` (or null) turns it off.
+    default = recipe_from_dict(raw)
+    assert default.search.warm_start == tuple(reference_overrides(n, "lora") for n in default.references)
+    assert len(default.search.warm_start) == 3
+    assert recipe_from_dict({**raw, "search": {"warm_start": []}}).search.warm_start == ()
+    assert recipe_from_dict({**raw, "search": {"warm_start": None}}).search.warm_start == ()
+    # Classification compares with no reference by default, so nothing is warm-started.
+    files = {split: "x.jsonl" for split in ("train", "validation", "test")}
+    classification = classification_config("unused-model", files, tmp_path)
+    assert recipe_from_dict(classification).search.warm_start == ()
     with pytest.raises(ConfigError, match="search.warm_start: expected a list of mappings"):
         recipe_from_dict({**raw, "search": {"warm_start": "refs"}})

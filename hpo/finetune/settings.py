@@ -83,7 +83,8 @@ class SearchSettings:
     heartbeat_seconds: int | None = None
     include_untuned: bool = True  # the untuned config is the first trial and the baseline of the winner rule
     # Overrides of the untuned config tried right after it, exactly as written (hpo.finetune.warm_start),
-    # e.g. the field's recipes for the method: a recipe's `search.warm_start: references`.
+    # e.g. the field's recipes for the method: a recipe's `search.warm_start: references`, its default for
+    # causal LMs (recipes.recipe).
     warm_start: tuple[dict[str, Any], ...] = ()
     # A short learning-rate sweep before the first trial places the space's LR range (hpo.lr_range), paid from
     # the step budget. None (auto): on for the default space with a step budget, one process and the run
@@ -107,6 +108,8 @@ class SearchSettings:
         if self.isolation not in ISOLATIONS:
             raise ConfigError(f"search.isolation must be 'none' or 'subprocess', got {self.isolation!r}")
         self.also_tune = tuple(self.also_tune)
+        if self.warm_start is None:
+            self.warm_start = ()
         if isinstance(self.warm_start, dict) or not all(isinstance(item, dict) for item in self.warm_start):
             raise ConfigError(
                 f"search.warm_start: expected a list of mappings of section.key overrides, got {self.warm_start!r}"
