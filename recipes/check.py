@@ -24,7 +24,7 @@ from finetune.train import planned_steps
 from hpo import SelectionSettings
 from hpo.finetune.plan import EVALUATIONS_PER_RUN, plan_search
 from recipes.recipe import Recipe
-from recipes.references import reference_config
+from recipes.references import reference_config, reference_overrides
 from recipes.run import require_test_split, reused_untuned_runs
 
 TIMED_STEPS = 4  # the first step warms up; the median of the others is the step time
@@ -76,6 +76,7 @@ def check_recipe(recipe: Recipe, *, time_steps: bool = True) -> dict[str, Any]:
         "exploration_steps": plan.budget.steps,
         "reserve_steps": (plan.total_steps - plan.budget.steps) if plan.rerun_budget else 0,
         "selection": _selection_summary(plan.selection),
+        "warm_start": _warm_start_names(recipe),
         # The untuned configuration's re-runs are untuned-arm seeds; the other seeds train fresh, on the
         # whole train split (trials under cross-validation on a fold's share).
         "retrain_runs": retrains,
@@ -168,6 +169,7 @@ def format_check(report: dict[str, Any]) -> str:
         f"search: {report['search_steps']} steps in all, {_sweep(report['lr_range_steps'])}"
         f"{report['exploration_steps']} to explore and {report['reserve_steps']} kept to choose the winner; "
         f"selection: {report['selection']}",
+        *_warm_start_line(report["warm_start"]),
         f"retrains: {report['retrain_runs']} runs (tuned, untuned{_and_references(report['references'])}, one "
         f"per seed{_reused(report['reused_untuned_runs'])}), about {report['retrain_steps']} steps",
     ]
@@ -180,6 +182,21 @@ def format_check(report: dict[str, Any]) -> str:
             f"retrains {minutes['retrains']:.0f}) on this machine",
         ]
     return "\n".join(lines)
+
+
+def _warm_start_names(recipe: Recipe) -> list[str]:
+    """What the search tries right after the untuned run: the references' names where it is their
+    configurations (a recipe's `warm_start: references`), else one entry per configuration written."""
+    method = recipe.untuned.method.name
+    if list(recipe.search.warm_start) == [reference_overrides(n, method) for n in recipe.references]:
+        return list(recipe.references)
+    return [f"search.warm_start[{i}]" for i in range(len(recipe.search.warm_start))]
+
+
+def _warm_start_line(names: list[str]) -> list[str]:
+    if not names:
+        return []
+    return [f"warm start: right after the untuned run the search tries {', '.join(names)} (search.warm_start)"]
 
 
 def _and_references(references: list[str]) -> str:

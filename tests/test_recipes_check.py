@@ -86,3 +86,6 @@ def test_check_plans_every_shipped_recipe(path):
     reused = min(selection.seeds, seeds) if selection.enabled and one_split else 0
     assert report["retrain_runs"] == (2 + len(recipe.references)) * seeds - reused and "timing" not in report
     assert "one full run (the untuned configuration)" in format_check(report)
+    # A causal recipe tries the references it compares with first (their default warm start) and says so.
+    assert report["warm_start"] == (recipe.references if recipe.untuned.model.task == "causal_lm" else [])
+    assert ("warm start: right after the untuned run" in format_check(report)) == bool(report["warm_start"])
