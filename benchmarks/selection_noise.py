@@ -10,7 +10,12 @@ each scored once with unit noise; the top_k candidates by search score (the winn
 re-run by each rule. Prints how often each rule is right (gap 0: keeps the baseline; gap > 0: picks a better
 challenger) and the re-runs it spent (the baseline's are full runs).
 
-    python benchmarks/selection_noise.py [--runs 4000] [--sequential]
+--flat: the sequential rule with and without the knowledge that the untuned run learnt nothing
+(hpo.sequential_winner's constant prediction): in units of the constant prediction's standard error, the
+untuned run's search score lies within 1 of 0 (it scored what a constant prediction scores) and its re-runs
+score N(0, 1); the other trials score N(gap, spread) in the search and in re-runs (half at gap, half at 0).
+
+    python benchmarks/selection_noise.py [--runs 4000] [--sequential | --flat]
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import argparse
 import numpy as np
 
 from hpo.results import SearchResult, TrialRecord
+from hpo.rung_signal import RungSignal
 from hpo.sequential_winner import select_winner_sequentially
 from hpo.winner_rule import Candidate, SelectionSettings, decide, pick_candidates, select_winner
 
@@ -88,12 +94,64 @@ def compare_rules(gap: float, settings: SelectionSettings, runs: int, rng: np.ra
     return {rule: (t[0] / runs, t[1] / runs, t[2] / runs) for rule, t in tallies.items()}
 
 
+def flat_baseline_rules(gap: float, spread: float, runs: int, rng: np.random.Generator) -> dict[str, tuple]:
+    """rule -> (share of right decisions, mean re-runs of the baseline), top_k 2 x seeds 2, sequential."""
+    settings = SelectionSettings(top_k=2, seeds=2, sequential=True)
+    constant = RungSignal(flat=0.0, noise=1.0)
+    tallies = {"re-runs the baseline": [0, 0], "knows it learnt nothing": [0, 0]}
+    for _ in range(runs):
+        truth = {n: (gap if n % 2 else 0.0) for n in range(SEARCH_TRIALS)}
+        untuned = float(rng.uniform(-1.0, 1.0))  # a search score inside the constant prediction's band
+        trials = [
+            TrialRecord(
+                number=n,
+                state="COMPLETE",
+                value=untuned if n == 0 else float(truth[n] + spread * rng.normal()),
+                params={},
+                steps=10,
+                seconds=1.0,
+                extra={"role": "untuned"} if n == 0 else {},
+            )
+            for n in truth
+        ]
+        result = SearchResult("synthetic", None, "maximize", "budget", trials, steps_spent=120, wall_seconds_spent=1.0)
+        picked = pick_candidates(result, settings.top_k)
+        noise = {(n, r): float(rng.normal()) * (1.0 if n == 0 else spread) for n in truth for r in range(2)}
+
+        def rerun(record: TrialRecord, replicate: int, truth=truth, noise=noise) -> tuple[float, int]:
+            return truth[record.number] + noise[record.number, replicate], 10
+
+        for rule, tally in tallies.items():
+            chosen = select_winner_sequentially(
+                result,
+                rerun,
+                settings=settings,
+                picked=picked,
+                steps_left=None,
+                rerun_length=lambda r: 10,
+                constant_prediction=constant if rule == "knows it learnt nothing" else None,
+            )
+            tally[0] += chosen.kept_baseline if gap == 0 else truth[chosen.winner] == gap
+            tally[1] += len(chosen.candidate(0).values)
+    return {rule: (t[0] / runs, t[1] / runs) for rule, t in tallies.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=4000)
     parser.add_argument("--sequential", action="store_true", help="the fixed rule against the sequential one")
+    parser.add_argument("--flat", action="store_true", help="the sequential rule, an untuned run that learnt nothing")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
+    if args.flat:
+        print("| challengers' spread | gap | re-runs the baseline: right, baseline re-runs | knows: right, re-runs |")
+        print("|---|---|---|---|")
+        for spread in (1.0, 2.0, 4.0):
+            for gap in (0, 3, 5, 8, 12, 20):
+                rules = flat_baseline_rules(gap, spread, args.runs, rng)
+                cells = [f"{r[0]:.3f}, {r[1]:.2f}" for r in rules.values()]
+                print(f"| {spread:g} | {gap} | " + " | ".join(cells) + " |")
+        return
     if args.sequential:
         print(
             "| top_k x seeds | gap | fixed: right | fixed: re-runs (baseline + challengers) "

@@ -32,11 +32,15 @@ class RungSignal:
         if not self.noise > 0:
             raise ValueError(f"RungSignal.noise must be > 0, got {self.noise!r}")
 
+    def is_flat(self, metric: float) -> bool:
+        """Whether ``metric`` has not moved from what a constant prediction scores (within ``noise``)."""
+        return abs(metric - self.flat) <= self.noise
+
     def value(self, metric: float, loss: float, *, maximize: bool) -> float:
         """The value a scheduler compares for an evaluation scoring ``metric`` at validation ``loss``."""
         sign = 1.0 if maximize else -1.0
         gain = sign * (metric - self.flat)
-        if abs(gain) <= self.noise:  # not moved: inside the band, ordered by the loss
+        if self.is_flat(metric):  # not moved: inside the band, ordered by the loss
             gain = self.noise * (2 * 0.999 / (1.0 + max(loss, 0.0)) - 1)
         return self.flat + sign * gain
 

@@ -6,7 +6,8 @@ from hpo.attributes import NOT_RUN
 from hpo.errors import InfeasibleTrial, SearchDone
 from hpo.finetune.admission import MAX_REFUSED_IN_A_ROW, RerunBudget, affordable_candidates, rerun_steps
 from hpo.results import SearchResult, TrialRecord
-from hpo.winner_rule import pick_candidates
+from hpo.rung_signal import RungSignal
+from hpo.winner_rule import SelectionSettings, pick_candidates
 
 
 def _trial(number, value, steps, role=None, state="COMPLETE"):
@@ -126,6 +127,37 @@ def test_the_sequential_rule_reserves_one_rerun_of_each_top_challenger():
     # Two: a new trial may take the second one's place (30 + 60) or stay out of the top two (30 + 20).
     assert budget.rerun_steps_after(result, 60) == 100 + 30 + 60
     assert budget.rerun_steps_after(result, 10) == 100 + 30 + 20
+
+
+def test_an_untuned_run_that_learnt_nothing_reserves_no_rerun_under_the_sequential_rule():
+    constant = RungSignal(flat=0.576, noise=0.022)
+    sequential = SelectionSettings(top_k=2, seeds=2, sequential=True)
+    budget = RerunBudget.for_selection(
+        sequential, total_steps=700, full_run_steps=189, shortest_useful_steps=21, constant_prediction=constant
+    )
+    flat = _result([_trial(0, 0.592, 189, role="untuned"), _trial(1, 0.80, 128)])
+    assert budget.rerun_steps_now(flat) == 128  # the challenger's re-run only
+    assert budget.rerun_steps_after(flat, 96) == 128
+    # 317 spent + 100 + the challenger's 128 fit in 700; with the untuned re-run's 189 they would not.
+    assert budget.fits(flat, 100) and not _budget_without(sequential).fits(flat, 100)
+    learnt = _result([_trial(0, 0.70, 189, role="untuned"), _trial(1, 0.80, 128)])  # beyond the band
+    assert budget.rerun_steps_now(learnt) == 189 + 128
+    stopped = _result([_trial(0, 0.58, 60, role="untuned", state="PRUNED"), _trial(1, 0.80, 128)])
+    assert budget.rerun_steps_now(stopped) == 189 + 128  # no complete score: it must be re-run
+    # The fixed rule re-runs the baseline whatever it scored: its reserve stays.
+    fixed = RerunBudget.for_selection(
+        SelectionSettings(top_k=2, seeds=2, sequential=False),
+        total_steps=1500,
+        full_run_steps=189,
+        shortest_useful_steps=21,
+        constant_prediction=constant,
+    )
+    assert fixed.constant_prediction is None and fixed.rerun_steps_now(flat) == 2 * 189 + 2 * 128
+
+
+def _budget_without(selection):
+    """The same budget as if the metric's starting point were unknown."""
+    return RerunBudget.for_selection(selection, total_steps=700, full_run_steps=189, shortest_useful_steps=21)
 
 
 def test_the_trials_table_shows_a_refused_trial_as_infeasible_without_a_value(tmp_path, capsys):

@@ -1,5 +1,7 @@
 """What a fine-tune search decides before its first trial (plan_search), and where its settings come from."""
 
+import json
+
 import pytest
 from conftest import classification_config
 
@@ -91,6 +93,15 @@ def test_the_sequential_rule_reserves_one_rerun_each_and_accepts_4_full_runs(tin
             base, SearchSettings(full_run_equivalents=4, selection=SelectionSettings(top_k=4, sequential=False))
         )
     assert SearchSettings.from_dict({"selection": {"sequential": True}}).selection.sequential
+    # Accuracy starts at the validation split's majority share, give or take its standard error over the
+    # 32 validation rows: an untuned run there gets no reserved re-run (hpo.finetune.admission).
+    constant = plan.constant_prediction
+    labels = [row["label"] for row in map(json.loads, open(sentiment_files["validation"]))]
+    majority = max(labels.count(label) for label in set(labels)) / len(labels)
+    assert constant.flat == pytest.approx(majority) and constant.noise == pytest.approx(0.5 / 32**0.5)
+    assert plan.rerun_budget.constant_prediction == constant
+    loss = plan_search(base, SearchSettings(full_run_equivalents=4, objective=Objective(metric="loss")))
+    assert loss.constant_prediction is None  # a loss has no constant-prediction score here
 
 
 def test_settings_default_budget_is_written_once():

@@ -10,7 +10,10 @@ start only if, once it has finished, the baseline's and the best challenger's re
 is left, whether it becomes the best challenger or not. Reserving room for all top_k candidates instead
 would let a poor but long third candidate end exploration early. The sequential rule
 (hpo.sequential_winner) reserves one re-run each of the baseline and of its top_k - 1 best challengers
-instead: re-running every challenger once is how it exposes a lucky trial.
+instead: re-running every challenger once is how it exposes a lucky trial. And once the untuned trial has
+scored what a constant prediction scores (it learnt nothing), the sequential rule can beat it without
+re-running it, so its re-run is no longer reserved: that full run goes to exploring (within the
+exploration budget, which keeps it aside), or to the selection if the rule needs it after all.
 
 A proposal that does not fit runs shortened when it can (longest_fitting: fewer epochs or a larger
 effective batch, values the space allows, everything else as proposed), never below SHORTENED_EVALUATIONS
@@ -43,6 +46,7 @@ from hpo import attributes
 from hpo.errors import InfeasibleTrial, SearchDone
 from hpo.finetune.config_space import EFFECTIVE_BATCH_SIZE
 from hpo.results import SearchResult, TrialRecord
+from hpo.rung_signal import RungSignal
 from hpo.space import SearchSpace, finite_values
 from hpo.winner_rule import SelectionSettings, pick_candidates
 
@@ -97,14 +101,24 @@ class RerunBudget:
     # Challengers whose re-runs are reserved: the best one for the fixed rule; the sequential rule re-runs
     # each of its top_k - 1 once (ranking them by fresh seeds is what exposes a lucky trial).
     challengers: int = 1
+    # Where the metric starts (hpo.rung_signal): an untuned trial scoring there needs no reserved re-run.
+    # Only for the sequential rule, which can decide without that re-run; None: always reserved.
+    constant_prediction: RungSignal | None = None
     refused_in_a_row: int = 0
 
     @classmethod
     def for_selection(
-        cls, selection: SelectionSettings, *, total_steps: int, full_run_steps: int, shortest_useful_steps: int
+        cls,
+        selection: SelectionSettings,
+        *,
+        total_steps: int,
+        full_run_steps: int,
+        shortest_useful_steps: int,
+        constant_prediction: RungSignal | None = None,
     ) -> RerunBudget:
         """The reserve ``selection``'s rule needs: ``seeds`` re-runs of the baseline and the best challenger
-        (fixed rule), or one of the baseline and of each of the top_k - 1 challengers (sequential rule)."""
+        (fixed rule), or one of the baseline (unless it learnt nothing) and of each of the top_k - 1
+        challengers (sequential rule)."""
         return cls(
             total_steps=total_steps,
             full_run_steps=full_run_steps,
@@ -112,7 +126,16 @@ class RerunBudget:
             seeds=reserved_reruns(selection),
             shortest_useful_steps=shortest_useful_steps,
             challengers=selection.candidates - 1 if selection.sequential else 1,
+            constant_prediction=constant_prediction if selection.sequential else None,
         )
+
+    def baseline_rerun_steps(self, baseline: TrialRecord) -> int:
+        """The baseline's reserved re-runs: none once its search trial scored a constant prediction's score."""
+        signal = self.constant_prediction
+        if signal is not None and baseline.state == "COMPLETE" and baseline.value is not None:
+            if signal.is_flat(baseline.value):
+                return 0
+        return rerun_steps([baseline], self.seeds, self.full_run_steps)
 
     def exploration_steps(self) -> int:
         """The most exploration can ever get: all but the baseline's re-runs (always needed)."""
@@ -121,8 +144,8 @@ class RerunBudget:
     def rerun_steps_now(self, result: SearchResult) -> int:
         """The re-runs that must happen: the baseline's and the reserved challengers' (without the best
         challenger's, no selection)."""
-        picked = pick_candidates(result, 1 + self.challengers)
-        return rerun_steps(picked, self.seeds, self.full_run_steps)
+        baseline, *top = pick_candidates(result, 1 + self.challengers)
+        return self.baseline_rerun_steps(baseline) + rerun_steps(top, self.seeds, self.full_run_steps)
 
     def rerun_steps_after(self, result: SearchResult, length: int) -> int:
         """The re-runs that must happen once a trial of ``length`` steps has finished, at most: it may stay
@@ -133,7 +156,7 @@ class RerunBudget:
             challengers = sum(lengths) + length
         else:
             challengers = max(sum(lengths), sum(lengths[:-1]) + length)
-        return rerun_steps([baseline], self.seeds, self.full_run_steps) + self.seeds * challengers
+        return self.baseline_rerun_steps(baseline) + self.seeds * challengers
 
     def steps_needed(self, result: SearchResult, length: int) -> int:
         """Where a trial of ``length`` planned steps would take the search: spent, itself, and its re-runs."""

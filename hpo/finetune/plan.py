@@ -74,6 +74,9 @@ class SearchPlan:
     selection: SelectionSettings
     generation_samples: int | None = None  # validation rows generated on at each evaluation (None: none)
     rung_signal: RungSignal | None = None  # what the schedulers compare (None: the metric)
+    # What a constant prediction scores on validation and that score's standard error over every validation
+    # row: an untuned run there needs no re-run to be beaten (hpo.sequential_winner). None: not known.
+    constant_prediction: RungSignal | None = None
     # Steps of the learning-rate sweep before the first trial (hpo.finetune.lr_range_test), set aside from
     # the budget: total_steps is what is left for trials and re-runs. 0: no sweep.
     lr_range_steps: int = 0
@@ -120,7 +123,11 @@ def plan_search(base: FinetuneConfig, settings: SearchSettings, *, world_size: i
     full_run_steps = (folds or 1) * run_steps
     min_steps = max(1, round(run_steps / EVALUATIONS_PER_RUN))
     lr_range_steps = _lr_range_steps(settings, space, run_steps, full_run_steps, world_size)
-    budget, rerun_budget, selection = _budgets(settings, full_run_steps, min_steps, set_aside=lr_range_steps)
+    # Where the metric starts; its noise is that of a score over every validation row (all folds).
+    constant = _constant_prediction(base, metric, splits.validation, folds=folds or 1)
+    budget, rerun_budget, selection = _budgets(
+        settings, full_run_steps, min_steps, set_aside=lr_range_steps, constant_prediction=constant
+    )
     if settings.sampler == "grid" and budget.steps is not None:
         grid = space.grid_size(base_values)
         if grid * full_run_steps > budget.steps * 3:
@@ -142,7 +149,8 @@ def plan_search(base: FinetuneConfig, settings: SearchSettings, *, world_size: i
         rerun_budget=rerun_budget,
         selection=selection,
         generation_samples=generation_samples,
-        rung_signal=_rung_signal(settings, base, metric, splits.validation),
+        rung_signal=_rung_signal(settings, metric, constant, validation_rows=len(splits.validation)),
+        constant_prediction=constant,
         lr_range_steps=lr_range_steps,
     )
 
@@ -192,7 +200,12 @@ def _total_steps(settings: SearchSettings, full_run_steps: int) -> int | None:
 
 
 def _budgets(
-    settings: SearchSettings, full_run_steps: int, min_steps: int, *, set_aside: int
+    settings: SearchSettings,
+    full_run_steps: int,
+    min_steps: int,
+    *,
+    set_aside: int,
+    constant_prediction: RungSignal | None = None,
 ) -> tuple[Budget, RerunBudget | None, SelectionSettings]:
     """The search's budget in steps (full-run equivalents x the untuned run) less ``set_aside`` (the LR
     sweep's); when the winner is chosen by re-runs, its admission rule with what exploration may spend; the
@@ -217,27 +230,39 @@ def _budgets(
     if not selection.enabled or budget.steps is None:
         return budget, None, selection
     rerun_budget = RerunBudget.for_selection(
-        selection, total_steps=budget.steps, full_run_steps=full_run_steps, shortest_useful_steps=min_steps
+        selection,
+        total_steps=budget.steps,
+        full_run_steps=full_run_steps,
+        shortest_useful_steps=min_steps,
+        constant_prediction=constant_prediction,
     )
     exploration = Budget(trials=budget.trials, steps=rerun_budget.exploration_steps(), wall_seconds=budget.wall_seconds)
     return exploration, rerun_budget, selection
 
 
-def _rung_signal(settings: SearchSettings, base: FinetuneConfig, metric: str, validation: Any) -> RungSignal | None:
+def _constant_prediction(base: FinetuneConfig, metric: str, validation: Any, *, folds: int) -> RungSignal | None:
+    """What a constant prediction scores on the ``validation`` split (one fold's under cross-validation) for a
+    classification metric, with the standard error of a score over ``folds`` such splits; None otherwise."""
+    if metric in SMOOTH_METRICS or base.model.task != "classification":
+        return None
+    flat = constant_prediction_metrics(validation[base.data.label_column]).get(metric.removeprefix("eval_"))
+    return None if flat is None else RungSignal(flat=flat, noise=rate_noise(folds * len(validation)))
+
+
+def _rung_signal(
+    settings: SearchSettings, metric: str, constant: RungSignal | None, *, validation_rows: int
+) -> RungSignal | None:
     """The schedulers' rung signal: the metric alone, or with the loss where it has not moved (``rungs: smooth``;
-    ``auto``: where the metric is a classification one), anchored at what a constant prediction scores on the
-    ``validation`` split."""
+    ``auto``: where the metric is a classification one), anchored at what a constant prediction scores on one
+    validation split of ``validation_rows`` (a rung compares one fold's evaluation)."""
     rungs = settings.objective.rungs
     if rungs == "metric" or metric in SMOOTH_METRICS:
         return None
-    task = base.model.task
-    flat = constant_prediction_metrics(validation[base.data.label_column]) if task == "classification" else {}
-    name = metric.removeprefix("eval_")
-    if name not in flat:
+    if constant is None:
         if rungs == "auto":
             return None
         raise ConfigError(
             f"search.objective.rungs: smooth needs a classification metric (accuracy, macro_f1) to know where it "
             f"starts; {metric!r} cannot (a loss is already smooth: use rungs: metric)"
         )
-    return RungSignal(flat=flat[name], noise=rate_noise(len(validation)))
+    return RungSignal(flat=constant.flat, noise=rate_noise(validation_rows))

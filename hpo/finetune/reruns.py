@@ -32,6 +32,7 @@ from hpo.finetune.plan import Scoring
 from hpo.finetune.time_spent import summed
 from hpo.finetune.trial_training import broadcast, release_memory
 from hpo.results import SearchResult, TrialRecord
+from hpo.rung_signal import RungSignal
 from hpo.sequential_winner import select_winner_sequentially
 from hpo.winner_rule import Selection, SelectionSettings, select_winner
 
@@ -49,10 +50,12 @@ def select_finetune_winner(
     keep_models: Collection[int] = (),
     steps_left: int | None = None,
     rerun_length: Callable[[TrialRecord], int] | None = None,
+    constant_prediction: RungSignal | None = None,
 ) -> Selection:
     """``configs`` maps each picked trial (hpo.winner_rule.pick_candidates, in its order) to its config;
     the re-runs of the trials in ``keep_models`` keep their saved model. The sequential rule
-    (``selection.sequential``) re-runs within ``steps_left``, each re-run priced by ``rerun_length``."""
+    (``selection.sequential``) re-runs within ``steps_left``, each re-run priced by ``rerun_length``, and
+    beats an untuned run at ``constant_prediction``'s score without re-running it."""
     folder.mkdir(parents=True, exist_ok=True)
     processes = process_state()
     if processes.is_main_process:
@@ -88,6 +91,7 @@ def select_finetune_winner(
             picked=picked,
             steps_left=steps_left,
             rerun_length=rerun_length or (lambda record: 0),
+            constant_prediction=constant_prediction,
         )
     else:
         chosen = select_winner(result, rerun, settings=selection, picked=picked)

@@ -124,6 +124,7 @@ def search_finetune(
             keep_models=kept,
             steps_left=None if plan.total_steps is None else plan.total_steps - result.steps_spent,
             rerun_length=lambda record: rerun_steps([record], 1, plan.full_run_steps),
+            constant_prediction=plan.constant_prediction,
         )
         run_seconds += time.perf_counter() - selection_started
         best = next(t for t in result.trials if t.number == chosen.winner)
