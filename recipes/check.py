@@ -49,6 +49,7 @@ def check_recipe(recipe: Recipe, *, time_steps: bool = True) -> dict[str, Any]:
     model_config = AutoConfig.from_pretrained(source.path, trust_remote_code=config.model.trust_remote_code)
     plan = plan_search(config, recipe.search)
     seeds, reused = len(recipe.seeds), reused_untuned_runs(plan, len(recipe.seeds))
+    reserve = plan.rerun_budget.baseline_reserve_steps() if plan.rerun_budget else None
     retrains = (2 + len(recipe.references)) * seeds - reused
     run_steps = planned_steps(config, len(inputs.train))
     # The tuned arm at the untuned run's length (the winner is not known yet); references at their own.
@@ -73,8 +74,10 @@ def check_recipe(recipe: Recipe, *, time_steps: bool = True) -> dict[str, Any]:
         "evaluation_every_steps": plan.min_steps,
         "search_steps": None if plan.total_steps is None else plan.total_steps + plan.lr_range_steps,
         "lr_range_steps": plan.lr_range_steps,
-        "exploration_steps": plan.budget.steps,
-        "reserve_steps": (plan.total_steps - plan.budget.steps) if plan.rerun_budget else 0,
+        "exploration_steps": plan.budget.steps if reserve is None else plan.total_steps - reserve,
+        "reserve_steps": reserve or 0,
+        # The untuned run's reserved re-run is released if it learns nothing (hpo.sequential_winner).
+        "reserve_released_if_untuned_learns_nothing": bool(plan.rerun_budget and plan.rerun_budget.constant_prediction),
         "selection": _selection_summary(plan.selection),
         "warm_start": _warm_start_names(recipe),
         # The untuned configuration's re-runs are untuned-arm seeds; the other seeds train fresh, on the
@@ -167,8 +170,8 @@ def format_check(report: dict[str, Any]) -> str:
         f"one full run (the untuned configuration): {report['full_run_steps']} steps, "
         f"evaluated every {report['evaluation_every_steps']}",
         f"search: {report['search_steps']} steps in all, {_sweep(report['lr_range_steps'])}"
-        f"{report['exploration_steps']} to explore and {report['reserve_steps']} kept to choose the winner; "
-        f"selection: {report['selection']}",
+        f"{report['exploration_steps']} to explore and {report['reserve_steps']} kept to choose the winner"
+        f"{_released(report['reserve_released_if_untuned_learns_nothing'])}; selection: {report['selection']}",
         *_warm_start_line(report["warm_start"]),
         f"retrains: {report['retrain_runs']} runs (tuned, untuned{_and_references(report['references'])}, one "
         f"per seed{_reused(report['reused_untuned_runs'])}), about {report['retrain_steps']} steps",
@@ -182,6 +185,10 @@ def format_check(report: dict[str, Any]) -> str:
             f"retrains {minutes['retrains']:.0f}) on this machine",
         ]
     return "\n".join(lines)
+
+
+def _released(released: bool) -> str:
+    return " (explored instead if the untuned run learns nothing)" if released else ""
 
 
 def _warm_start_names(recipe: Recipe) -> list[str]:

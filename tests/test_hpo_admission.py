@@ -153,6 +153,9 @@ def test_an_untuned_run_that_learnt_nothing_reserves_no_rerun_under_the_sequenti
         constant_prediction=constant,
     )
     assert fixed.constant_prediction is None and fixed.rerun_steps_now(flat) == 2 * 189 + 2 * 128
+    # Exploration is capped below the baseline's reserve only where that reserve can never be released.
+    assert budget.exploration_steps() == 700 and _budget_without(sequential).exploration_steps() == 700 - 189
+    assert fixed.exploration_steps() == 1500 - 2 * 189
 
 
 def _budget_without(selection):

@@ -84,9 +84,10 @@ def test_the_sequential_rule_reserves_one_rerun_each_and_accepts_4_full_runs(tin
     base = _base(tiny_bert, sentiment_files, tmp_path)
     sequential = SelectionSettings(top_k=3, seeds=2, sequential=True)
     plan = plan_search(base, SearchSettings(full_run_equivalents=4, selection=sequential))
-    # 48 steps: exploration may spend all but one re-run of the untuned run (the fixed rule refuses 4 runs);
-    # the first re-runs of the 2 best challengers are reserved as trials are admitted.
-    assert plan.total_steps == 48 and plan.budget.steps == 48 - 12
+    # 48 steps (the fixed rule refuses 4 runs): one re-run of the untuned run and the first re-runs of the 2
+    # best challengers are reserved as trials are admitted. Exploration is not capped below the whole budget:
+    # an untuned run that learns nothing releases its reserve (admission holds it back only while needed).
+    assert plan.total_steps == 48 and plan.budget.steps == 48 and plan.rerun_budget.baseline_reserve_steps() == 12
     assert plan.rerun_budget.seeds == 1 and plan.rerun_budget.challengers == 2
     with pytest.raises(ConfigError, match="selection reserve of 8 full runs"):
         plan_search(
@@ -102,6 +103,7 @@ def test_the_sequential_rule_reserves_one_rerun_each_and_accepts_4_full_runs(tin
     assert plan.rerun_budget.constant_prediction == constant
     loss = plan_search(base, SearchSettings(full_run_equivalents=4, objective=Objective(metric="loss")))
     assert loss.constant_prediction is None  # a loss has no constant-prediction score here
+    assert loss.budget.steps == 48 - 12  # so the untuned run's re-run stays out of exploration's reach
 
 
 def test_settings_default_budget_is_written_once():

@@ -12,8 +12,8 @@ would let a poor but long third candidate end exploration early. The sequential 
 (hpo.sequential_winner) reserves one re-run each of the baseline and of its top_k - 1 best challengers
 instead: re-running every challenger once is how it exposes a lucky trial. And once the untuned trial has
 scored what a constant prediction scores (it learnt nothing), the sequential rule can beat it without
-re-running it, so its re-run is no longer reserved: that full run goes to exploring (within the
-exploration budget, which keeps it aside), or to the selection if the rule needs it after all.
+re-running it, so its re-run is no longer reserved: that full run goes to exploring, or to the selection
+if the rule needs it after all.
 
 A proposal that does not fit runs shortened when it can (longest_fitting: fewer epochs or a larger
 effective batch, values the space allows, everything else as proposed), never below SHORTENED_EVALUATIONS
@@ -137,9 +137,15 @@ class RerunBudget:
                 return 0
         return rerun_steps([baseline], self.seeds, self.full_run_steps)
 
+    def baseline_reserve_steps(self) -> int:
+        """The baseline's re-runs as planned: ``seeds`` full runs."""
+        return self.seeds * self.full_run_steps
+
     def exploration_steps(self) -> int:
-        """The most exploration can ever get: all but the baseline's re-runs (always needed)."""
-        return self.total_steps - self.seeds * self.full_run_steps
+        """The most exploration can ever get: all but the baseline's re-runs, or everything where the baseline
+        may turn out to need none (admission then holds its reserve back for as long as it is needed: a cap
+        here would stop a running trial once exploration reached it)."""
+        return self.total_steps - (0 if self.constant_prediction else self.baseline_reserve_steps())
 
     def rerun_steps_now(self, result: SearchResult) -> int:
         """The re-runs that must happen: the baseline's and the reserved challengers' (without the best

@@ -95,7 +95,7 @@ def search_finetune(
     #    The study is a journal in the run folder unless a database is given: running again resumes it.
     objective = TrialObjective(base, settings, plan, trials_dir=run_dir / "trials")
     storage = settings.storage or str(run_dir / "study.journal")
-    reserve = plan.total_steps - plan.budget.steps if plan.rerun_budget else 0
+    reserve = plan.rerun_budget.baseline_reserve_steps() if plan.rerun_budget else 0
     study = _study_settings(settings, plan, storage, steps_after=reserve + steps_after_search)
     result = _explore(objective, plan, study)
     # 5. Choose the winner: the top candidates re-run with fresh seeds, the untuned one kept unless beaten.
