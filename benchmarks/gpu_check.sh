@@ -69,6 +69,8 @@ for arm in ("tuned", "untuned", *results.get("references", {})):
     runs = [json.loads((run_dir / arm / f"seed_{r['seed']}" / "run_result.json").read_text())
             for r in results["runs"][arm] if (run_dir / arm / f"seed_{r['seed']}" / "run_result.json").is_file()]
     if not runs:
+        if arm == "tuned" and results["search"].get("winner_role") == "untuned":
+            print("tuned: the search kept the untuned configuration (its runs are the untuned arm's)")
         continue
     tokens = sum(r["tokens_seen"] for r in runs) / sum(r["train_seconds"] for r in runs)
     peak = max(r["peak_memory_bytes"] for r in runs) / 2**30

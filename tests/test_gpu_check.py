@@ -20,8 +20,11 @@ def test_gpu_check_quick_passes_on_cpu(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-2000:]
     out = done.stdout
     assert "device: CPU (--quick)" in out
-    for arm in ("tuned", "untuned", "torchtune"):
+    for arm in ("untuned", "torchtune"):
         assert f"\n{arm}: " in out and "training tokens/s, peak memory" in out, out
+    # The tuned arm trained on its own, or the search kept the untuned configuration (the warm-start trial
+    # from torchtune's recipe may lose to it at this toy size): either way the script says which.
+    assert "\ntuned: " in out, out
     assert "Answer: tuned lora:" in out and "Against the best reference, torchtune" in out
     # The trials ran in their own processes (search.isolation=subprocess), as on the GPU.
     summary = (tmp_path / "run" / "search" / "summary.json").read_text()
