@@ -50,14 +50,19 @@ def rate(gap: float, seeds: int, confidence: float, runs: int, rng: np.random.Ge
     return hits / runs
 
 
-def synthetic_search(gap: float, rng: np.random.Generator) -> tuple[SearchResult, dict[int, float]]:
-    """A finished search: trial 0 untuned (true score 0), then trials alternately better by ``gap`` or not."""
+def synthetic_search(
+    gap: float, rng: np.random.Generator, *, spread: float = 1.0, untuned_score: float | None = None
+) -> tuple[SearchResult, dict[int, float]]:
+    """A finished search: trial 0 untuned (true score 0), then trials alternately better by ``gap`` or not,
+    each scored with noise of ``spread``; ``untuned_score``: trial 0's search score (default: noise of 1)."""
     truth = {n: (gap if n % 2 else 0.0) for n in range(SEARCH_TRIALS)}
     trials = [
         TrialRecord(
             number=n,
             state="COMPLETE",
-            value=float(truth[n] + rng.normal()),
+            value=untuned_score
+            if n == 0 and untuned_score is not None
+            else float(truth[n] + (1.0 if n == 0 else spread) * rng.normal()),
             params={},
             steps=10,
             seconds=1.0,
@@ -100,21 +105,8 @@ def flat_baseline_rules(gap: float, spread: float, runs: int, rng: np.random.Gen
     constant = RungSignal(flat=0.0, noise=1.0)
     tallies = {"re-runs the baseline": [0, 0], "knows it learnt nothing": [0, 0]}
     for _ in range(runs):
-        truth = {n: (gap if n % 2 else 0.0) for n in range(SEARCH_TRIALS)}
         untuned = float(rng.uniform(-1.0, 1.0))  # a search score inside the constant prediction's band
-        trials = [
-            TrialRecord(
-                number=n,
-                state="COMPLETE",
-                value=untuned if n == 0 else float(truth[n] + spread * rng.normal()),
-                params={},
-                steps=10,
-                seconds=1.0,
-                extra={"role": "untuned"} if n == 0 else {},
-            )
-            for n in truth
-        ]
-        result = SearchResult("synthetic", None, "maximize", "budget", trials, steps_spent=120, wall_seconds_spent=1.0)
+        result, truth = synthetic_search(gap, rng, spread=spread, untuned_score=untuned)
         picked = pick_candidates(result, settings.top_k)
         noise = {(n, r): float(rng.normal()) * (1.0 if n == 0 else spread) for n in truth for r in range(2)}
 
