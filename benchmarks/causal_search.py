@@ -165,6 +165,7 @@ def main() -> None:
                     search_seconds_this_invocation=time.perf_counter() - started,
                     time_breakdown=summary.get("time_breakdown"),
                     winner=_hyperparameters(winner, recipe.untuned),
+                    winner_search_score=summary["best_value"],
                 )
         else:
             parser.error(f"--only: unknown group {group!r} (untuned, references, tunelab, grid)")
@@ -220,6 +221,7 @@ def _report(arms: dict, generation_metric: str) -> None:
         changed = arms[searches[0]].get("settings_changed") or "the recipe's search settings"
         print(f"\n## tunelab{'' if variant is None else ' ' + variant}: {changed}")
         _goals(arms, searches, groups, generation_metric, scores)
+        _winners_curse(arms, searches)
 
 
 def _goals(arms: dict, searches: list[str], groups: dict, generation_metric: str, scores) -> None:
@@ -246,6 +248,21 @@ def _goals(arms: dict, searches: list[str], groups: dict, generation_metric: str
             gap = sign * (oracle_mean - median)
             verdict = f"; within 3 points? {'yes' if gap <= 0.03 else 'no'}" if key == generation_metric else ""
             print(f"  oracle grid point {oracle} {oracle_mean:.3f}: median's gap {gap:+.3f}{verdict}")
+
+
+def _winners_curse(arms: dict, searches: list[str]) -> None:
+    """Each winner's validation loss in its search (one training seed, the best of many trials) against the
+    same split after retraining it with the arm's seeds: a large rise means a lucky trial won."""
+    scored = [arm for arm in searches if "winner_search_score" in arms[arm]]
+    if not scored:
+        return
+    print("\n| search | winner's steps | validation loss in the search | retrained, per seed |")
+    print("|---|---|---|---|")
+    for arm in scored:
+        runs = arms[arm]["runs"]
+        retrained = ", ".join(f"{run['validation']['eval_loss']:.3f}" for run in runs)
+        score = arms[arm]["winner_search_score"]
+        print(f"| {arm} | {runs[0]['optimizer_steps']} | {score:.3f} | {retrained} |")
 
 
 if __name__ == "__main__":
