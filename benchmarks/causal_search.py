@@ -153,6 +153,8 @@ def main() -> None:
                 search = search_finetune(recipe.untuned, replace(recipe.search, seed=search_seed), run_dir=search_dir)
                 summary = json.loads((search_dir / "summary.json").read_text())
                 winner = search.best_config
+                # Under a selection rule with re-runs the winner need not be the trial with the best search score.
+                winner_trial = next(t for t in search.result.trials if t.number == summary["winner_trial"])
                 train_arm(
                     f"{prefix}_{search_seed}",
                     "tunelab",
@@ -165,7 +167,7 @@ def main() -> None:
                     search_seconds_this_invocation=time.perf_counter() - started,
                     time_breakdown=summary.get("time_breakdown"),
                     winner=_hyperparameters(winner, recipe.untuned),
-                    winner_search_score=summary["best_value"],
+                    winner_search_score=winner_trial.value,
                 )
         else:
             parser.error(f"--only: unknown group {group!r} (untuned, references, tunelab, grid)")
