@@ -50,7 +50,9 @@ class SelectionSettings:
     # Candidates re-run at most, the baseline included (beyond 2, only if they fit the budget); None (auto):
     # FIXED_TOP_K under the fixed rule, SEQUENTIAL_TOP_K under the sequential one (``for_budget``).
     top_k: int | None = None
-    seeds: int = 2  # fresh seeds per candidate (>= 2 to measure the noise)
+    # Fresh seeds per candidate: >= 2 measure the noise; 1 re-ranks the top_k trials by one re-run each, the
+    # best re-run winning with no noise test (hpo.rerank_winner); 0: no re-runs, the best trial wins.
+    seeds: int = 2
     confidence: float = 0.98  # one-sided, over all challengers together
     # One re-run at a time, stopping once the decision is clear (hpo.sequential_winner); ``seeds`` is then
     # the most re-runs per candidate, and one re-run of the baseline and of each challenger is reserved.
@@ -62,14 +64,19 @@ class SelectionSettings:
         top_k = self.top_k
         if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
             raise SearchConfigError(f"search.selection.top_k: expected an integer >= 1 or null (auto), got {top_k!r}")
-        if isinstance(self.seeds, bool) or not isinstance(self.seeds, int) or self.seeds < 0 or self.seeds == 1:
+        if isinstance(self.seeds, bool) or not isinstance(self.seeds, int) or self.seeds < 0:
             raise SearchConfigError(
-                f"search.selection.seeds: expected 0 (no re-runs: the best trial wins) or an integer >= 2 "
-                f"(one seed cannot measure noise), got {self.seeds!r}"
+                f"search.selection.seeds: expected 0 (no re-runs: the best trial wins), 1 (re-rank the top_k "
+                f"trials by one fresh re-run each) or an integer >= 2 (re-runs that measure the noise), "
+                f"got {self.seeds!r}"
             )
         if self.sequential is not None and not isinstance(self.sequential, bool):
             raise SearchConfigError(
                 f"search.selection.sequential: expected true, false or null (auto), got {self.sequential!r}"
+            )
+        if self.seeds == 1 and self.sequential:
+            raise SearchConfigError(
+                "search.selection: sequential: true needs seeds >= 2 (seeds: 1 re-ranks by one re-run each)"
             )
         if not 0.5 <= self.confidence < 1:
             raise SearchConfigError(
@@ -78,7 +85,12 @@ class SelectionSettings:
 
     @property
     def enabled(self) -> bool:
-        return self.seeds >= 2 and (self.top_k is None or self.top_k >= 2)
+        return self.seeds >= 1 and (self.top_k is None or self.top_k >= 2)
+
+    @property
+    def rerank(self) -> bool:
+        """One fresh re-run per candidate and the best re-run wins: no baseline, no noise test."""
+        return self.seeds == 1
 
     @property
     def candidates(self) -> int:
@@ -91,7 +103,9 @@ class SelectionSettings:
         runs at worst) leaves one full run to explore, the sequential rule (one re-run per candidate reserved)
         otherwise; then top_k as the rule's default where it is not given."""
         sequential = self.sequential
-        if sequential is None:
+        if self.rerank:
+            sequential = False  # one re-run each, whatever the budget: there is no decision to stop early
+        elif sequential is None:
             sequential = (self.top_k or FIXED_TOP_K) * self.seeds + 1 > full_runs
         decided = replace(self, sequential=sequential)
         return replace(decided, top_k=decided.candidates)

@@ -307,7 +307,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="candidates re-run to choose the winner, untuned included (default: 3; 2 under the sequential rule)",
     )
     search.add_argument(
-        "--selection-seeds", type=int, help="fresh seeds per candidate (default: 2); 0: the best trial wins, no re-runs"
+        "--selection-seeds",
+        type=int,
+        help="fresh seeds per candidate (default: 2); 1: the top_k trials re-run once each, the best re-run wins; "
+        "0: the best trial wins, no re-runs",
     )
     search.add_argument(
         "--sequential",

@@ -164,8 +164,10 @@ def _step_counter(base: FinetuneConfig):
 def reused_untuned_runs(plan: SearchPlan, seeds: int) -> int:
     """How many untuned-arm seeds the search's re-runs of the untuned configuration will provide (a k-fold
     re-run is k models, none trained on all the rows: not reusable). The sequential rule re-runs the untuned
-    configuration only when the decision needs it: none is counted on."""
-    reusable = plan.selection.enabled and not plan.selection.sequential and not plan.scoring.folds
+    configuration only when the decision needs it, re-ranking only where it ranks among the best: none is
+    counted on."""
+    selection = plan.selection
+    reusable = selection.enabled and not selection.sequential and not selection.rerank and not plan.scoring.folds
     return min(plan.selection.seeds, seeds) if reusable else 0
 
 

@@ -115,6 +115,30 @@ def test_sequential_selection_at_4_full_runs_stays_in_the_budget(tiny_bert, sent
     assert len(replicates) == sum(len(c.values) for c in selection.candidates)
 
 
+def test_re_ranking_without_the_untuned_trial_re_runs_the_top_trials_once_within_the_budget(
+    tiny_bert, sentiment_files, tmp_path
+):
+    from hpo import SelectionSettings
+
+    base = _base(tiny_bert, sentiment_files, tmp_path)
+    search = _random_search(
+        base,
+        tmp_path / "search",
+        full_run_equivalents=4,
+        include_untuned=False,
+        selection=SelectionSettings(top_k=2, seeds=1),
+    )
+    result, selection = search.result, search.selection
+    assert all(t.extra.get("role") != "untuned" for t in result.trials)
+    assert result.steps_spent + selection.steps <= 48  # 4 x 12 steps, the re-runs included
+    top = [t.number for t in result.ranked()[:2]]
+    assert [c.trial for c in selection.candidates] == top and all(len(c.values) == 1 for c in selection.candidates)
+    scores = {c.trial: c.values[0] for c in selection.candidates}
+    assert selection.winner == max(scores, key=scores.get)  # accuracy: the best re-run wins
+    summary = json.loads((tmp_path / "search" / "summary.json").read_text())
+    assert summary["winner_trial"] == selection.winner and summary["selection_settings"]["seeds"] == 1
+
+
 def _strict_budget_search(base, tmp_path, *, epochs, seed):
     """Random search over the learning rate and ``epochs``, 10 untuned runs of budget, re-runs included."""
     space = SearchSpace(

@@ -81,7 +81,9 @@ def test_a_failing_rerun_disqualifies_its_candidate_only():
     assert all(c.failure == "RuntimeError: out of memory" for c in selection.candidates if c.role is None)
 
 
-@pytest.mark.parametrize("raw", [{"seeds": 1}, {"seeds": -2}, {"top_k": 0}, {"confidence": 1.0}, {"top_k": True}])
+@pytest.mark.parametrize(
+    "raw", [{"seeds": 1, "sequential": True}, {"seeds": -2}, {"top_k": 0}, {"confidence": 1.0}, {"top_k": True}]
+)
 def test_bad_settings_are_named(raw):
     with pytest.raises(SearchConfigError, match="search.selection"):
         SelectionSettings(**raw)

@@ -104,6 +104,9 @@ class RerunBudget:
     # Where the metric starts (hpo.rung_signal): an untuned trial scoring there needs no reserved re-run.
     # Only for the sequential rule, which can decide without that re-run; None: always reserved.
     constant_prediction: RungSignal | None = None
+    # Re-ranking (selection.seeds 1, hpo.rerank_winner): no baseline; the ``challengers`` best trials, whatever
+    # their role, are re-run once each.
+    rerank: bool = False
     refused_in_a_row: int = 0
 
     @classmethod
@@ -125,8 +128,9 @@ class RerunBudget:
             top_k=selection.candidates,
             seeds=reserved_reruns(selection),
             shortest_useful_steps=shortest_useful_steps,
-            challengers=selection.candidates - 1 if selection.sequential else 1,
+            challengers=selection.candidates if selection.rerank else _challengers(selection),
             constant_prediction=constant_prediction if selection.sequential else None,
+            rerank=selection.rerank,
         )
 
     def baseline_rerun_steps(self, baseline: TrialRecord) -> int:
@@ -138,8 +142,8 @@ class RerunBudget:
         return rerun_steps([baseline], self.seeds, self.full_run_steps)
 
     def baseline_reserve_steps(self) -> int:
-        """The baseline's re-runs as planned: ``seeds`` full runs."""
-        return self.seeds * self.full_run_steps
+        """The baseline's re-runs as planned: ``seeds`` full runs (none when re-ranking: no baseline)."""
+        return 0 if self.rerank else self.seeds * self.full_run_steps
 
     def exploration_steps(self) -> int:
         """The most exploration can ever get: all but the baseline's re-runs, or everything where the baseline
@@ -147,22 +151,29 @@ class RerunBudget:
         here would stop a running trial once exploration reached it)."""
         return self.total_steps - (0 if self.constant_prediction else self.baseline_reserve_steps())
 
+    def _reserved(self, result: SearchResult) -> tuple[int, list[TrialRecord]]:
+        """The baseline's reserved re-run steps and the challengers whose re-runs are reserved."""
+        if self.rerank:
+            return 0, result.ranked()[: self.challengers]
+        baseline, *top = pick_candidates(result, 1 + self.challengers)
+        return self.baseline_rerun_steps(baseline), top
+
     def rerun_steps_now(self, result: SearchResult) -> int:
         """The re-runs that must happen: the baseline's and the reserved challengers' (without the best
         challenger's, no selection)."""
-        baseline, *top = pick_candidates(result, 1 + self.challengers)
-        return self.baseline_rerun_steps(baseline) + rerun_steps(top, self.seeds, self.full_run_steps)
+        baseline_steps, top = self._reserved(result)
+        return baseline_steps + rerun_steps(top, self.seeds, self.full_run_steps)
 
     def rerun_steps_after(self, result: SearchResult, length: int) -> int:
         """The re-runs that must happen once a trial of ``length`` steps has finished, at most: it may stay
         behind the reserved challengers, or take the place of the last of them."""
-        baseline, *top = pick_candidates(result, 1 + self.challengers)
+        baseline_steps, top = self._reserved(result)
         lengths = [rerun_steps([trial], 1, self.full_run_steps) for trial in top]
         if len(lengths) < self.challengers:
             challengers = sum(lengths) + length
         else:
             challengers = max(sum(lengths), sum(lengths[:-1]) + length)
-        return self.baseline_rerun_steps(baseline) + self.seeds * challengers
+        return baseline_steps + self.seeds * challengers
 
     def steps_needed(self, result: SearchResult, length: int) -> int:
         """Where a trial of ``length`` planned steps would take the search: spent, itself, and its re-runs."""
@@ -198,7 +209,10 @@ class RerunBudget:
         )
 
     def candidates(self, result: SearchResult) -> list[TrialRecord]:
-        """The baseline and the best challenger, then the next challengers whose re-runs fit what is left."""
+        """The baseline and the best challenger, then the next challengers whose re-runs fit what is left;
+        re-ranking: the top_k best trials (the rule re-runs those that fit)."""
+        if self.rerank:
+            return result.ranked()[: self.top_k]
         return affordable_candidates(
             result,
             self.top_k,
@@ -258,9 +272,13 @@ def _options(space: SearchSpace, params: dict[str, Any], key: str, *, shorter: C
     return [value for value in values if shorter(value)]
 
 
+def _challengers(selection: SelectionSettings) -> int:
+    return selection.candidates - 1 if selection.sequential else 1
+
+
 def reserved_reruns(selection: SelectionSettings) -> int:
     """Re-runs per candidate set aside while exploring: all ``seeds`` for the fixed rule; the first one
-    for the sequential rule (its further re-runs come from whatever the search left)."""
+    for the sequential rule (its further re-runs come from whatever the search left); re-ranking has one."""
     return 1 if selection.sequential else selection.seeds
 
 

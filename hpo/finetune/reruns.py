@@ -31,6 +31,7 @@ from hpo.finetune.cross_validation import fold_config
 from hpo.finetune.plan import Scoring
 from hpo.finetune.time_spent import summed
 from hpo.finetune.trial_training import broadcast, release_memory
+from hpo.rerank_winner import select_winner_by_reruns
 from hpo.results import SearchResult, TrialRecord
 from hpo.rung_signal import RungSignal
 from hpo.sequential_winner import select_winner_sequentially
@@ -83,7 +84,11 @@ def select_finetune_winner(
         return score, steps
 
     picked = [next(t for t in result.trials if t.number == number) for number in configs]
-    if selection.sequential:
+    if selection.rerank:
+        chosen = select_winner_by_reruns(
+            result, rerun, picked=picked, steps_left=steps_left, rerun_length=rerun_length or (lambda record: 0)
+        )
+    elif selection.sequential:
         chosen = select_winner_sequentially(
             result,
             rerun,

@@ -28,6 +28,7 @@ from hpo.finetune.time_spent import search_time_breakdown
 from hpo.finetune.trial_training import broadcast, follow_trials, train_trial
 from hpo.finetune.warm_start import WARM_START, warm_start_params
 from hpo.optimize import PlannedTrial, StudySettings, optimize
+from hpo.rerank_winner import rerank_candidates
 from hpo.result_files import write_search_outputs
 from hpo.results import SearchResult
 from hpo.storage import redact
@@ -101,15 +102,16 @@ def search_finetune(
     # 5. Choose the winner: the top candidates re-run with fresh seeds, the untuned one kept unless beaten.
     chosen, best, run_seconds = None, result.best_trial, objective.run_seconds
     if choose:
-        picked = (
-            plan.rerun_budget.candidates(result)
-            if plan.rerun_budget
-            else pick_candidates(result, plan.selection.candidates)
-        )
+        if plan.rerun_budget:
+            picked = plan.rerun_budget.candidates(result)
+        elif plan.selection.rerank:
+            picked = rerank_candidates(result, plan.selection.candidates)
+        else:
+            picked = pick_candidates(result, plan.selection.candidates)
         # Re-runs evaluate on the search's schedule, so "best" means the same as in the search.
         configs = {t.number: objective.config_of(t).with_overrides(plan.search_evaluations) for t in picked}
         untuned = [t.number for t in picked if t.extra.get(attributes.ROLE) == attributes.UNTUNED]
-        kept = untuned if keep_untuned_reruns else []
+        kept = untuned if keep_untuned_reruns and not plan.selection.rerank else []
         for number in kept:  # measured, not selected on: the fit diagnosis of the untuned arm reads them
             configs[number] = configs[number].with_overrides(
                 {"training.train_split_metrics": base.training.train_split_metrics}

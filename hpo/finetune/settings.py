@@ -81,7 +81,9 @@ class SearchSettings:
     storage: str | None = None  # None: a journal file in the run folder (re-running resumes)
     study_name: str = "search"
     heartbeat_seconds: int | None = None
-    include_untuned: bool = True  # the untuned config is the first trial and the baseline of the winner rule
+    # The untuned config is the first trial and the baseline of the winner rule (without it, selection.seeds
+    # >= 2 falls back to 0: the best trial wins; seeds 1, re-ranking, needs no baseline).
+    include_untuned: bool = True
     # Overrides of the untuned config tried right after it, exactly as written (hpo.finetune.warm_start),
     # e.g. the field's recipes for the method: a recipe's `search.warm_start: references`, its default for
     # causal LMs (recipes.recipe).
@@ -129,7 +131,7 @@ class SearchSettings:
             )
         if self.space is not None:
             check_space_keys(self.space)
-        if not self.include_untuned:
+        if not self.include_untuned and not self.selection.rerank:
             self.selection = SelectionSettings(top_k=self.selection.top_k, seeds=0)  # no baseline to keep
         if self.full_run_equivalents is not None:
             check_room_to_explore(self.full_run_equivalents, self.selection.for_budget(self.full_run_equivalents))

@@ -1,0 +1,113 @@
+"""Re-ranking (selection.seeds 1): the top trials re-run once each, the best re-run wins, within the steps left."""
+
+from __future__ import annotations
+
+import pytest
+
+from hpo import SearchConfigError
+from hpo.finetune.admission import RerunBudget, check_room_to_explore
+from hpo.rerank_winner import rerank_candidates, select_winner_by_reruns
+from hpo.results import SearchResult, TrialRecord
+from hpo.winner_rule import SelectionSettings
+
+
+def _result(values: list[float], steps: list[int], direction: str = "minimize", untuned: int | None = None):
+    trials = [
+        TrialRecord(
+            number=n,
+            state="COMPLETE",
+            value=value,
+            params={"n": n},
+            steps=length,
+            seconds=1.0,
+            extra={"role": "untuned"} if n == untuned else {"planned_steps": length},
+        )
+        for n, (value, length) in enumerate(zip(values, steps, strict=True))
+    ]
+    return SearchResult("t", None, direction, "budget", trials, steps_spent=sum(steps), wall_seconds_spent=1.0)
+
+
+def _rerank(result, scores: dict[int, float], *, top_k=3, steps_left=None, fail=()):
+    calls = []
+
+    def rerun(record, replicate):
+        calls.append((record.number, replicate))
+        if record.number in fail:
+            raise RuntimeError("loss is NaN")
+        return scores[record.number], record.steps
+
+    picked = rerank_candidates(result, top_k)
+    selection = select_winner_by_reruns(
+        result, rerun, picked=picked, steps_left=steps_left, rerun_length=lambda record: record.steps
+    )
+    return selection, calls
+
+
+def test_a_lucky_short_trial_loses_to_the_best_re_run():
+    # Validation losses of a causal-LM LoRA search: trial 1 (12 steps) topped it by luck, trial 2 holds.
+    result = _result([0.58, 0.088, 0.140, 0.148, 0.30], [48, 12, 32, 8, 4], untuned=0)
+    selection, calls = _rerank(result, {1: 0.155, 2: 0.139, 3: 0.150})
+    assert calls == [(1, 0), (2, 0), (3, 0)]  # best first, once each; the untuned run is not among the top
+    assert selection.winner == 2
+    assert selection.baseline == 1  # what the search alone would have chosen
+    assert not selection.kept_baseline
+    assert selection.winners_curse == pytest.approx(0.140 - 0.139)
+    assert selection.steps == 12 + 32 + 8
+    assert "trial 2 has the best fresh re-run" in selection.reason
+
+
+def test_maximizing_and_the_untuned_trial_competes_only_by_its_rank():
+    result = _result([0.90, 0.85, 0.80, 0.70], [10, 10, 10, 10], direction="maximize", untuned=0)
+    selection, calls = _rerank(result, {0: 0.86, 1: 0.87, 2: 0.95}, top_k=3)
+    assert [n for n, _ in calls] == [0, 1, 2]
+    assert selection.winner == 2
+
+
+def test_re_runs_that_do_not_fit_are_skipped_and_a_failing_one_cannot_win():
+    result = _result([0.10, 0.12, 0.13], [40, 30, 10])
+    # 45 steps left: trial 0 (40) runs, trial 1 (30) no longer fits, trial 2 (10) does not either (5 left).
+    selection, calls = _rerank(result, {0: 0.20, 1: 0.05, 2: 0.01}, steps_left=45)
+    assert calls == [(0, 0)]
+    assert selection.winner == 0
+    assert "too long for the budget left: trials [1, 2]" in selection.reason
+    selection, calls = _rerank(result, {0: 0.20, 1: 0.05, 2: 0.01}, fail={2})
+    assert selection.winner == 1
+    assert selection.candidate(2).failure == "RuntimeError: loss is NaN"
+
+
+def test_with_no_re_run_the_best_search_trial_wins():
+    result = _result([0.10, 0.12], [40, 30])
+    selection, calls = _rerank(result, {}, steps_left=5)
+    assert calls == []
+    assert selection.winner == 0 and selection.kept_baseline
+    assert "no re-run finished" in selection.reason
+
+
+def test_settings_seeds_1_means_re_ranking_and_its_reserve():
+    settings = SelectionSettings(top_k=3, seeds=1)
+    assert settings.enabled and settings.rerank
+    decided = settings.for_budget(4)
+    assert decided.sequential is False and decided.candidates == 3
+    check_room_to_explore(4, decided)  # 3 re-runs of at most a full run each, one full run to explore
+    with pytest.raises(Exception, match="raise the budget to at least 4"):
+        check_room_to_explore(3.5, decided)
+    with pytest.raises(SearchConfigError, match="sequential: true needs seeds >= 2"):
+        SelectionSettings(top_k=3, seeds=1, sequential=True)
+    assert not SelectionSettings(top_k=1, seeds=1).enabled  # one trial: nothing to re-rank
+
+
+def test_the_reserve_holds_one_re_run_of_each_of_the_top_trials_and_no_baseline():
+    budget = RerunBudget.for_selection(
+        SelectionSettings(top_k=3, seeds=1).for_budget(4), total_steps=192, full_run_steps=48, shortest_useful_steps=4
+    )
+    assert budget.rerank and budget.seeds == 1 and budget.challengers == 3
+    assert budget.exploration_steps() == 192  # nothing set aside for an untuned re-run
+    empty = _result([], [])
+    assert budget.rerun_steps_after(empty, 32) == 32  # the new trial's own re-run
+    # Explored 12 + 32 + 8 = 52 steps (no untuned trial); the top 3 re-run for 52 more.
+    result = _result([0.088, 0.140, 0.148], [12, 32, 8])
+    assert budget.rerun_steps_now(result) == 52
+    # A 48-step trial may take the place of the third (8 steps): 12 + 32 + 48 reserved after it.
+    assert budget.steps_needed(result, 48) == 52 + 48 + 92
+    assert budget.fits(result, 48) is True and budget.fits(result, 60) is False
+    assert [t.number for t in budget.candidates(result)] == [0, 1, 2]
