@@ -247,7 +247,15 @@ def selection_lines(results: dict[str, Any]) -> list[str]:
         if len(sel["candidates"]) < top_k
         else ""
     )
-    if settings.get("sequential"):
+    among = "the untuned one always among them"
+    if settings.get("seeds") == 1:
+        among = "the untuned one only by its rank"
+        how = (
+            "were re-run once each with a fresh seed at their own length (a fresh validation draw where the "
+            "validation split is carved from train) and the best re-run won: a re-ranking that exposes a lucky "
+            "trial, with no noise test (one re-run cannot measure the noise)"
+        )
+    elif settings.get("sequential"):
         how = (
             f"were re-run one fresh seed at a time (at most {settings.get('seeds')} each; fresh validation draws "
             "where the validation split is carved from train): every challenger once, ranked by its re-runs, the "
@@ -265,8 +273,8 @@ def selection_lines(results: dict[str, Any]) -> list[str]:
     lines = [
         f"Winner: trial {sel['winner']} ({winner['role'] or 'tuned'}). "
         f"{sel['reason'][0].upper()}{sel['reason'][1:]}. "
-        f"Rule: the top {len(sel['candidates'])} candidates{fewer} by validation {metric} (the untuned one "
-        f"always among them) {how} (noise std {sel['noise_std']:.4f}, margin {sel['margin']:.4f}).",
+        f"Rule: the top {len(sel['candidates'])} candidates{fewer} by validation {metric} ({among}) {how}"
+        + ("." if settings.get("seeds") == 1 else f" (noise std {sel['noise_std']:.4f}, margin {sel['margin']:.4f})."),
     ]
     if winner["search_value"] is not None and winner["rerun_mean"] is not None:
         lines.append(

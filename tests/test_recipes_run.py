@@ -182,3 +182,7 @@ def test_the_report_says_why_fewer_candidates_than_top_k_were_re_run():
     assert "top_k is" not in selection_lines(results)[0]
     results["search"]["selection_settings"]["sequential"] = True
     assert "re-run one fresh seed at a time (at most 2 each" in selection_lines(results)[0]
+    results["search"]["selection_settings"] = {"top_k": 2, "seeds": 1}
+    rerank = selection_lines(results)[0]
+    assert "(the untuned one only by its rank) were re-run once each" in rerank
+    assert "no noise test" in rerank and "margin" not in rerank
