@@ -80,6 +80,7 @@ def check_recipe(recipe: Recipe, *, time_steps: bool = True) -> dict[str, Any]:
         "reserve_released_if_untuned_learns_nothing": bool(plan.rerun_budget and plan.rerun_budget.constant_prediction),
         "selection": _selection_summary(plan.selection),
         "warm_start": _warm_start_names(recipe),
+        "untuned_trial": recipe.search.include_untuned,  # the search's first trial (else only the untuned arm)
         # The untuned configuration's re-runs are untuned-arm seeds; the other seeds train fresh, on the
         # whole train split (trials under cross-validation on a fold's share).
         "retrain_runs": retrains,
@@ -172,7 +173,7 @@ def format_check(report: dict[str, Any]) -> str:
         f"search: {report['search_steps']} steps in all, {_sweep(report['lr_range_steps'])}"
         f"{report['exploration_steps']} to explore and {report['reserve_steps']} kept to choose the winner"
         f"{_released(report['reserve_released_if_untuned_learns_nothing'])}; selection: {report['selection']}",
-        *_warm_start_line(report["warm_start"]),
+        *_warm_start_line(report["warm_start"], untuned_first=report["untuned_trial"]),
         f"retrains: {report['retrain_runs']} runs (tuned, untuned{_and_references(report['references'])}, one "
         f"per seed{_reused(report['reused_untuned_runs'])}), about {report['retrain_steps']} steps",
     ]
@@ -200,10 +201,11 @@ def _warm_start_names(recipe: Recipe) -> list[str]:
     return [f"search.warm_start[{i}]" for i in range(len(recipe.search.warm_start))]
 
 
-def _warm_start_line(names: list[str]) -> list[str]:
+def _warm_start_line(names: list[str], *, untuned_first: bool) -> list[str]:
     if not names:
         return []
-    return [f"warm start: right after the untuned run the search tries {', '.join(names)} (search.warm_start)"]
+    when = "right after the untuned run" if untuned_first else "first (no untuned trial: search.include_untuned)"
+    return [f"warm start: {when} the search tries {', '.join(names)} (search.warm_start)"]
 
 
 def _and_references(references: list[str]) -> str:
@@ -217,6 +219,11 @@ def _reused(count: int) -> str:
 def _selection_summary(selection: SelectionSettings) -> str:
     if not selection.enabled:
         return "no re-runs, the best trial wins"
+    if selection.rerank:
+        return (
+            f"the top {selection.candidates} trials re-run once each with a fresh seed (at their own lengths, "
+            "reserved from the steps to explore as they are known), the best re-run wins"
+        )
     if selection.sequential:
         return (
             f"the top {selection.candidates} candidates re-run one fresh seed at a time, up to {selection.seeds} each, "
