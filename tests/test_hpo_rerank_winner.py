@@ -88,26 +88,38 @@ def test_settings_seeds_1_means_re_ranking_and_its_reserve():
     assert settings.enabled and settings.rerank
     decided = settings.for_budget(4)
     assert decided.sequential is False and decided.candidates == 3
-    check_room_to_explore(4, decided)  # 3 re-runs of at most a full run each, one full run to explore
-    with pytest.raises(Exception, match="raise the budget to at least 4"):
-        check_room_to_explore(3.5, decided)
+    check_room_to_explore(2, decided)  # re-ranking keeps one full run: one more to explore
+    with pytest.raises(Exception, match="raise the budget to at least 2"):
+        check_room_to_explore(1.5, decided)
     with pytest.raises(SearchConfigError, match="sequential: true needs seeds >= 2"):
         SelectionSettings(top_k=3, seeds=1, sequential=True)
     assert not SelectionSettings(top_k=1, seeds=1).enabled  # one trial: nothing to re-rank
 
 
-def test_the_reserve_holds_one_re_run_of_each_of_the_top_trials_and_no_baseline():
+def test_the_reserve_is_one_full_run_and_always_the_best_trials_re_run():
     budget = RerunBudget.for_selection(
         SelectionSettings(top_k=3, seeds=1).for_budget(4), total_steps=192, full_run_steps=48, shortest_useful_steps=4
     )
-    assert budget.rerank and budget.seeds == 1 and budget.challengers == 3
+    assert budget.rerank and budget.seeds == 1
     assert budget.exploration_steps() == 192  # nothing set aside for an untuned re-run
-    empty = _result([], [])
-    assert budget.rerun_steps_after(empty, 32) == 32  # the new trial's own re-run
-    # Explored 12 + 32 + 8 = 52 steps (no untuned trial); the top 3 re-run for 52 more.
+    assert budget.rerun_steps_after(_result([], []), 32) == 32  # the new trial's own re-run
+    # The top 3 would re-run for 12 + 32 + 8 = 52 steps: one full run (48) is kept.
     result = _result([0.088, 0.140, 0.148], [12, 32, 8])
-    assert budget.rerun_steps_now(result) == 52
-    # A 48-step trial may take the place of the third (8 steps): 12 + 32 + 48 reserved after it.
-    assert budget.steps_needed(result, 48) == 52 + 48 + 92
-    assert budget.fits(result, 48) is True and budget.fits(result, 60) is False
+    assert budget.rerun_steps_now(result) == 48
+    # A 70-step trial may become the best: its re-run is kept whatever its length (52 + 70 + 70 = 192).
+    assert budget.steps_needed(result, 70) == 192 and budget.fits(result, 70)
+    assert not budget.fits(result, 71)
+    assert budget.rerank_reserve([12, 8]) == 20 and budget.rerank_reserve([]) == 0
     assert [t.number for t in budget.candidates(result)] == [0, 1, 2]
+    # The references as the first trials (48, 32 and 8 steps): 48 kept, 56 left to explore at any length
+    # up to 48 (an uncapped reserve kept 88 and let only 12-step trials run).
+    references = _result([0.152, 0.140, 0.189], [48, 32, 8])
+    assert budget.rerun_steps_now(references) == 48 and budget.fits(references, 48)
+
+
+def test_re_runs_that_do_not_fit_the_reserve_are_passed_over_for_shorter_ones():
+    # 48 steps left: the best trial (32) is re-run, the second (48) no longer fits, the third (8) does.
+    result = _result([0.140, 0.152, 0.189], [32, 48, 8])
+    selection, calls = _rerank(result, {0: 0.15, 1: 0.10, 2: 0.14}, steps_left=48)
+    assert calls == [(0, 0), (2, 0)]
+    assert selection.winner == 2 and "trials [1]" in selection.reason

@@ -55,6 +55,8 @@ MAX_REFUSED_IN_A_ROW = 20  # then the sampler is not finding anything that fits:
 # A shortened trial runs at least this many evaluation intervals: the schedulers' second rung (the first is
 # one interval, reduction factor 3), so it is compared with its peers at two rungs before it can be stopped.
 SHORTENED_EVALUATIONS = 3
+# Re-ranking's reserve: the untuned trial's cost, which a search without a baseline does not pay.
+RERANK_RESERVE_FULL_RUNS = 1.0
 
 
 def rerun_steps(picked: list[TrialRecord], seeds: int, full_run_steps: int) -> int:
@@ -104,8 +106,8 @@ class RerunBudget:
     # Where the metric starts (hpo.rung_signal): an untuned trial scoring there needs no reserved re-run.
     # Only for the sequential rule, which can decide without that re-run; None: always reserved.
     constant_prediction: RungSignal | None = None
-    # Re-ranking (selection.seeds 1, hpo.rerank_winner): no baseline; the ``challengers`` best trials, whatever
-    # their role, are re-run once each.
+    # Re-ranking (selection.seeds 1, hpo.rerank_winner): no baseline; the top_k best trials, whatever their
+    # role, are re-run once each while they fit, from a reserve of RERANK_RESERVE_FULL_RUNS (rerank_reserve).
     rerank: bool = False
     refused_in_a_row: int = 0
 
@@ -128,7 +130,7 @@ class RerunBudget:
             top_k=selection.candidates,
             seeds=reserved_reruns(selection),
             shortest_useful_steps=shortest_useful_steps,
-            challengers=selection.candidates if selection.rerank else _challengers(selection),
+            challengers=selection.candidates - 1 if selection.sequential else 1,
             constant_prediction=constant_prediction if selection.sequential else None,
             rerank=selection.rerank,
         )
@@ -151,29 +153,40 @@ class RerunBudget:
         here would stop a running trial once exploration reached it)."""
         return self.total_steps - (0 if self.constant_prediction else self.baseline_reserve_steps())
 
-    def _reserved(self, result: SearchResult) -> tuple[int, list[TrialRecord]]:
-        """The baseline's reserved re-run steps and the challengers whose re-runs are reserved."""
-        if self.rerank:
-            return 0, result.ranked()[: self.challengers]
-        baseline, *top = pick_candidates(result, 1 + self.challengers)
-        return self.baseline_rerun_steps(baseline), top
-
     def rerun_steps_now(self, result: SearchResult) -> int:
         """The re-runs that must happen: the baseline's and the reserved challengers' (without the best
-        challenger's, no selection)."""
-        baseline_steps, top = self._reserved(result)
-        return baseline_steps + rerun_steps(top, self.seeds, self.full_run_steps)
+        challenger's, no selection); re-ranking: its reserve for the top trials."""
+        if self.rerank:
+            return self.rerank_reserve(self._top_lengths(result))
+        baseline, *top = pick_candidates(result, 1 + self.challengers)
+        return self.baseline_rerun_steps(baseline) + rerun_steps(top, self.seeds, self.full_run_steps)
 
     def rerun_steps_after(self, result: SearchResult, length: int) -> int:
         """The re-runs that must happen once a trial of ``length`` steps has finished, at most: it may stay
-        behind the reserved challengers, or take the place of the last of them."""
-        baseline_steps, top = self._reserved(result)
+        behind the reserved challengers, or take the place of the last of them (re-ranking: any place)."""
+        if self.rerank:
+            top = self._top_lengths(result)
+            placed = [top[:i] + [length] + top[i:] for i in range(len(top) + 1)]
+            return max(self.rerank_reserve(lengths[: self.top_k]) for lengths in [top, *placed])
+        baseline, *top = pick_candidates(result, 1 + self.challengers)
         lengths = [rerun_steps([trial], 1, self.full_run_steps) for trial in top]
         if len(lengths) < self.challengers:
             challengers = sum(lengths) + length
         else:
             challengers = max(sum(lengths), sum(lengths[:-1]) + length)
-        return baseline_steps + self.seeds * challengers
+        return self.baseline_rerun_steps(baseline) + self.seeds * challengers
+
+    def rerank_reserve(self, lengths: list[int]) -> int:
+        """Steps kept for re-ranking trials of these re-run ``lengths`` (best first): all of them up to
+        RERANK_RESERVE_FULL_RUNS full runs, and the best trial's re-run whatever its length. Reserving every
+        top trial's re-run would starve exploration: with the field's recipes as the first trials, a 48- and a
+        32-step reference and an 8-step one held 88 of a 192-step search, and then only 12-step trials fit."""
+        if not lengths:
+            return 0
+        return max(lengths[0], min(sum(lengths), round(RERANK_RESERVE_FULL_RUNS * self.full_run_steps)))
+
+    def _top_lengths(self, result: SearchResult) -> list[int]:
+        return [rerun_steps([trial], 1, self.full_run_steps) for trial in result.ranked()[: self.top_k]]
 
     def steps_needed(self, result: SearchResult, length: int) -> int:
         """Where a trial of ``length`` planned steps would take the search: spent, itself, and its re-runs."""
@@ -272,10 +285,6 @@ def _options(space: SearchSpace, params: dict[str, Any], key: str, *, shorter: C
     return [value for value in values if shorter(value)]
 
 
-def _challengers(selection: SelectionSettings) -> int:
-    return selection.candidates - 1 if selection.sequential else 1
-
-
 def reserved_reruns(selection: SelectionSettings) -> int:
     """Re-runs per candidate set aside while exploring: all ``seeds`` for the fixed rule; the first one
     for the sequential rule (its further re-runs come from whatever the search left); re-ranking has one."""
@@ -286,6 +295,8 @@ def check_room_to_explore(full_runs: float, selection: SelectionSettings) -> Non
     """Refuse a budget of ``full_runs`` full-run equivalents that cannot re-run every candidate at the untuned
     run's length and still explore one full run (the worst case; RerunBudget counts the real lengths)."""
     reserve = reserved_reruns(selection) * selection.candidates if selection.enabled else 0
+    if selection.enabled and selection.rerank:
+        reserve = RERANK_RESERVE_FULL_RUNS
     if full_runs - reserve < 1:
         raise ConfigError(
             f"search.budget: {full_runs:g} full-run equivalents leave less than one full run to explore "
