@@ -83,9 +83,12 @@ def test_check_plans_every_shipped_recipe(path):
     assert 0 < report["exploration_steps"] <= report["search_steps"]
     selection, seeds = recipe.search.selection, len(recipe.seeds)
     one_split = report["validation"].startswith("one validation split")
-    reused = min(selection.seeds, seeds) if selection.enabled and one_split else 0
+    reused = min(selection.seeds, seeds) if selection.enabled and not selection.rerank and one_split else 0
     assert report["retrain_runs"] == (2 + len(recipe.references)) * seeds - reused and "timing" not in report
     assert "one full run (the untuned configuration)" in format_check(report)
     # A causal recipe tries the references it compares with first (their default warm start) and says so.
     assert report["warm_start"] == (recipe.references if recipe.untuned.model.task == "causal_lm" else [])
-    assert ("warm start: right after the untuned run" in format_check(report)) == bool(report["warm_start"])
+    assert ("warm start: " in format_check(report)) == bool(report["warm_start"])
+    if report["warm_start"]:  # then the untuned run is not searched (a recipe's default): the references go first
+        assert not report["untuned_trial"] and "warm start: first (no untuned trial" in format_check(report)
+        assert "the top 3 trials re-run once each" in report["selection"]

@@ -102,3 +102,15 @@ def test_the_references_as_warm_start_trials(tmp_path):
     assert recipe_from_dict(classification).search.warm_start == ()
     with pytest.raises(ConfigError, match="search.warm_start: expected a list of mappings"):
         recipe_from_dict({**raw, "search": {"warm_start": "refs"}})
+
+
+def test_a_search_warm_started_from_the_references_re_ranks_without_the_untuned_trial(tmp_path):
+    raw = causal_config("unused-model", str(tmp_path / "train.jsonl"), tmp_path / "out")
+    search = recipe_from_dict(raw).search
+    assert not search.include_untuned and search.selection.rerank and search.selection.top_k == 3
+    # A recipe that sets either key keeps the usual rules; so does one with no reference to start from.
+    kept = recipe_from_dict({**raw, "search": {"selection": {"seeds": 2}}}).search
+    assert kept.include_untuned and kept.selection.seeds == 2
+    assert recipe_from_dict({**raw, "search": {"include_untuned": True}}).search.selection.seeds == 2
+    assert recipe_from_dict({**raw, "compare": {"references": []}}).search.include_untuned
+    assert recipe_from_dict({**raw, "search": {"warm_start": []}}).search.include_untuned
