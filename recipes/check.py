@@ -49,7 +49,7 @@ def check_recipe(recipe: Recipe, *, time_steps: bool = True) -> dict[str, Any]:
     model_config = AutoConfig.from_pretrained(source.path, trust_remote_code=config.model.trust_remote_code)
     plan = plan_search(config, recipe.search)
     seeds, reused = len(recipe.seeds), reused_untuned_runs(plan, len(recipe.seeds))
-    reserve = plan.rerun_budget.baseline_reserve_steps() if plan.rerun_budget else None
+    reserve = plan.rerun_budget.planned_reserve_steps() if plan.rerun_budget else None
     retrains = (2 + len(recipe.references)) * seeds - reused
     run_steps = planned_steps(config, len(inputs.train))
     # The tuned arm at the untuned run's length (the winner is not known yet); references at their own.

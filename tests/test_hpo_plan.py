@@ -87,7 +87,7 @@ def test_the_sequential_rule_reserves_one_rerun_each_and_accepts_4_full_runs(tin
     # 48 steps (the fixed rule refuses 4 runs): one re-run of the untuned run and the first re-runs of the 2
     # best challengers are reserved as trials are admitted. Exploration is not capped below the whole budget:
     # an untuned run that learns nothing releases its reserve (admission holds it back only while needed).
-    assert plan.total_steps == 48 and plan.budget.steps == 48 and plan.rerun_budget.baseline_reserve_steps() == 12
+    assert plan.total_steps == 48 and plan.budget.steps == 48 and plan.rerun_budget.planned_reserve_steps() == 12
     assert plan.rerun_budget.seeds == 1 and plan.rerun_budget.challengers == 2
     with pytest.raises(ConfigError, match="selection reserve of 8 full runs"):
         plan_search(

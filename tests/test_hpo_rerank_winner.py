@@ -102,6 +102,7 @@ def test_the_reserve_is_one_full_run_and_always_the_best_trials_re_run():
     )
     assert budget.rerank and budget.seeds == 1
     assert budget.exploration_steps() == 192  # nothing set aside for an untuned re-run
+    assert budget.planned_reserve_steps() == 48  # what check and the ETA count before the lengths are known
     assert budget.rerun_steps_after(_result([], []), 32) == 32  # the new trial's own re-run
     # The top 3 would re-run for 12 + 32 + 8 = 52 steps: one full run (48) is kept.
     result = _result([0.088, 0.140, 0.148], [12, 32, 8])

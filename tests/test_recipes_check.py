@@ -95,3 +95,5 @@ def test_check_plans_every_shipped_recipe(path):
     first = "warm start: first (no untuned trial" in text
     assert first == (bool(report["warm_start"]) and not report["untuned_trial"])
     assert ("the top 3 trials re-run once each" in report["selection"]) == (not report["untuned_trial"])
+    if selection.enabled and selection.rerank:  # one full run kept for the top trials' re-runs
+        assert report["reserve_steps"] == report["full_run_steps"]

@@ -143,15 +143,22 @@ class RerunBudget:
                 return 0
         return rerun_steps([baseline], self.seeds, self.full_run_steps)
 
-    def baseline_reserve_steps(self) -> int:
-        """The baseline's re-runs as planned: ``seeds`` full runs (none when re-ranking: no baseline)."""
-        return 0 if self.rerank else self.seeds * self.full_run_steps
+    def planned_reserve_steps(self) -> int:
+        """The steps kept to choose the winner as planned before the search: the baseline's ``seeds`` re-runs
+        at full length (the challengers' are reserved as their lengths become known), or re-ranking's
+        RERANK_RESERVE_FULL_RUNS full runs (rerank_reserve: the real top trials' lengths decide)."""
+        if self.rerank:
+            return round(RERANK_RESERVE_FULL_RUNS * self.full_run_steps)
+        return self.seeds * self.full_run_steps
 
     def exploration_steps(self) -> int:
-        """The most exploration can ever get: all but the baseline's re-runs, or everything where the baseline
-        may turn out to need none (admission then holds its reserve back for as long as it is needed: a cap
-        here would stop a running trial once exploration reached it)."""
-        return self.total_steps - (0 if self.constant_prediction else self.baseline_reserve_steps())
+        """The most exploration can ever get: all but the baseline's re-runs, or everything where the reserve
+        may turn out smaller than planned (a baseline that learns nothing; re-ranking short top trials):
+        admission then holds the reserve back for as long as it is needed, where a cap here would stop a
+        running trial once exploration reached it."""
+        if self.constant_prediction or self.rerank:
+            return self.total_steps
+        return self.total_steps - self.planned_reserve_steps()
 
     def rerun_steps_now(self, result: SearchResult) -> int:
         """The re-runs that must happen: the baseline's and the reserved challengers' (without the best

@@ -96,9 +96,7 @@ def search_finetune(
     #    The study is a journal in the run folder unless a database is given: running again resumes it.
     objective = TrialObjective(base, settings, plan, trials_dir=run_dir / "trials")
     storage = settings.storage or str(run_dir / "study.journal")
-    reserve = plan.rerun_budget.baseline_reserve_steps() if plan.rerun_budget else 0
-    if plan.selection.enabled and plan.selection.rerank:
-        reserve = plan.full_run_steps  # the ETA's share for re-ranking's re-runs (about one full run)
+    reserve = plan.rerun_budget.planned_reserve_steps() if plan.rerun_budget else 0
     study = _study_settings(settings, plan, storage, steps_after=reserve + steps_after_search)
     result = _explore(objective, plan, study)
     # 5. Choose the winner: the top candidates re-run with fresh seeds, the untuned one kept unless beaten.
