@@ -224,6 +224,9 @@ class TrainingConfig:
     seed: int = 42
     # Evaluate every eval_steps optimizer steps (null: at the end of every epoch).
     eval_steps: int | None = None
+    # Or evaluate after exactly these optimizer steps and at the last one (a search evaluates only where its
+    # scheduler compares trials: hpo's search.evaluate_at: rungs). The kept checkpoint is the best of them.
+    eval_at_steps: list[int] | None = None
     logging_steps: int = 50
     # Also measure the metrics on a fixed 256-row training sample at each evaluation (the report's
     # train-vs-validation plot). Costs ~30% of a LoRA run evaluated 9 times; search trials turn it off.
@@ -262,6 +265,16 @@ class TrainingConfig:
             raise ConfigError("training.num_train_epochs must be > 0 (or set training.max_steps > 0)")
         if self.eval_steps is not None and self.eval_steps <= 0:
             raise ConfigError(f"training.eval_steps must be > 0 or null, got {self.eval_steps}")
+        if self.eval_at_steps is not None:
+            steps = self.eval_at_steps
+            valid = isinstance(steps, (list, tuple)) and all(isinstance(s, int) and not isinstance(s, bool) for s in steps)
+            if not valid or not steps or steps[0] < 1 or list(steps) != sorted(set(steps)):
+                raise ConfigError(
+                    f"training.eval_at_steps: expected a non-empty, increasing list of optimizer steps >= 1 or null, "
+                    f"got {steps!r}"
+                )
+            if self.eval_steps is not None:
+                raise ConfigError("training.eval_at_steps and training.eval_steps both say when to evaluate: set one")
         if self.logging_steps <= 0:
             raise ConfigError(f"training.logging_steps must be > 0, got {self.logging_steps}")
         for key in ("adam_beta1", "adam_beta2", "momentum"):

@@ -82,6 +82,25 @@ class NanLossGuard(TrainerCallback):
                 )
 
 
+class EvaluateAtSteps(TrainerCallback):
+    """Evaluate and save after exactly the listed optimizer steps (training.eval_at_steps); Trainer's own
+    step schedule never fires (NEVER_BY_INTERVAL) but still evaluates the last step."""
+
+    def __init__(self, steps: list[int]):
+        self.steps = frozenset(steps)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step in self.steps:
+            control.should_evaluate = True
+            control.should_save = True
+        return control
+
+
+# An evaluation interval no run reaches: with training.eval_at_steps, Trainer's step strategy (which keeps the
+# best checkpoint and evaluates the last step) runs, and EvaluateAtSteps says when.
+NEVER_BY_INTERVAL = 10**9
+
+
 class ProgressLog(TrainerCallback):
     """One line per log/eval on stderr: step/total, loss or metrics, elapsed and ETA (stdout stays clean)."""
 
@@ -111,7 +130,8 @@ def training_arguments(config: FinetuneConfig, checkpoint_dir: Path) -> Training
     metric, greater = default_metric(config.model.task)
     metric = t.metric_for_best_model or metric
     greater = greater if t.metric_for_best_model is None else "loss" not in metric
-    strategy = "steps" if t.eval_steps else "epoch"
+    strategy = "steps" if t.eval_steps or t.eval_at_steps else "epoch"
+    interval = NEVER_BY_INTERVAL if t.eval_at_steps else t.eval_steps
     return TrainingArguments(
         output_dir=str(checkpoint_dir),
         learning_rate=t.learning_rate,
@@ -135,9 +155,9 @@ def training_arguments(config: FinetuneConfig, checkpoint_dir: Path) -> Training
         seed=t.seed,
         data_seed=t.seed,
         eval_strategy=strategy,
-        eval_steps=t.eval_steps,
+        eval_steps=interval,
         save_strategy=strategy,
-        save_steps=t.eval_steps,
+        save_steps=interval,
         save_only_model=True,
         save_total_limit=1,
         load_best_model_at_end=True,
@@ -213,6 +233,8 @@ def _trainer(
         from finetune.generate import GenerationMetrics
 
         extra.append(GenerationMetrics(config, tokenizer))
+    if config.training.eval_at_steps:
+        extra.append(EvaluateAtSteps(config.training.eval_at_steps))
     if config.training.train_split_metrics:
         batch = config.training.per_device_eval_batch_size
         extra.append(

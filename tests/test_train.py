@@ -127,6 +127,33 @@ def test_final_metrics_are_the_kept_models_without_evaluating_it_again(tiny_bert
         assert reloaded[key.replace("eval_", "validation_")] == pytest.approx(value, abs=1e-5), key
 
 
+def test_eval_at_steps_evaluates_there_and_at_the_last_step_only(tiny_bert, sentiment_files, tmp_path):
+    config = _cls_config(
+        tiny_bert, sentiment_files, tmp_path / "run", "lora", eval_at_steps=[1, 3], eval_steps=None, learning_rate=3e-3
+    )
+    evaluations = []
+
+    class CountEvaluations(TrainerCallback):
+        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+            evaluations.append(state.global_step)
+
+    result = finetune.train(config, callbacks=[CountEvaluations()])
+    assert evaluations == [1, 3, 6]  # the listed steps and the last one, once each
+    assert [e["step"] for e in result.evaluations] == [1, 3, 6]
+    best = max(result.evaluations, key=lambda e: e["eval_accuracy"])
+    assert result.final_metrics == {k: v for k, v in best.items() if k.startswith("eval_")}
+    reloaded = finetune.evaluate(tmp_path / "run", "validation")  # the kept checkpoint is that evaluation's
+    assert reloaded["validation_accuracy"] == pytest.approx(best["eval_accuracy"], abs=1e-5)
+
+
+@pytest.mark.parametrize("steps", [[], [3, 1], [0, 2], [1, 1], "5"])
+def test_eval_at_steps_must_be_increasing_steps(tiny_bert, sentiment_files, tmp_path, steps):
+    with pytest.raises(ConfigError, match="training.eval_at_steps"):
+        _cls_config(tiny_bert, sentiment_files, tmp_path / "run", "lora", eval_at_steps=steps, eval_steps=None)
+    with pytest.raises(ConfigError, match="set one"):
+        _cls_config(tiny_bert, sentiment_files, tmp_path / "run", "lora", eval_at_steps=[2], eval_steps=2)
+
+
 @pytest.mark.parametrize("backbone", ["bert", "llama"])
 def test_prefix_tuning_classification_is_a_clear_error(tiny_bert, tiny_llama, sentiment_files, tmp_path, backbone):
     # peft 0.21's prefix tuning for SEQ_CLS requires a `past_key_values` argument that transformers 5 renamed.
