@@ -267,7 +267,9 @@ class TrainingConfig:
             raise ConfigError(f"training.eval_steps must be > 0 or null, got {self.eval_steps}")
         if self.eval_at_steps is not None:
             steps = self.eval_at_steps
-            valid = isinstance(steps, (list, tuple)) and all(isinstance(s, int) and not isinstance(s, bool) for s in steps)
+            valid = isinstance(steps, (list, tuple)) and all(
+                isinstance(step, int) and not isinstance(step, bool) for step in steps
+            )
             if not valid or not steps or steps[0] < 1 or list(steps) != sorted(set(steps)):
                 raise ConfigError(
                     f"training.eval_at_steps: expected a non-empty, increasing list of optimizer steps >= 1 or null, "

@@ -146,7 +146,7 @@ def test_eval_at_steps_evaluates_there_and_at_the_last_step_only(tiny_bert, sent
     assert reloaded["validation_accuracy"] == pytest.approx(best["eval_accuracy"], abs=1e-5)
 
 
-@pytest.mark.parametrize("steps", [[], [3, 1], [0, 2], [1, 1], "5"])
+@pytest.mark.parametrize("steps", [[], [3, 1], [0, 2], [1, 1], "5", 5])
 def test_eval_at_steps_must_be_increasing_steps(tiny_bert, sentiment_files, tmp_path, steps):
     with pytest.raises(ConfigError, match="training.eval_at_steps"):
         _cls_config(tiny_bert, sentiment_files, tmp_path / "run", "lora", eval_at_steps=steps, eval_steps=None)
