@@ -26,7 +26,7 @@ from hpo.progress import Progress
 from hpo.reporter import Reporter
 from hpo.results import SearchResult, trial_records
 from hpo.rung_signal import RungSignal
-from hpo.samplers import build_pruner, build_sampler
+from hpo.samplers import REDUCTION_FACTOR, build_pruner, build_sampler
 from hpo.space import SearchSpace
 from hpo.storage import open_storage
 from hpo.workers import (
@@ -54,7 +54,7 @@ class StudySettings:
     study_name: str = "tunelab"
     min_steps: int = 1  # the schedulers' first rung, in the steps the objective reports
     max_steps: int | None = None
-    reduction_factor: int = 3
+    reduction_factor: int = REDUCTION_FACTOR
     heartbeat_seconds: int | None = None  # databases only: a silent worker's trial is retried
     max_initial_failures: int = 5  # the first N trials all failing stops the search: it is broken
     progress: bool = True

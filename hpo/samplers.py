@@ -10,6 +10,8 @@ from hpo.errors import SearchConfigError
 
 SAMPLERS = ("grid", "random", "qmc", "tpe", "gp")
 SCHEDULERS = ("none", "median", "sha", "hyperband")
+RUNG_SCHEDULERS = ("sha", "hyperband")  # compare trials only at min_steps x reduction_factor^k
+REDUCTION_FACTOR = 3  # successive halving keeps a third of the trials at each rung
 
 
 def build_sampler(name: str, *, seed: int | None, n_startup_trials: int = 5) -> optuna.samplers.BaseSampler:
@@ -41,8 +43,18 @@ def build_sampler(name: str, *, seed: int | None, n_startup_trials: int = 5) -> 
     raise SearchConfigError(f"search.sampler: unknown sampler {name!r}; expected one of {', '.join(SAMPLERS)}")
 
 
+def rung_steps(*, min_steps: int, reduction_factor: int = REDUCTION_FACTOR, up_to: int) -> list[int]:
+    """The steps where successive halving and every Hyperband bracket compare trials, up to ``up_to``:
+    min_steps x reduction_factor^k (optuna's rungs with min_early_stopping_rate 0 and its brackets')."""
+    steps, step = [], min_steps
+    while step <= up_to:
+        steps.append(step)
+        step *= reduction_factor
+    return steps
+
+
 def build_pruner(
-    name: str, *, min_steps: int, max_steps: int | None = None, reduction_factor: int = 3
+    name: str, *, min_steps: int, max_steps: int | None = None, reduction_factor: int = REDUCTION_FACTOR
 ) -> optuna.pruners.BasePruner:
     """Early-stopping schedulers; resources are optimizer steps (the step given to report())."""
     if name == "none":

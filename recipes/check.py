@@ -103,6 +103,7 @@ def time_untuned_steps(config: finetune.FinetuneConfig) -> StepTiming:
             {
                 "training.max_steps": TIMED_STEPS,
                 "training.eval_steps": TIMED_STEPS,
+                "training.eval_at_steps": None,
                 "training.train_split_metrics": False,
                 "training.output_dir": str(Path(scratch) / "run"),
                 "training.report_to": "none",

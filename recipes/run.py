@@ -81,7 +81,7 @@ def run_recipe(recipe: Recipe, run_dir: str | Path) -> dict | None:
     reused = _untuned_reruns(summary, run_dir / "search" / "selection")[: len(recipe.seeds)]
     split_seeds = [r["overrides"].get("data.validation_split_seed") for r in reused]
     split_seeds += [None] * (len(recipe.seeds) - len(reused))
-    schedule = {"training.eval_steps": plan.min_steps} if reused else {}
+    schedule = plan.evaluation_schedule if reused else {}
     arms = [("untuned", recipe.untuned.with_overrides(schedule))]
     if summary["winner_role"] != UNTUNED:
         arms.append(("tuned", best_config.with_overrides(schedule)))

@@ -140,6 +140,39 @@ def test_re_ranking_without_the_untuned_trial_re_runs_the_top_trials_once_within
     assert summary["winner_trial"] == selection.winner and summary["selection_settings"]["seeds"] == 1
 
 
+def test_evaluating_at_the_rungs_evaluates_trials_and_re_runs_there_and_at_their_last_step(
+    tiny_bert, sentiment_files, tmp_path
+):
+    from hpo import SelectionSettings
+
+    base = _base(tiny_bert, sentiment_files, tmp_path)  # 12 steps; Hyperband's rungs at 1, 3, 9 (27...) steps
+    search = search_finetune(
+        base,
+        SearchSettings(
+            space=SMALL_SPACE,
+            sampler="random",
+            scheduler="hyperband",
+            evaluate_at="rungs",
+            full_run_equivalents=4,
+            selection=SelectionSettings(top_k=2, seeds=1),
+            objective=Objective(cv_folds=None),
+            progress=False,
+        ),
+        run_dir=tmp_path / "search",
+    )
+    runs = [
+        *(tmp_path / "search" / "trials").glob("trial_*"),
+        *(tmp_path / "search" / "selection").glob("*/replicate_*/"),
+    ]
+    ran = [t for t in search.result.trials if t.steps]
+    assert len(ran) >= 2 and any(run.name.startswith("replicate_") for run in runs)  # trials and re-runs
+    for run in runs:
+        result = json.loads((run / "run_result.json").read_text())
+        steps = [evaluation["step"] for evaluation in result["evaluations"]]
+        last = result["optimizer_steps"]
+        assert steps == [s for s in (1, 3, 9) if s < last] + [last], run.name
+
+
 def _strict_budget_search(base, tmp_path, *, epochs, seed):
     """Random search over the learning rate and ``epochs``, 10 untuned runs of budget, re-runs included."""
     space = SearchSpace(

@@ -28,7 +28,11 @@ def test_plan_of_the_default_search_without_training(tiny_bert, sentiment_files,
     assert plan.total_steps == 120 and plan.budget.steps == 120 - 2 * 12
     assert plan.rerun_budget.total_steps == 120 and plan.rerun_budget.top_k == 3
     assert "method.lora_r" in plan.space.parameters  # the LoRA default space
-    assert plan.search_evaluations == {"training.eval_steps": 1, "training.train_split_metrics": False}
+    assert plan.search_evaluations == {
+        "training.eval_steps": 1,
+        "training.eval_at_steps": None,
+        "training.train_split_metrics": False,
+    }
     three_epochs = _base(tiny_bert, sentiment_files, tmp_path, num_train_epochs=3)
     assert plan.trial_length(three_epochs) == 36
     assert not (tmp_path / "unused").exists()  # nothing trained, nothing written
@@ -104,6 +108,25 @@ def test_the_sequential_rule_reserves_one_rerun_each_and_accepts_4_full_runs(tin
     loss = plan_search(base, SearchSettings(full_run_equivalents=4, objective=Objective(metric="loss")))
     assert loss.constant_prediction is None  # a loss has no constant-prediction score here
     assert loss.budget.steps == 48 - 12  # so the untuned run's re-run stays out of exploration's reach
+
+
+def test_evaluating_at_the_rungs_lists_the_schedulers_rungs_up_to_the_budget(tiny_bert, sentiment_files, tmp_path):
+    base = _base(tiny_bert, sentiment_files, tmp_path, num_train_epochs=3)  # 36 steps, evaluated every 4
+    plan = plan_search(
+        base, SearchSettings(full_run_equivalents=4, evaluate_at="rungs", objective=Objective(cv_folds=None))
+    )
+    # Hyperband compares trials at 4 x 3^k steps; a 144-step budget holds no trial past 144.
+    assert plan.min_steps == 4 and plan.evaluation_steps == (4, 12, 36, 108)
+    assert plan.search_evaluations["training.eval_at_steps"] == [4, 12, 36, 108]
+    assert plan.search_evaluations["training.eval_steps"] is None
+    folds = plan_search(
+        base, SearchSettings(full_run_equivalents=4, evaluate_at="rungs", objective=Objective(cv_folds=3))
+    )
+    assert folds.evaluation_steps is None  # cross-validation evaluates every interval
+    with pytest.raises(ConfigError, match="search.evaluate_at: 'rungs'.*'median' has no rungs"):
+        SearchSettings(evaluate_at="rungs", scheduler="median")
+    with pytest.raises(ConfigError, match="search.evaluate_at: expected"):
+        SearchSettings(evaluate_at="sometimes")
 
 
 def test_settings_default_budget_is_written_once():

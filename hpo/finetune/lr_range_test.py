@@ -102,6 +102,7 @@ def run_lr_range_test(base: FinetuneConfig, space: SearchSpace, *, steps: int, r
             "training.warmup_steps": 0,
             "training.logging_steps": 1,
             "training.eval_steps": steps,  # one validation pass (at the end), whatever the config says
+            "training.eval_at_steps": None,
             "training.train_split_metrics": False,
             "data.max_generation_samples": None,
             "training.output_dir": str(out),

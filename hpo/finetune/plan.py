@@ -26,6 +26,7 @@ from hpo.finetune.default_spaces import default_space
 from hpo.finetune.lr_range_test import space_lr_bounds
 from hpo.finetune.settings import SearchSettings
 from hpo.rung_signal import RungSignal, rate_noise
+from hpo.samplers import rung_steps
 from hpo.space import SearchSpace
 from hpo.winner_rule import SelectionSettings, trial_score
 
@@ -40,6 +41,9 @@ SMOOTH_METRICS = ("eval_loss", "eval_perplexity")
 EVALUATIONS_PER_RUN = 9
 # The LR sweep: a third of one run, within these steps (fewer cannot be read through the loss noise).
 LR_SWEEP_STEPS = (30, 100)
+# evaluate_at: rungs without a step budget: rungs listed up to this many full runs (a longer trial evaluates
+# at its last step only beyond them).
+UNBUDGETED_RUNG_FULL_RUNS = 20
 # Auto runs the sweep only where it costs at most half a run and, after it, the budget holds this many full
 # runs (the untuned trial, its re-run and something to explore).
 LR_SWEEP_MIN_FULL_RUNS = 3
@@ -80,12 +84,22 @@ class SearchPlan:
     # Steps of the learning-rate sweep before the first trial (hpo.finetune.lr_range_test), set aside from
     # the budget: total_steps is what is left for trials and re-runs. 0: no sweep.
     lr_range_steps: int = 0
+    # The steps trials and re-runs evaluate at (search.evaluate_at: rungs, and the last step); None: every
+    # min_steps.
+    evaluation_steps: tuple[int, ...] | None = None
+
+    @property
+    def evaluation_schedule(self) -> dict[str, Any]:
+        """When trials and re-runs evaluate, as config overrides (runs compared with them use it too)."""
+        if self.evaluation_steps:
+            return {"training.eval_steps": None, "training.eval_at_steps": list(self.evaluation_steps)}
+        return {"training.eval_steps": self.min_steps, "training.eval_at_steps": None}
 
     @property
     def search_evaluations(self) -> dict[str, Any]:
-        """Overrides of every trial and re-run: evaluations on the rung grid, scored on validation only
+        """Overrides of every trial and re-run: evaluations on the search's schedule, scored on validation only
         (and generated answers on a fixed subset when the objective needs them)."""
-        overrides = {"training.eval_steps": self.min_steps, "training.train_split_metrics": False}
+        overrides = {**self.evaluation_schedule, "training.train_split_metrics": False}
         if self.generation_samples:
             overrides["data.max_generation_samples"] = self.generation_samples
         return overrides
@@ -152,7 +166,18 @@ def plan_search(base: FinetuneConfig, settings: SearchSettings, *, world_size: i
         rung_signal=_rung_signal(settings, metric, constant, validation_rows=len(splits.validation)),
         constant_prediction=constant,
         lr_range_steps=lr_range_steps,
+        evaluation_steps=_evaluation_steps(settings, min_steps, full_run_steps, folds),
     )
+
+
+def _evaluation_steps(
+    settings: SearchSettings, min_steps: int, full_run_steps: int, folds: int | None
+) -> tuple[int, ...] | None:
+    """The scheduler's rungs up to the longest trial a budget can pay for (evaluate_at: rungs, one split)."""
+    if settings.evaluate_at != "rungs" or folds is not None:
+        return None
+    longest = _total_steps(settings, full_run_steps) or UNBUDGETED_RUNG_FULL_RUNS * full_run_steps
+    return tuple(rung_steps(min_steps=min_steps, up_to=longest))
 
 
 def _lr_range_steps(

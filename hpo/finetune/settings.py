@@ -18,7 +18,7 @@ from hpo.finetune.admission import check_room_to_explore
 from hpo.finetune.config_space import check_config_key, check_space_keys
 from hpo.finetune.cross_validation import CvFolds
 from hpo.finetune.default_spaces import EXTRAS
-from hpo.samplers import SAMPLERS, SCHEDULERS
+from hpo.samplers import RUNG_SCHEDULERS, SAMPLERS, SCHEDULERS
 from hpo.space import SearchSpace
 from hpo.winner_rule import SelectionSettings
 
@@ -64,6 +64,11 @@ class Objective:
 class SearchSettings:
     sampler: str = "tpe"
     scheduler: str = "hyperband"
+    # When trials and re-runs evaluate: every interval (a tenth of the untuned run), or "rungs": only where
+    # the scheduler compares trials (sha, hyperband: the interval x 3^k) and at a run's last step, about half
+    # the validation passes. The kept checkpoint and the score are the best of those evaluations. With
+    # cross-validation every interval.
+    evaluate_at: Literal["interval", "rungs"] = "interval"
     # Trials, steps and wall time; with full_run_equivalents the step budget is that many untuned runs.
     budget: Budget | None = None
     full_run_equivalents: float | None = None  # None and no budget: DEFAULT_FULL_RUN_EQUIVALENTS
@@ -102,6 +107,13 @@ class SearchSettings:
             raise ConfigError(f"search.sampler: expected one of {SAMPLERS}, got {self.sampler!r}")
         if self.scheduler not in SCHEDULERS:
             raise ConfigError(f"search.scheduler: expected one of {SCHEDULERS}, got {self.scheduler!r}")
+        if self.evaluate_at not in ("interval", "rungs"):
+            raise ConfigError(f"search.evaluate_at: expected 'interval' or 'rungs', got {self.evaluate_at!r}")
+        if self.evaluate_at == "rungs" and self.scheduler not in RUNG_SCHEDULERS:
+            raise ConfigError(
+                f"search.evaluate_at: 'rungs' evaluates where the scheduler compares trials; search.scheduler "
+                f"{self.scheduler!r} has no rungs (use one of {RUNG_SCHEDULERS}, or evaluate_at: interval)"
+            )
         cap = self.max_per_device_batch
         if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
             raise ConfigError(f"search.max_per_device_batch: expected an integer >= 1 or null, got {cap!r}")
