@@ -72,6 +72,8 @@ def check_recipe(recipe: Recipe, *, time_steps: bool = True) -> dict[str, Any]:
         "objective": f"{plan.scoring.metric} ({plan.scoring.direction}, {plan.scoring.use} evaluation)",
         "full_run_steps": plan.full_run_steps,
         "evaluation_every_steps": plan.min_steps,
+        # search.evaluate_at: rungs: trials evaluate at these steps and their last one only (else None).
+        "evaluation_steps": list(plan.evaluation_steps) if plan.evaluation_steps else None,
         "search_steps": None if plan.total_steps is None else plan.total_steps + plan.lr_range_steps,
         "lr_range_steps": plan.lr_range_steps,
         "exploration_steps": plan.budget.steps if reserve is None else plan.total_steps - reserve,
@@ -125,9 +127,12 @@ def estimate_minutes(report: dict[str, Any], timing: StepTiming) -> dict[str, fl
     interval = report["evaluation_every_steps"]
     search_steps = report["search_steps"] or 0
     search_runs = max(search_steps / report["full_run_steps"], 1.0)
+    evaluations = search_steps / interval
+    if report["evaluation_steps"]:  # the rungs within a full run and its last step, per full run
+        evaluations = search_runs * (sum(s < report["full_run_steps"] for s in report["evaluation_steps"]) + 1)
     search = (
         search_steps * timing.step_seconds
-        + search_steps / interval * timing.evaluation_seconds
+        + evaluations * timing.evaluation_seconds
         + search_runs * timing.setup_seconds
     )
     retrain_steps = report["retrain_steps"]
@@ -169,8 +174,7 @@ def format_check(report: dict[str, Any]) -> str:
     lines += [
         f"model: {model['name']} ({model['type']}, {model['layers']} layers, hidden size {model['hidden_size']})",
         f"validation: {report['validation']}; objective: {report['objective']}",
-        f"one full run (the untuned configuration): {report['full_run_steps']} steps, "
-        f"evaluated every {report['evaluation_every_steps']}",
+        f"one full run (the untuned configuration): {report['full_run_steps']} steps, evaluated {_evaluated(report)}",
         f"search: {report['search_steps']} steps in all, {_sweep(report['lr_range_steps'])}"
         f"{report['exploration_steps']} to explore and {report['reserve_steps']} kept to choose the winner"
         f"{_released(report['reserve_released_if_untuned_learns_nothing'])}; selection: {report['selection']}",
@@ -211,6 +215,13 @@ def _warm_start_line(names: list[str], *, untuned_first: bool) -> list[str]:
 
 def _and_references(references: list[str]) -> str:
     return f" and the references {', '.join(references)}" if references else ""
+
+
+def _evaluated(report: dict[str, Any]) -> str:
+    if report["evaluation_steps"]:
+        listed = ", ".join(str(step) for step in report["evaluation_steps"] if step < report["full_run_steps"])
+        return f"at steps {listed} (the scheduler's rungs) and the last"
+    return f"every {report['evaluation_every_steps']}"
 
 
 def _reused(count: int) -> str:
