@@ -72,8 +72,10 @@ def check_recipe(recipe: Recipe, *, time_steps: bool = True) -> dict[str, Any]:
         "objective": f"{plan.scoring.metric} ({plan.scoring.direction}, {plan.scoring.use} evaluation)",
         "full_run_steps": plan.full_run_steps,
         "evaluation_every_steps": plan.min_steps,
-        # search.evaluate_at: rungs: trials evaluate at these steps and their last one only (else None).
-        "evaluation_steps": list(plan.evaluation_steps) if plan.evaluation_steps else None,
+        # search.evaluate_at: rungs: a full-length trial evaluates at these steps and its last one only (else None).
+        "evaluation_steps": [s for s in plan.evaluation_steps if s < plan.full_run_steps]
+        if plan.evaluation_steps
+        else None,
         "search_steps": None if plan.total_steps is None else plan.total_steps + plan.lr_range_steps,
         "lr_range_steps": plan.lr_range_steps,
         "exploration_steps": plan.budget.steps if reserve is None else plan.total_steps - reserve,
@@ -129,7 +131,7 @@ def estimate_minutes(report: dict[str, Any], timing: StepTiming) -> dict[str, fl
     search_runs = max(search_steps / report["full_run_steps"], 1.0)
     evaluations = search_steps / interval
     if report["evaluation_steps"]:  # the rungs within a full run and its last step, per full run
-        evaluations = search_runs * (sum(s < report["full_run_steps"] for s in report["evaluation_steps"]) + 1)
+        evaluations = search_runs * (len(report["evaluation_steps"]) + 1)
     search = (
         search_steps * timing.step_seconds
         + evaluations * timing.evaluation_seconds
@@ -219,7 +221,7 @@ def _and_references(references: list[str]) -> str:
 
 def _evaluated(report: dict[str, Any]) -> str:
     if report["evaluation_steps"]:
-        listed = ", ".join(str(step) for step in report["evaluation_steps"] if step < report["full_run_steps"])
+        listed = ", ".join(str(step) for step in report["evaluation_steps"])
         return f"at steps {listed} (the scheduler's rungs) and the last"
     return f"every {report['evaluation_every_steps']}"
 
