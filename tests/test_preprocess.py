@@ -138,3 +138,31 @@ def test_classification_labels_and_pairs(tiny_bert):
     unseen = Dataset.from_list([{"a": "so so", "b": "the", "y": "neutral"}])
     with pytest.raises(DataError, match=r"validation \(v.tsv\): label\(s\) \['neutral'\] in column 'y' are not in"):
         tokenize_classification(unseen, "validation", "v.tsv", config, tok, ["neg", "pos"])
+
+
+def test_evaluated_splits_come_longest_first_and_training_keeps_its_order(tiny_llama, sft_files, tmp_path):
+    """Evaluation batches pad to their longest row: validation and test are ordered by length (the same rows),
+    the training split stays in the data's order (its sampler shuffles)."""
+    from conftest import causal_config
+
+    from finetune import FinetuneConfig
+    from finetune.data import load_splits
+    from finetune.inputs import prepare_inputs
+    from finetune.models import load_tokenizer, resolve_source
+
+    config = FinetuneConfig.from_dict(
+        causal_config(tiny_llama, sft_files["messages"], tmp_path, data={"validation_size": 8, "test_size": 8})
+    )
+    tokenizer = load_tokenizer(config.model, resolve_source(config.model))
+    inputs = prepare_inputs(config, tokenizer)
+    raw = load_splits(config.data)
+    for name in ("train", "validation", "test"):
+        in_file_order = tokenize_sft(getattr(raw, name), name, "x", config.data, tokenizer)["input_ids"]
+        given = getattr(inputs, name)["input_ids"]
+        if name == "train":
+            assert given == in_file_order
+            continue
+        assert sorted(map(tuple, given)) == sorted(map(tuple, in_file_order))
+        lengths = [len(ids) for ids in given]
+        assert lengths == sorted(lengths, reverse=True)
+        assert lengths != [len(ids) for ids in in_file_order]  # the fixture's order is not already by length
