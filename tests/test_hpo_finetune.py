@@ -127,6 +127,7 @@ def test_re_ranking_without_the_untuned_trial_re_runs_the_top_trials_once_within
         full_run_equivalents=4,
         include_untuned=False,
         selection=SelectionSettings(top_k=2, seeds=1),
+        seed=2,
     )
     result, selection = search.result, search.selection
     assert all(t.extra.get("role") != "untuned" for t in result.trials)
@@ -138,6 +139,9 @@ def test_re_ranking_without_the_untuned_trial_re_runs_the_top_trials_once_within
     assert selection.winner == max(scores, key=scores.get)  # accuracy: the best re-run wins
     summary = json.loads((tmp_path / "search" / "summary.json").read_text())
     assert summary["winner_trial"] == selection.winner and summary["selection_settings"]["seeds"] == 1
+    # Re-runs draw seeds of their search's own (search seed 2): other searches sample other re-run noise.
+    reruns = [json.loads(p.read_text()) for p in (tmp_path / "search" / "selection").glob("trial_*/replicate_0.json")]
+    assert reruns and {r["overrides"]["training.seed"] for r in reruns} == {12_000}
 
 
 def test_evaluating_at_the_rungs_evaluates_trials_and_re_runs_there_and_at_their_last_step(

@@ -129,6 +129,12 @@ def test_evaluating_at_the_rungs_lists_the_schedulers_rungs_up_to_the_budget(tin
         SearchSettings(evaluate_at="sometimes")
 
 
+@pytest.mark.parametrize("seed", [-1, 1.5, True, None])
+def test_search_seed_must_be_a_non_negative_integer(seed):
+    with pytest.raises(ConfigError, match="search.seed: expected an integer >= 0"):
+        SearchSettings(seed=seed)
+
+
 def test_settings_default_budget_is_written_once():
     assert SearchSettings().full_run_equivalents == DEFAULT_FULL_RUN_EQUIVALENTS
     assert SearchSettings.from_dict({}).full_run_equivalents == DEFAULT_FULL_RUN_EQUIVALENTS

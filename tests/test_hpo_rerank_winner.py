@@ -124,3 +124,12 @@ def test_re_runs_that_do_not_fit_the_reserve_are_passed_over_for_shorter_ones():
     selection, calls = _rerank(result, {0: 0.15, 1: 0.10, 2: 0.14}, steps_left=48)
     assert calls == [(0, 0), (2, 0)]
     assert selection.winner == 2 and "trials [1]" in selection.reason
+
+
+def test_re_run_seeds_differ_per_search_seed_and_replicate_and_stay_valid_numpy_seeds():
+    from hpo.finetune.reruns import rerun_seed
+
+    seeds = {rerun_seed(search, replicate) for search in range(5) for replicate in range(3)}
+    assert len(seeds) == 15 and min(seeds) == 10_000
+    assert rerun_seed(0, 1) == 10_001  # search seed 0 keeps the seeds earlier versions used
+    assert 10_000 <= rerun_seed(2**31 - 1, 2) < 2**32

@@ -1,10 +1,11 @@
 """Choose a fine-tune search's winner by re-running its top candidates with fresh seeds (hpo.winner_rule).
 
-Replicate i of every candidate trains with seed SELECTION_SEED + i, never a search or recipe seed. When
-the validation split is carved from train, replicate i also draws a fresh validation split
-(data.validation_split_seed = SELECTION_SEED + i; the test split never moves): the re-runs then measure the
-noise of the validation set too, not only of the training seed. Replicate i is the same draw for every
-candidate, so candidates are compared on equal terms. Each finished re-run is stored as JSON, so a killed
+Replicate i of every candidate trains with seed rerun_seed(search seed, i), never a search or recipe seed.
+When the validation split is carved from train, replicate i also draws a fresh validation split
+(data.validation_split_seed, the same seed; the test split never moves): the re-runs then measure the noise
+of the validation set too, not only of the training seed. Replicate i is the same draw for every candidate,
+so candidates are compared on equal terms; searches with other seeds draw other re-runs, so their choices
+sample the re-run noise rather than share one draw of it. Each finished re-run is stored as JSON, so a killed
 run resumes; its model is deleted (only its score is needed; its tracker logs stay), except for the trials
 in ``keep_models``: `tunelab run` tests the untuned configuration's re-runs as untuned-arm seeds
 (kept_reruns), since nothing was selected on them.
@@ -38,6 +39,15 @@ from hpo.sequential_winner import select_winner_sequentially
 from hpo.winner_rule import Selection, SelectionSettings, select_winner
 
 SELECTION_SEED = 10_000
+SEARCH_SEED_STRIDE = 1_000  # replicates of one search stay below the next search seed's
+
+
+def rerun_seed(search_seed: int, replicate: int) -> int:
+    """The seed of a re-run: far from recipe seeds (0, 1, 42...), distinct per search seed and replicate, and
+    below 2**32 (numpy's seeds) for any search seed."""
+    return SELECTION_SEED + (SEARCH_SEED_STRIDE * search_seed + replicate) % 2**31
+
+
 CANDIDATES_FILE = "candidates.json"
 
 
@@ -48,6 +58,7 @@ def select_finetune_winner(
     folder: Path,
     selection: SelectionSettings,
     scoring: Scoring,
+    search_seed: int,
     keep_models: Collection[int] = (),
     steps_left: int | None = None,
     rerun_length: Callable[[TrialRecord], int] | None = None,
@@ -62,6 +73,7 @@ def select_finetune_winner(
     if processes.is_main_process:
         raw = {
             "seeds": selection.seeds,
+            "search_seed": search_seed,
             "scoring": asdict(scoring),
             "configs": {str(n): c.to_dict() for n, c in configs.items()},
         }
@@ -72,13 +84,13 @@ def select_finetune_winner(
 
     def rerun(record: TrialRecord, replicate: int) -> tuple[float, int]:
         done[0] += 1
-        seed = SELECTION_SEED + replicate
+        seed = rerun_seed(search_seed, replicate)
         if processes.num_processes > 1:
             broadcast([record.number, replicate])  # the followers train the same re-run
         _say(f"choosing the winner: re-run {done[0]} of at most {most} (trial {record.number}, seed {seed})")
         keep = record.number in keep_models
         score, steps = rerun_candidate(
-            configs[record.number], record.number, replicate, folder, scoring, keep_model=keep
+            configs[record.number], record.number, replicate, folder, scoring, seed=seed, keep_model=keep
         )
         _say(f"trial {record.number} re-run with seed {seed}: {scoring.metric}={score:.4g}")
         return score, steps
@@ -119,16 +131,24 @@ def follow_selection(folder: Path) -> None:
     while (message := broadcast(None)) is not None:
         number, replicate = message
         try:
-            rerun_candidate(configs[number], number, replicate, folder, scoring)
+            seed = rerun_seed(raw["search_seed"], replicate)
+            rerun_candidate(configs[number], number, replicate, folder, scoring, seed=seed)
         except Exception as exc:  # the main process records the failure and decides what comes next
             print(f"[hpo] follower: re-run failed here too: {type(exc).__name__}: {exc}", file=sys.stderr)
     processes.wait_for_everyone()
 
 
 def rerun_candidate(
-    config: FinetuneConfig, trial: int, replicate: int, folder: Path, scoring: Scoring, *, keep_model: bool = False
+    config: FinetuneConfig,
+    trial: int,
+    replicate: int,
+    folder: Path,
+    scoring: Scoring,
+    *,
+    seed: int,
+    keep_model: bool = False,
 ) -> tuple[float, int]:
-    """Train ``config`` once more with replicate ``replicate``'s seed; its validation score and steps.
+    """Train ``config`` once more as replicate ``replicate``, with ``seed``; its validation score and steps.
 
     Under cross-validation a re-run is a whole k-fold run on freshly dealt folds (the mean of the folds)."""
     out = folder / f"trial_{trial:04d}" / f"replicate_{replicate}"
@@ -139,12 +159,12 @@ def rerun_candidate(
         return record["score"], record["steps"]
     folds = scoring.folds
     overrides = {
-        "training.seed": SELECTION_SEED + replicate,
+        "training.seed": seed,
         "training.output_dir": str(out),
         "training.run_name": f"selection/trial_{trial:04d}/replicate_{replicate}",
     }
     if folds is not None or (config.data.validation_file is None and config.data.dataset is None):
-        overrides["data.validation_split_seed"] = SELECTION_SEED + replicate
+        overrides["data.validation_split_seed"] = seed
     fresh = config.with_overrides(overrides)
     runs = [fresh] if folds is None else [fold_config(fresh, folds, f, str(out / f"fold_{f}")) for f in range(folds)]
     scores, steps, breakdowns = [], 0, []

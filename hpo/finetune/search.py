@@ -123,6 +123,7 @@ def search_finetune(
             folder=run_dir / "selection",
             selection=plan.selection,
             scoring=plan.scoring,
+            search_seed=settings.seed,
             keep_models=kept,
             steps_left=None if plan.total_steps is None else plan.total_steps - result.steps_spent,
             rerun_length=lambda record: rerun_steps([record], 1, plan.full_run_steps),

@@ -114,6 +114,8 @@ class SearchSettings:
                 f"search.evaluate_at: 'rungs' evaluates where the scheduler compares trials; search.scheduler "
                 f"{self.scheduler!r} has no rungs (use one of {RUNG_SCHEDULERS}, or evaluate_at: interval)"
             )
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ConfigError(f"search.seed: expected an integer >= 0, got {self.seed!r}")
         cap = self.max_per_device_batch
         if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
             raise ConfigError(f"search.max_per_device_batch: expected an integer >= 1 or null, got {cap!r}")
