@@ -50,14 +50,14 @@ def test_check_plans_what_run_will_do_and_times_a_few_steps(tmp_path, tiny_bert,
     assert minutes["total"] == pytest.approx(minutes["search"] + minutes["retrains"])
     assert not (tmp_path / "out").exists() and not (tmp_path / "out_run").exists()  # nothing kept
 
-    assert cli(["check", path, "data.max_length=4", "search.evaluate_at=interval", "--no-timing"]) == 0
+    assert cli(["check", path, "data.max_length=4", "--no-timing"]) == 0
     text = capsys.readouterr().out
     assert (
         "96 at data.max_length=4 (truncated)" in text and "one full run (the untuned configuration): 36 steps" in text
     )
     assert "measured" not in text and "evaluated every 4" in text
-    # Evaluating at the rungs only (evaluate_at auto, one split): Hyperband's 4, 12 (and 36, the last step).
-    assert cli(["check", path, "search.objective.cv_folds=null", "--no-timing"]) == 0
+    # Evaluating at the rungs only: Hyperband's 4, 12 (and 36, the run's last step) per run.
+    assert cli(["check", path, "search.evaluate_at=rungs", "search.objective.cv_folds=null", "--no-timing"]) == 0
     assert "evaluated at steps 4, 12 (the scheduler's rungs) and the last" in capsys.readouterr().out
 
 

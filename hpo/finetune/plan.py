@@ -26,7 +26,7 @@ from hpo.finetune.default_spaces import default_space
 from hpo.finetune.lr_range_test import space_lr_bounds
 from hpo.finetune.settings import SearchSettings
 from hpo.rung_signal import RungSignal, rate_noise
-from hpo.samplers import RUNG_SCHEDULERS, rung_steps
+from hpo.samplers import rung_steps
 from hpo.space import SearchSpace
 from hpo.winner_rule import SelectionSettings, trial_score
 
@@ -173,12 +173,8 @@ def plan_search(base: FinetuneConfig, settings: SearchSettings, *, world_size: i
 def _evaluation_steps(
     settings: SearchSettings, min_steps: int, full_run_steps: int, folds: int | None
 ) -> tuple[int, ...] | None:
-    """The scheduler's rungs up to the longest trial a budget can pay for (evaluate_at: rungs, or auto with a
-    scheduler that has rungs; one split)."""
-    at_rungs = settings.evaluate_at == "rungs" or (
-        settings.evaluate_at == "auto" and settings.scheduler in RUNG_SCHEDULERS
-    )
-    if not at_rungs or folds is not None:
+    """The scheduler's rungs up to the longest trial a budget can pay for (evaluate_at: rungs, one split)."""
+    if settings.evaluate_at != "rungs" or folds is not None:
         return None
     longest = _total_steps(settings, full_run_steps) or UNBUDGETED_RUNG_FULL_RUNS * full_run_steps
     return tuple(rung_steps(min_steps=min_steps, up_to=longest))

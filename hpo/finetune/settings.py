@@ -64,11 +64,11 @@ class Objective:
 class SearchSettings:
     sampler: str = "tpe"
     scheduler: str = "hyperband"
-    # When trials and re-runs evaluate: every interval (a ninth of the untuned run), or "rungs": only where
+    # When trials and re-runs evaluate: every interval (a tenth of the untuned run), or "rungs": only where
     # the scheduler compares trials (sha, hyperband: the interval x 3^k) and at a run's last step, about half
-    # the validation passes. The kept checkpoint and the score are the best of those evaluations. "auto":
-    # rungs where the scheduler has them, else every interval. With cross-validation every interval.
-    evaluate_at: Literal["auto", "interval", "rungs"] = "auto"
+    # the validation passes. The kept checkpoint and the score are the best of those evaluations. With
+    # cross-validation every interval.
+    evaluate_at: Literal["interval", "rungs"] = "interval"
     # Trials, steps and wall time; with full_run_equivalents the step budget is that many untuned runs.
     budget: Budget | None = None
     full_run_equivalents: float | None = None  # None and no budget: DEFAULT_FULL_RUN_EQUIVALENTS
@@ -107,8 +107,8 @@ class SearchSettings:
             raise ConfigError(f"search.sampler: expected one of {SAMPLERS}, got {self.sampler!r}")
         if self.scheduler not in SCHEDULERS:
             raise ConfigError(f"search.scheduler: expected one of {SCHEDULERS}, got {self.scheduler!r}")
-        if self.evaluate_at not in ("auto", "interval", "rungs"):
-            raise ConfigError(f"search.evaluate_at: expected 'auto', 'interval' or 'rungs', got {self.evaluate_at!r}")
+        if self.evaluate_at not in ("interval", "rungs"):
+            raise ConfigError(f"search.evaluate_at: expected 'interval' or 'rungs', got {self.evaluate_at!r}")
         if self.evaluate_at == "rungs" and self.scheduler not in RUNG_SCHEDULERS:
             raise ConfigError(
                 f"search.evaluate_at: 'rungs' evaluates where the scheduler compares trials; search.scheduler "
