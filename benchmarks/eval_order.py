@@ -24,41 +24,23 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from transformers import PrinterCallback, Trainer, TrainingArguments  # noqa: E402
-
-from finetune.answer_logits import answer_logits_collator  # noqa: E402
+from finetune.evaluate import evaluation_trainer  # noqa: E402
 from finetune.inputs import prepare_inputs  # noqa: E402
 from finetune.methods import apply_method  # noqa: E402
-from finetune.metrics import classification_metrics  # noqa: E402
 from finetune.models import build_model, load_tokenizer, resolve_source  # noqa: E402
-from finetune.precision import precision_arguments, resolve_precision  # noqa: E402
 from recipes.recipe import load_recipe  # noqa: E402
 
 RECIPES = ("sst2_minilm_lora.yaml", "sst2_words_smollm2_lora.yaml")
 
 
-def evaluator(recipe: str):
-    """(trainer, {order: dataset}) for the recipe's untuned config."""
+def evaluator(recipe: str, scratch: str):
+    """(trainer, {order: dataset}, eval batch) for the recipe's untuned config, evaluating as finetune does."""
     config = load_recipe(ROOT / "recipes" / "configs" / recipe, []).untuned
     source = resolve_source(config.model)
     tokenizer = load_tokenizer(config.model, source)
     inputs = prepare_inputs(config, tokenizer)
     model = apply_method(build_model(config, source, tokenizer, inputs.label_names), config.method, config.model.task)
-    collator = inputs.collator
-    if config.model.task == "causal_lm":
-        collator = answer_logits_collator(model, collator, inputs.train)
-    args = TrainingArguments(
-        output_dir=tempfile.mkdtemp(),
-        per_device_eval_batch_size=config.training.per_device_eval_batch_size,
-        prediction_loss_only=config.model.task == "causal_lm",
-        remove_unused_columns=False,
-        report_to="none",
-        disable_tqdm=True,
-        **precision_arguments(resolve_precision(config.training.mixed_precision)),
-    )
-    metrics = classification_metrics if config.model.task == "classification" else None
-    trainer = Trainer(model=model, args=args, data_collator=collator, compute_metrics=metrics)
-    trainer.remove_callback(PrinterCallback)
+    trainer = evaluation_trainer(model, config, inputs.collator, inputs.validation, batch_size=None, scratch=scratch)
     orders = {"any order": inputs.validation.shuffle(seed=0), "longest first": inputs.validation}
     return trainer, orders, config.training.per_device_eval_batch_size
 
@@ -77,7 +59,7 @@ def main() -> None:
     print(f"| recipe | rows | batch | order | padded tokens | s per pass (median of {passes}) | ratio | eval_loss |")
     print("|---|---|---|---|---|---|---|---|")
     for recipe in RECIPES:
-        trainer, orders, batch = evaluator(recipe)
+        trainer, orders, batch = evaluator(recipe, tempfile.mkdtemp())
         trainer.evaluate(orders["any order"])  # warm-up: first-call costs are not the order's
         seconds: dict[str, list[float]] = {order: [] for order in orders}
         metrics = {}

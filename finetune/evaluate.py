@@ -113,26 +113,34 @@ def _evaluate_model(
     dataset = getattr(inputs, split)
     if dataset is None:
         raise DataError(f"{where}: there is no {split} split (set data.{split}_file or data.{split}_size)")
-    collator = inputs.collator
-    if config.model.task == "causal_lm":
-        collator = answer_logits_collator(model, collator, dataset)
     with tempfile.TemporaryDirectory() as scratch:
-        args = TrainingArguments(
-            output_dir=scratch,
-            per_device_eval_batch_size=batch_size or config.training.per_device_eval_batch_size,
-            prediction_loss_only=config.model.task == "causal_lm",
-            remove_unused_columns=False,
-            report_to="none",
-            disable_tqdm=True,
-            **precision_arguments(config.training.mixed_precision),
-        )
-        trainer = Trainer(
-            model=model,
-            args=args,
-            data_collator=collator,
-            compute_metrics=classification_metrics if config.model.task == "classification" else None,
-        )
-        trainer.remove_callback(PrinterCallback)  # keep stdout for the metrics the caller prints
+        trainer = evaluation_trainer(model, config, inputs.collator, dataset, batch_size=batch_size, scratch=scratch)
         metrics = trainer.evaluate(dataset, metric_key_prefix=split)
     metrics = clean_metrics(metrics)
     return add_perplexity(metrics, config.model.task, prefix=split)
+
+
+def evaluation_trainer(
+    model, config: FinetuneConfig, collator, dataset, *, batch_size: int | None, scratch: str
+) -> Trainer:
+    """A Trainer that only evaluates ``model`` as ``config`` says (batch, precision, metrics), on batches of
+    ``dataset`` (a causal LM's logits at its labelled positions only); ``scratch``: its output folder."""
+    if config.model.task == "causal_lm":
+        collator = answer_logits_collator(model, collator, dataset)
+    args = TrainingArguments(
+        output_dir=scratch,
+        per_device_eval_batch_size=batch_size or config.training.per_device_eval_batch_size,
+        prediction_loss_only=config.model.task == "causal_lm",
+        remove_unused_columns=False,
+        report_to="none",
+        disable_tqdm=True,
+        **precision_arguments(config.training.mixed_precision),
+    )
+    trainer = Trainer(
+        model=model,
+        args=args,
+        data_collator=collator,
+        compute_metrics=classification_metrics if config.model.task == "classification" else None,
+    )
+    trainer.remove_callback(PrinterCallback)  # keep stdout for the metrics the caller prints
+    return trainer
