@@ -21,7 +21,7 @@ from finetune.answer_logits import answer_logits_collator
 from finetune.architecture import install_head, load_head_weights
 from finetune.config import ARCHITECTURE_KEYS, FinetuneConfig
 from finetune.errors import ConfigError, DataError
-from finetune.inputs import prepare_inputs
+from finetune.inputs import ModelInputs, prepare_inputs
 from finetune.metrics import add_perplexity, classification_metrics
 from finetune.models import ModelSource, build_model, load_model, load_tokenizer, resolve_source
 from finetune.precision import precision_arguments
@@ -65,7 +65,8 @@ def evaluate(
     (finetune.generate), written to RUN_DIR/generations_<split>.jsonl."""
     _check_split(split)
     model, tokenizer, config = load_trained(run_dir)
-    metrics = _evaluate_model(model, tokenizer, config, split, batch_size, where=str(run_dir))
+    inputs = prepare_inputs(config, tokenizer)
+    metrics = _evaluate_model(model, inputs, config, split, batch_size, where=str(run_dir))
     if generate:
         path = Path(run_dir) / f"generations_{split}.jsonl"
         metrics |= _generate(model, tokenizer, config, split, path, batch_size)
@@ -81,9 +82,9 @@ def evaluate_untrained(
     set_seed(config.training.seed)
     source = resolve_source(config.model)
     tokenizer = load_tokenizer(config.model, source)
-    label_names = prepare_inputs(config, tokenizer).label_names
-    model = build_model(config, source, tokenizer, label_names).eval()
-    metrics = _evaluate_model(model, tokenizer, config, split, None, where="the config")
+    inputs = prepare_inputs(config, tokenizer)  # once: the label names and the evaluated split
+    model = build_model(config, source, tokenizer, inputs.label_names).eval()
+    metrics = _evaluate_model(model, inputs, config, split, None, where="the config")
     if generate:
         path = Path(config.training.output_dir) / f"generations_{split}_untrained.jsonl"
         metrics |= _generate(model, tokenizer, config, split, path, None)
@@ -107,9 +108,8 @@ def _check_split(split: str) -> None:
 
 
 def _evaluate_model(
-    model, tokenizer, config: FinetuneConfig, split: str, batch_size: int | None, where: str
+    model, inputs: ModelInputs, config: FinetuneConfig, split: str, batch_size: int | None, where: str
 ) -> dict[str, float]:
-    inputs = prepare_inputs(config, tokenizer)
     dataset = getattr(inputs, split)
     if dataset is None:
         raise DataError(f"{where}: there is no {split} split (set data.{split}_file or data.{split}_size)")
