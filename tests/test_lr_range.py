@@ -3,11 +3,13 @@
 import json
 import math
 import random
+import time
 
 import pytest
 from conftest import classification_config
 
 import finetune
+import hpo.finetune.search
 from finetune import ConfigError, FinetuneConfig
 from hpo import Budget, Float, SearchSpace
 from hpo.finetune import SearchSettings, lr_range_test, plan_search, search_finetune
@@ -145,6 +147,16 @@ def test_a_search_with_the_sweep_searches_its_range_and_counts_its_steps(
     """The plumbing: whatever the sweep reads (fixed here; the reading is tested above) is the range searched."""
     placed = LRRangeReading(low=2e-3, high=2e-2, lowest_loss_lr=6e-2, diverged_at=None, reason="fixed for the test")
     monkeypatch.setattr(lr_range_test, "read_sweep", lambda points: placed)
+    sweep_wall = []
+
+    def slow_sweep(*args, **kwargs):  # 5 s longer than the sweep's stages: more than a search's clean-up slack
+        started = time.perf_counter()
+        time.sleep(5)
+        swept = run_lr_range_test(*args, **kwargs)
+        sweep_wall.append(time.perf_counter() - started)
+        return swept
+
+    monkeypatch.setattr(hpo.finetune.search, "run_lr_range_test", slow_sweep)
     base = _base(tiny_bert, sentiment_files, tmp_path)  # full fine-tuning, a 12-step untuned run
     space = SearchSpace({"training.learning_rate": Float(low=1e-4, high=1e-2, log=True)})
     settings = SearchSettings(
@@ -164,7 +176,11 @@ def test_a_search_with_the_sweep_searches_its_range_and_counts_its_steps(
     for trial in tuned:
         assert 2e-3 <= trial.params["training.learning_rate"] <= 2e-2
     assert summary["space"]["training.learning_rate"]["low"] == pytest.approx(2e-3)
-    assert "lr_range_test" in summary["time_breakdown"]
+    times = summary["time_breakdown"]
+    # The sweep is a run: its time is in its own row, not again in what the search spent between runs.
+    assert times["lr_range_test"]["training"] > 0
+    in_runs = sweep_wall[0] + sum(sum(times[part].values()) for part in ("trials", "reruns"))
+    assert in_runs + times["between_runs_this_invocation"] <= times["wall_seconds_this_invocation"]
 
 
 def test_the_report_counts_the_sweep_in_the_search_and_shows_its_reading():

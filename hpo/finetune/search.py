@@ -88,9 +88,11 @@ def search_finetune(
             follow_selection(run_dir / "selection")
         return None
     # 3. Place the learning rate: a short LR sweep of the untuned config sets the space's LR range.
-    sweep = None
+    sweep, sweep_seconds = None, 0.0
     if plan.lr_range_steps:
+        sweep_started = time.perf_counter()
         sweep = run_lr_range_test(base, plan.space, steps=plan.lr_range_steps, run_dir=run_dir)
+        sweep_seconds = time.perf_counter() - sweep_started  # a run: not "between runs" (about 0 when read back)
         plan = replace(plan, space=placed_space(plan.space, sweep.reading))
     # 4. Explore: the untuned config first, then the sampler's proposals, until the budget is spent.
     #    The study is a journal in the run folder unless a database is given: running again resumes it.
@@ -100,7 +102,7 @@ def search_finetune(
     study = _study_settings(settings, plan, storage, steps_after=reserve + steps_after_search)
     result = _explore(objective, plan, study)
     # 5. Choose the winner: the top candidates re-run with fresh seeds, the untuned one kept unless beaten.
-    chosen, best, run_seconds = None, result.best_trial, objective.run_seconds
+    chosen, best, run_seconds = None, result.best_trial, sweep_seconds + objective.run_seconds
     if choose:
         if plan.rerun_budget:
             picked = plan.rerun_budget.candidates(result)
