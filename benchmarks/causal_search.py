@@ -41,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 
 from finetune import FinetuneConfig  # noqa: E402
 from hpo.finetune import search_finetune  # noqa: E402
+from hpo.finetune.time_spent import training_share  # noqa: E402
 from recipes.recipe import load_recipe  # noqa: E402
 from recipes.references import reference_config  # noqa: E402
 from recipes.run import seed_run  # noqa: E402
@@ -223,6 +224,7 @@ def _report(arms: dict, generation_metric: str) -> None:
         changed = arms[searches[0]].get("settings_changed") or "the recipe's search settings"
         print(f"\n## tunelab{'' if variant is None else ' ' + variant}: {changed}")
         _goals(arms, searches, groups, generation_metric, scores)
+        _time_outside_training(arms, searches)
         _winners_curse(arms, searches)
 
 
@@ -250,6 +252,20 @@ def _goals(arms: dict, searches: list[str], groups: dict, generation_metric: str
             gap = sign * (oracle_mean - median)
             verdict = f"; within 3 points? {'yes' if gap <= 0.03 else 'no'}" if key == generation_metric else ""
             print(f"  oracle grid point {oracle} {oracle_mean:.3f}: median's gap {gap:+.3f}{verdict}")
+
+
+def _time_outside_training(arms: dict, searches: list[str]) -> None:
+    """Goal 3: everything but training (setup, evaluation, checkpoints, between runs) at most 25% of a search."""
+    shares = {
+        arm: 1 - share
+        for arm in searches
+        if (share := training_share(arms[arm].get("time_breakdown") or {})) is not None
+    }
+    if shares:
+        listed = ", ".join(f"{arm.rsplit('_', 1)[-1]}: {100 * share:.1f}%" for arm, share in shares.items())
+        met = sum(share <= 0.25 for share in shares.values())
+        print(f"\noutside training, share of each search's time (seed: share): {listed}")
+        print(f"  at most 25%? {met} of {len(shares)} searches")
 
 
 def _winners_curse(arms: dict, searches: list[str]) -> None:

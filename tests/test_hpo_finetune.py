@@ -432,3 +432,18 @@ def test_a_stopped_trial_saw_exactly_what_the_full_trial_saw(tiny_bert, sentimen
     # Only the last evaluation is told the run ends there (where a budget stop would save nothing).
     assert full.ends == [(step, step == 24) for step in range(3, 25, 3)]
     assert short_run.train_losses == [e for e in full_run.train_losses if e["step"] <= 6]
+
+
+def test_the_training_share_counts_the_sweep_and_the_time_between_runs():
+    from hpo.finetune.time_spent import training_share
+
+    stages = dict.fromkeys(("setup", "training", "evaluation", "checkpoints"), 0.0)
+    breakdown = {
+        "lr_range_test": stages | {"training": 10.0, "evaluation": 2.0},
+        "trials": stages | {"setup": 5.0, "training": 60.0, "evaluation": 20.0},
+        "reruns": stages | {"training": 20.0, "evaluation": 10.0},
+        "between_runs_this_invocation": 3.0,
+    }
+    assert training_share(breakdown) == pytest.approx(90 / 130)
+    assert training_share({k: v for k, v in breakdown.items() if k != "lr_range_test"}) == pytest.approx(80 / 118)
+    assert training_share({"trials": stages, "reruns": stages}) is None

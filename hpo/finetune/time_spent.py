@@ -47,7 +47,8 @@ def search_time_breakdown(
 
 
 def training_share(breakdown: dict[str, Any]) -> float | None:
-    """The training stage's share of all the run time in a search's time_breakdown (None: nothing ran)."""
-    runs = [breakdown["trials"], breakdown["reruns"]]
-    total = sum(sum(part.values()) for part in runs)
-    return sum(part["training"] for part in runs) / total if total else None
+    """The training stage's share of a search's time_breakdown: the LR sweep's, the trials' and the re-runs'
+    stages, and the time between runs (sampling, storage) of the last invocation. None: nothing ran."""
+    runs = [breakdown.get(part) or {} for part in ("lr_range_test", "trials", "reruns")]
+    total = sum(sum(part.values()) for part in runs) + breakdown.get("between_runs_this_invocation", 0.0)
+    return sum(part.get("training", 0.0) for part in runs) / total if total else None
