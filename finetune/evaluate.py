@@ -26,6 +26,7 @@ from finetune.metrics import add_perplexity, classification_metrics
 from finetune.models import ModelSource, build_model, load_model, load_tokenizer, resolve_source
 from finetune.precision import precision_arguments
 from finetune.train import CONFIG_FILE, MODEL_DIR, clean_metrics
+from finetune.trainer import FinetuneTrainer
 
 
 def load_run_config(run_dir: str | Path) -> FinetuneConfig:
@@ -136,10 +137,11 @@ def evaluation_trainer(
         disable_tqdm=True,
         **precision_arguments(config.training.mixed_precision),
     )
-    trainer = Trainer(
+    trainer = FinetuneTrainer(
         model=model,
         args=args,
         data_collator=collator,
+        token_mean_loss=config.model.task == "causal_lm",
         compute_metrics=classification_metrics if config.model.task == "classification" else None,
     )
     trainer.remove_callback(PrinterCallback)  # keep stdout for the metrics the caller prints

@@ -11,11 +11,9 @@ Evaluation batches stay padded: one long packed row of a large evaluation batch 
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-
 import torch
 from datasets import Dataset
-from transformers import DataCollatorWithFlattening, Trainer
+from transformers import DataCollatorWithFlattening
 
 from finetune.errors import ConfigError
 
@@ -70,27 +68,3 @@ def on_model_device(batch: dict, model: torch.nn.Module) -> dict[str, torch.Tens
     """A collated batch as tensors on ``model``'s device, for a forward outside the Trainer (checks)."""
     device = next(model.parameters()).device
     return {k: torch.as_tensor(v).to(device) for k, v in batch.items() if k != "use_cache"}
-
-
-class PackedTrainer(Trainer):
-    """Trains on packed batches (``data_collator``) and evaluates on padded ones (``eval_collator``)."""
-
-    def __init__(self, *args, eval_collator, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.eval_collator = eval_collator
-
-    def get_eval_dataloader(self, eval_dataset=None):
-        with self._padded_batches():
-            return super().get_eval_dataloader(eval_dataset)
-
-    def get_test_dataloader(self, test_dataset):
-        with self._padded_batches():
-            return super().get_test_dataloader(test_dataset)
-
-    @contextmanager
-    def _padded_batches(self):
-        packed, self.data_collator = self.data_collator, self.eval_collator
-        try:
-            yield
-        finally:
-            self.data_collator = packed

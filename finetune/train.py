@@ -23,10 +23,11 @@ from finetune.inputs import prepare_inputs
 from finetune.methods import apply_method
 from finetune.metrics import add_perplexity, classification_metrics, default_metric
 from finetune.models import build_model, count_parameters, load_tokenizer, resolve_source
-from finetune.packing import PackedTrainer, check_rows_kept_apart, packed_collator
+from finetune.packing import check_rows_kept_apart, packed_collator
 from finetune.precision import precision_arguments, resolve_precision
 from finetune.timing import StageTimer
 from finetune.train_metrics import TrainSplitMetrics
+from finetune.trainer import FinetuneTrainer
 
 CONFIG_FILE = "tunelab_config.yaml"
 RESULT_FILE = "run_result.json"
@@ -242,15 +243,15 @@ def _trainer(
                 inputs.train, inputs.collator, batch, config.model.task, precision=config.training.mixed_precision
             )
         )
-    packing = {"eval_collator": inputs.collator} if config.data.packing else {}
-    trainer = (PackedTrainer if packing else Trainer)(
+    trainer = FinetuneTrainer(
         model=model,
         args=training_arguments(config, Path(config.training.output_dir) / "checkpoints"),
         train_dataset=inputs.train,
         eval_dataset=inputs.validation,
         processing_class=tokenizer,
         data_collator=train_collator,
-        **packing,
+        eval_collator=inputs.collator if config.data.packing else None,
+        token_mean_loss=config.model.task == "causal_lm",
         compute_metrics=classification_metrics if config.model.task == "classification" else None,
         callbacks=[NanLossGuard(), ProgressLog(), *extra, *callbacks],
     )

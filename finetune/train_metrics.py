@@ -14,6 +14,7 @@ from transformers import EvalPrediction, TrainerCallback
 
 from finetune.metrics import add_perplexity, classification_metrics
 from finetune.precision import autocast
+from finetune.trainer import labelled_targets
 
 TRAIN_SAMPLE_ROWS = 256  # enough for a loss and accuracy to a few points; costs about one small evaluation
 
@@ -51,9 +52,11 @@ class TrainSplitMetrics(TrainerCallback):
             batch = {k: v.to(device) for k, v in batch.items()}
             with autocast(self.precision, device):
                 output = model(**batch)
-            rows = batch["labels"].shape[0]
-            losses.append(float(output.loss) * rows)
-            weights.append(rows)
+            # A causal LM's loss is a mean over its labelled tokens (as finetune.trainer evaluates), a
+            # classifier's over its rows.
+            weight = batch["labels"].shape[0] if self.task == "classification" else labelled_targets(batch["labels"])
+            losses.append(float(output.loss) * weight if weight else 0.0)
+            weights.append(weight)
             if self.task == "classification":
                 logits.append(output.logits.float().cpu().numpy())
                 labels.append(batch["labels"].cpu().numpy())
