@@ -19,6 +19,7 @@ back when the command runs again, so a stopped benchmark continues where it was.
     python benchmarks/causal_search.py --task dolly_short_qa
     python benchmarks/causal_search.py --task sst2_words --quick   # a small version to check it still works
     python benchmarks/causal_search.py --task sst2_words --report-only   # the table of the committed JSON
+    python benchmarks/causal_search.py --task dolly_short_qa --only winners --winners-of OLD.json  # retest
     python benchmarks/causal_search.py --task sst2_words --only tunelab --variant sequential \
         --set search.selection.top_k=4 --set search.selection.seeds=2 --set search.selection.sequential=true
 
@@ -83,6 +84,12 @@ def main() -> None:
         default=[],
         metavar="search.KEY=VALUE",
         help="override the recipe's search settings for this variant, e.g. search.selection.sequential=true",
+    )
+    parser.add_argument(
+        "--winners-of",
+        type=Path,
+        help="with --only winners: retrain the tunelab arms' winners stored in this JSON (their searches not run "
+        "again), e.g. to test them again after a change to how runs are scored",
     )
     args = parser.parse_args()
     if bool(args.set) != bool(args.variant):
@@ -170,8 +177,16 @@ def main() -> None:
                     winner=_hyperparameters(winner, recipe.untuned),
                     winner_search_score=winner_trial.value,
                 )
+        elif group == "winners":
+            if args.winners_of is None:
+                parser.error("--only winners needs --winners-of JSON")
+            for arm, stored in json.loads(args.winners_of.read_text())["arms"].items():
+                if stored["group"] == "tunelab":
+                    searched = {k: v for k, v in stored.items() if k not in ("group", "runs")}
+                    config = recipe.untuned.with_overrides(stored["winner"])
+                    train_arm(arm, "tunelab", config, **searched, winner_retrained_from=str(args.winners_of))
         else:
-            parser.error(f"--only: unknown group {group!r} (untuned, references, tunelab, grid)")
+            parser.error(f"--only: unknown group {group!r} (untuned, references, tunelab, grid, winners)")
     _report(arms, generation_metric)
 
 
