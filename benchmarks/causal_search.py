@@ -71,6 +71,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "causal_search", help="where runs are kept")
     parser.add_argument("--quick", action="store_true", help="24 training rows, 1 search, 2 grid points")
     parser.add_argument(
+        "--grid-learning-rate",
+        type=float,
+        action="append",
+        help="train only this grid learning rate (repeatable): splits the grid between processes",
+    )
+    parser.add_argument(
         "--only", default="untuned,references,tunelab,grid", help="the arm groups to train now (in this order)"
     )
     parser.add_argument("--report-only", action="store_true", help="print the table of the JSON, train nothing")
@@ -106,6 +112,8 @@ def main() -> None:
     learning_rates, epochs = GRID_LEARNING_RATES, GRID_EPOCHS
     if args.quick:
         learning_rates, epochs = GRID_LEARNING_RATES[1:3], GRID_EPOCHS[:1]
+    if args.grid_learning_rate:
+        learning_rates = tuple(args.grid_learning_rate)
     search_seeds = args.search_seed or range(1 if args.quick else args.search_seeds)
 
     # arm -> {"group", "runs", ...}; arms stored by earlier invocations (e.g. with another --only) stay
