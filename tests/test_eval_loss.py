@@ -37,7 +37,7 @@ def test_the_evaluation_loss_is_the_token_mean_at_any_batch_size(tiny_llama, sft
     row_mean = sum(losses) / len(losses)
     # The answers differ in length ("paris" .. "in the river"), so the two means differ (by 4e-4 to 2e-2 on
     # the random model; fp32 evaluation agrees with the hand mean to 1e-6): the test can fail.
-    assert len(set(targets)) > 1 and abs(token_mean - row_mean) > 1e-4
+    assert len(set(targets)) > 1 and abs(token_mean - row_mean) > 2e-5
     for eval_batch in (1, 3, 8):
         metrics = evaluate_untrained(_config(tiny_llama, sft_files, tmp_path, eval_batch), "validation")
         assert abs(metrics["validation_loss"] - token_mean) < 1e-5, eval_batch
