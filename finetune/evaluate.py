@@ -12,7 +12,6 @@ from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerBase,
     PrinterCallback,
-    Trainer,
     TrainingArguments,
     set_seed,
 )
@@ -123,7 +122,7 @@ def _evaluate_model(
 
 def evaluation_trainer(
     model, config: FinetuneConfig, collator, dataset, *, batch_size: int | None, scratch: str
-) -> Trainer:
+) -> FinetuneTrainer:
     """A Trainer that only evaluates ``model`` as ``config`` says (batch, precision, metrics), on batches of
     ``dataset`` (a causal LM's logits at its labelled positions only); ``scratch``: its output folder."""
     if config.model.task == "causal_lm":

@@ -78,4 +78,5 @@ def labelled_tokens_per_row(split) -> float | None:
 
 
 def labelled_targets(labels) -> int:
+    """Next-token targets in a batch's ``labels`` (rows x positions): after the first position, not IGNORE_INDEX."""
     return int((labels[:, 1:] != IGNORE_INDEX).sum())
