@@ -190,7 +190,7 @@ def main() -> None:
                 parser.error("--only winners needs --winners-of JSON")
             for arm, stored in json.loads(args.winners_of.read_text())["arms"].items():
                 if stored["group"] == "tunelab":
-                    searched = {k: v for k, v in stored.items() if k not in ("group", "runs")}
+                    searched = {k: v for k, v in stored.items() if k not in ("group", "runs", "winner_retrained_from")}
                     config = recipe.untuned.with_overrides(stored["winner"])
                     train_arm(arm, "tunelab", config, **searched, winner_retrained_from=str(args.winners_of))
         else:
