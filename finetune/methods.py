@@ -19,6 +19,7 @@ from transformers import PreTrainedModel
 from finetune.architecture import attention_linear_layers, linear_layers_outside_head
 from finetune.config import MethodConfig
 from finetune.errors import ConfigError
+from finetune.lora_dropout import fold_lora_dropout
 
 TASK_TYPES = {"classification": TaskType.SEQ_CLS, "causal_lm": TaskType.CAUSAL_LM}
 
@@ -77,7 +78,10 @@ def apply_method(model: PreTrainedModel, method: MethodConfig, task: str) -> Pre
         peft_config.target_modules = linear_layers_outside_head(model)
     if method.name == "prefix_tuning" and task == "classification":
         _check_prefix_tuning_support(model)
-    return get_peft_model(model, peft_config)
+    model = get_peft_model(model, peft_config)
+    if method.name == "lora":
+        fold_lora_dropout(model)  # same training, without a copy of every adapted layer's input
+    return model
 
 
 def _check_prefix_tuning_support(model: PreTrainedModel) -> None:
