@@ -30,10 +30,13 @@ Prints a seed x arm table and the goals' verdicts; writes benchmarks/causal_sear
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import statistics
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -161,30 +164,40 @@ def main() -> None:
         elif group == "tunelab":
             prefix = f"tunelab_{args.variant}" if args.variant else "tunelab"
             for search_seed in search_seeds:
+                # Read again: another invocation may have finished this search since this one started.
+                arms.update(json.loads(output.read_text())["arms"] if output.is_file() else {})
                 if recorded(f"{prefix}_{search_seed}"):
                     print(f"[causal_search] {prefix}_{search_seed}: recorded in {output.name}", flush=True)
                     continue
                 search_dir = run_dir / f"{prefix.replace('tunelab', 'search')}_{search_seed}"
-                started = time.perf_counter()
-                search = search_finetune(recipe.untuned, replace(recipe.search, seed=search_seed), run_dir=search_dir)
-                summary = json.loads((search_dir / "summary.json").read_text())
-                winner = search.best_config
-                # Under a selection rule with re-runs the winner need not be the trial with the best search score.
-                winner_trial = next(t for t in search.result.trials if t.number == summary["winner_trial"])
-                train_arm(
-                    f"{prefix}_{search_seed}",
-                    "tunelab",
-                    winner,
-                    variant=args.variant,
-                    settings_changed=args.set,
-                    search_seed=search_seed,
-                    search_steps=round(summary["full_run_equivalents_spent"] * summary["full_run_steps"]),
-                    full_run_equivalents=summary["full_run_equivalents_spent"],
-                    search_seconds_this_invocation=time.perf_counter() - started,
-                    time_breakdown=summary.get("time_breakdown"),
-                    winner=_hyperparameters(winner, recipe.untuned),
-                    winner_search_score=winner_trial.value,
-                )
+                with _held_alone(search_dir) as alone:
+                    if not alone:
+                        print(
+                            f"[causal_search] {prefix}_{search_seed}: another invocation runs it; skipped", flush=True
+                        )
+                        continue
+                    started = time.perf_counter()
+                    search = search_finetune(
+                        recipe.untuned, replace(recipe.search, seed=search_seed), run_dir=search_dir
+                    )
+                    summary = json.loads((search_dir / "summary.json").read_text())
+                    winner = search.best_config
+                    # Under a selection rule with re-runs the winner need not be the trial with the best search score.
+                    winner_trial = next(t for t in search.result.trials if t.number == summary["winner_trial"])
+                    train_arm(
+                        f"{prefix}_{search_seed}",
+                        "tunelab",
+                        winner,
+                        variant=args.variant,
+                        settings_changed=args.set,
+                        search_seed=search_seed,
+                        search_steps=round(summary["full_run_equivalents_spent"] * summary["full_run_steps"]),
+                        full_run_equivalents=summary["full_run_equivalents_spent"],
+                        search_seconds_this_invocation=time.perf_counter() - started,
+                        time_breakdown=summary.get("time_breakdown"),
+                        winner=_hyperparameters(winner, recipe.untuned),
+                        winner_search_score=winner_trial.value,
+                    )
         elif group == "winners":
             if args.winners_of is None:
                 parser.error("--only winners needs --winners-of JSON")
@@ -196,6 +209,20 @@ def main() -> None:
         else:
             parser.error(f"--only: unknown group {group!r} (untuned, references, tunelab, grid, winners)")
     _report(arms, generation_metric)
+
+
+@contextmanager
+def _held_alone(folder: Path) -> Iterator[bool]:
+    """Whether this process holds ``folder``'s lock (released when the block or the process ends): two
+    invocations whose --search-seed lists overlap must not run one search and its retrains twice at once."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "benchmark.lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
 
 
 def _summarised(record: dict) -> dict:
