@@ -119,8 +119,12 @@ def main() -> None:
         learning_rates = tuple(args.grid_learning_rate)
     search_seeds = args.search_seed or range(1 if args.quick else args.search_seeds)
 
+    def stored_arms() -> dict[str, dict]:
+        """The arms in the JSON now: another invocation (e.g. --only grid beside --only tunelab) may add some."""
+        return json.loads(output.read_text())["arms"] if output.is_file() else {}
+
     # arm -> {"group", "runs", ...}; arms stored by earlier invocations (e.g. with another --only) stay
-    arms: dict[str, dict] = json.loads(output.read_text())["arms"] if output.is_file() else {}
+    arms = stored_arms()
     if args.report_only:
         _report(arms, generation_metric)
         return
@@ -144,8 +148,7 @@ def main() -> None:
                 flush=True,
             )
             runs.append(_summarised(record))
-        # Read again before writing: another invocation (e.g. --only grid beside --only tunelab) may have added arms.
-        arms.update(json.loads(output.read_text())["arms"] if output.is_file() else {})
+        arms.update(stored_arms())  # read again before writing
         arms[arm] = {"group": group, "runs": runs, **extra}
         header = {"task": args.task, "recipe": recipe_path, "generation_metric": generation_metric, "seeds": seeds}
         output.write_text(json.dumps({**header, "arms": arms}, indent=2, default=str))
@@ -164,17 +167,17 @@ def main() -> None:
         elif group == "tunelab":
             prefix = f"tunelab_{args.variant}" if args.variant else "tunelab"
             for search_seed in search_seeds:
-                # Read again: another invocation may have finished this search since this one started.
-                arms.update(json.loads(output.read_text())["arms"] if output.is_file() else {})
-                if recorded(f"{prefix}_{search_seed}"):
-                    print(f"[causal_search] {prefix}_{search_seed}: recorded in {output.name}", flush=True)
-                    continue
                 search_dir = run_dir / f"{prefix.replace('tunelab', 'search')}_{search_seed}"
                 with _held_alone(search_dir) as alone:
                     if not alone:
                         print(
                             f"[causal_search] {prefix}_{search_seed}: another invocation runs it; skipped", flush=True
                         )
+                        continue
+                    # Read again under the lock: another invocation may have finished this search meanwhile.
+                    arms.update(stored_arms())
+                    if recorded(f"{prefix}_{search_seed}"):
+                        print(f"[causal_search] {prefix}_{search_seed}: recorded in {output.name}", flush=True)
                         continue
                     started = time.perf_counter()
                     search = search_finetune(
