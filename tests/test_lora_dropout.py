@@ -116,35 +116,29 @@ def test_eval_is_peft_unchanged_and_training_drops_the_configured_fraction(tiny_
     assert kept == pytest.approx(0.8, abs=0.05)
 
 
-def test_a_seeded_training_step_repeats(tiny_llama):
-    def step() -> list[torch.Tensor]:
-        model = _lora_model(tiny_llama)
-        for name, parameter in model.named_parameters():
-            if "lora_B" in name:
-                parameter.data.fill_(0.1)
-        model.train()
-        torch.manual_seed(5)
-        model(**_batch(model)).loss.backward()
-        return [p.grad for p in model.parameters() if p.requires_grad]
+def _seeded_step_gradients(tiny_llama, *, checkpointing: bool = False) -> list[torch.Tensor]:
+    """The adapters' gradients after one training step seeded 5 (lora_B nonzero, so every mask matters)."""
+    model = _lora_model(tiny_llama)
+    for name, parameter in model.named_parameters():
+        if "lora_B" in name:
+            parameter.data.fill_(0.1)
+    if checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.train()
+    torch.manual_seed(5)
+    model(**_batch(model)).loss.backward()
+    return [p.grad for p in model.parameters() if p.requires_grad]
 
-    for a, b in zip(step(), step(), strict=True):
+
+def test_a_seeded_training_step_repeats(tiny_llama):
+    first, second = _seeded_step_gradients(tiny_llama), _seeded_step_gradients(tiny_llama)
+    for a, b in zip(first, second, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
 def test_activation_checkpointing_recomputes_the_same_mask(tiny_llama):
-    def gradients(checkpointing: bool) -> list[torch.Tensor]:
-        model = _lora_model(tiny_llama)
-        for name, parameter in model.named_parameters():
-            if "lora_B" in name:
-                parameter.data.fill_(0.1)
-        if checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.train()
-        torch.manual_seed(5)
-        model(**_batch(model)).loss.backward()
-        return [p.grad for p in model.parameters() if p.requires_grad]
-
-    for a, b in zip(gradients(False), gradients(True), strict=True):
+    plain, checkpointed = _seeded_step_gradients(tiny_llama), _seeded_step_gradients(tiny_llama, checkpointing=True)
+    for a, b in zip(plain, checkpointed, strict=True):
         torch.testing.assert_close(a, b)
 
 
