@@ -24,6 +24,7 @@ from finetune.inputs import ModelInputs, prepare_inputs
 from finetune.metrics import add_perplexity, classification_metrics
 from finetune.models import ModelSource, build_model, load_model, load_tokenizer, resolve_source
 from finetune.precision import precision_arguments
+from finetune.shared_prefix import shared_prefix_for
 from finetune.train import CONFIG_FILE, MODEL_DIR, clean_metrics
 from finetune.trainer import FinetuneTrainer
 
@@ -141,6 +142,7 @@ def evaluation_trainer(
         args=args,
         data_collator=collator,
         token_mean_loss=config.model.task == "causal_lm",
+        prompt_prefix=config.model.task == "causal_lm" and shared_prefix_for(model, collator, dataset) is not None,
         compute_metrics=classification_metrics if config.model.task == "classification" else None,
     )
     trainer.remove_callback(PrinterCallback)  # keep stdout for the metrics the caller prints

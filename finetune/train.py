@@ -25,6 +25,7 @@ from finetune.metrics import add_perplexity, classification_metrics, default_met
 from finetune.models import build_model, count_parameters, load_tokenizer, resolve_source
 from finetune.packing import check_rows_kept_apart, packed_collator
 from finetune.precision import precision_arguments, resolve_precision
+from finetune.shared_prefix import shared_prefix_for
 from finetune.timing import StageTimer
 from finetune.train_metrics import TrainSplitMetrics
 from finetune.trainer import FinetuneTrainer
@@ -252,6 +253,8 @@ def _trainer(
         data_collator=train_collator,
         eval_collator=inputs.collator if config.data.packing else None,
         token_mean_loss=config.model.task == "causal_lm",
+        prompt_prefix=config.model.task == "causal_lm"
+        and shared_prefix_for(model, inputs.collator, inputs.validation) is not None,
         compute_metrics=classification_metrics if config.model.task == "classification" else None,
         callbacks=[NanLossGuard(), ProgressLog(), *extra, *callbacks],
     )
