@@ -237,11 +237,20 @@ def _trainer(
         extra.append(GenerationMetrics(config, tokenizer))
     if config.training.eval_at_steps:
         extra.append(EvaluateAtSteps(config.training.eval_at_steps))
+    # Checked on the validation split's rows (the model's ability to continue from a cache, whatever the split).
+    prompt_prefix = (
+        config.model.task == "causal_lm" and shared_prefix_for(model, inputs.collator, inputs.validation) is not None
+    )
     if config.training.train_split_metrics:
         batch = config.training.per_device_eval_batch_size
         extra.append(
             TrainSplitMetrics(
-                inputs.train, inputs.collator, batch, config.model.task, precision=config.training.mixed_precision
+                inputs.train,
+                inputs.collator,
+                batch,
+                config.model.task,
+                precision=config.training.mixed_precision,
+                prompt_prefix=prompt_prefix,
             )
         )
     trainer = FinetuneTrainer(
@@ -253,8 +262,7 @@ def _trainer(
         data_collator=train_collator,
         eval_collator=inputs.collator if config.data.packing else None,
         token_mean_loss=config.model.task == "causal_lm",
-        prompt_prefix=config.model.task == "causal_lm"
-        and shared_prefix_for(model, inputs.collator, inputs.validation) is not None,
+        prompt_prefix=prompt_prefix,
         compute_metrics=classification_metrics if config.model.task == "classification" else None,
         callbacks=[NanLossGuard(), ProgressLog(), *extra, *callbacks],
     )

@@ -14,6 +14,7 @@ from transformers import EvalPrediction, TrainerCallback
 
 from finetune.metrics import add_perplexity, classification_metrics
 from finetune.precision import autocast
+from finetune.shared_prefix import PromptPrefix, shared_prefix
 from finetune.trainer import labelled_targets
 
 TRAIN_SAMPLE_ROWS = 256  # enough for a loss and accuracy to a few points; costs about one small evaluation
@@ -22,12 +23,24 @@ TRAIN_SAMPLE_ROWS = 256  # enough for a loss and accuracy to a few points; costs
 class TrainSplitMetrics(TrainerCallback):
     """Adds train_loss, train_accuracy... to each evaluation's log entry (state.log_history)."""
 
-    def __init__(self, train: Dataset, collator, batch_size: int, task: str, *, precision: str = "no", seed: int = 0):
+    def __init__(
+        self,
+        train: Dataset,
+        collator,
+        batch_size: int,
+        task: str,
+        *,
+        precision: str = "no",
+        seed: int = 0,
+        prompt_prefix: bool = False,
+    ):
         rows = min(len(train), TRAIN_SAMPLE_ROWS)
         # The same rows at every evaluation (and for every seed of a config): a fixed yardstick.
         self.sample = train.shuffle(seed=seed).select(range(rows)) if rows < len(train) else train
         self.collator, self.batch_size, self.task = collator, batch_size, task
         self.precision = precision  # measured under the autocast training and validation run under
+        # The rows' shared prompt prefix, run once per measurement (finetune.shared_prefix), where the model allows.
+        self.prefix_ids = shared_prefix(self.sample) if prompt_prefix else None
         self.measured_steps: set[int] = set()
 
     def on_evaluate(self, args, state, control, model=None, metrics=None, **kwargs):
@@ -48,17 +61,21 @@ class TrainSplitMetrics(TrainerCallback):
         loader = DataLoader(
             self.sample, batch_size=self.batch_size, collate_fn=self.collator, generator=torch.Generator()
         )
+        prefix = None if self.prefix_ids is None else PromptPrefix(self.prefix_ids)  # this step's weights
         for batch in loader:
             batch = {k: v.to(device) for k, v in batch.items()}
             with autocast(self.precision, device):
-                output = model(**batch)
+                if prefix is not None and prefix.starts(batch):
+                    output = {"loss": prefix.loss(model, batch)}
+                else:
+                    output = model(**batch)
             # A causal LM's loss is a mean over its labelled tokens (as finetune.trainer evaluates), a
             # classifier's over its rows.
             weight = batch["labels"].shape[0] if self.task == "classification" else labelled_targets(batch["labels"])
-            losses.append(float(output.loss) * weight if weight else 0.0)
+            losses.append(float(output["loss"]) * weight if weight else 0.0)
             weights.append(weight)
             if self.task == "classification":
-                logits.append(output.logits.float().cpu().numpy())
+                logits.append(output["logits"].float().cpu().numpy())
                 labels.append(batch["labels"].cpu().numpy())
         model.train(was_training)
         metrics = {"train_loss": sum(losses) / sum(weights)}

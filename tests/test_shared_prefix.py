@@ -140,3 +140,24 @@ def test_a_run_scores_its_validation_as_whole_rows_score_it(tiny_llama, one_inst
     calls.clear()
     again = finetune.evaluate(result.output_dir, "validation", batch_size=1)
     assert not calls and abs(result.final_metrics["eval_loss"] - again["validation_loss"]) < 1e-5
+
+
+def test_the_training_split_metrics_run_the_prefix_once_with_the_same_loss(tiny_llama, one_instruction, tmp_path):
+    from finetune.train_metrics import TrainSplitMetrics
+
+    _, inputs, model = _prepared(tiny_llama, one_instruction, tmp_path)
+    collator = answer_logits_collator(model, inputs.collator, inputs.train)
+    whole, shared = (
+        TrainSplitMetrics(inputs.train, collator, 3, "causal_lm", prompt_prefix=prompt_prefix)
+        for prompt_prefix in (False, True)
+    )
+    assert whole.prefix_ids is None and len(shared.prefix_ids) >= MIN_SHARED_TOKENS
+    tokens: list[int] = []
+    hook = model.get_input_embeddings().register_forward_pre_hook(lambda module, args: tokens.append(args[0].numel()))
+    expected = whole.measure(model)["train_loss"]
+    whole_tokens = sum(tokens)
+    tokens.clear()
+    assert abs(shared.measure(model)["train_loss"] - expected) < 1e-5
+    hook.remove()
+    # 16 rows: the prefix once instead of 16 times.
+    assert whole_tokens - sum(tokens) == (len(inputs.train) - 1) * len(shared.prefix_ids)
