@@ -89,8 +89,8 @@ class PromptPrefix:
 
 def _cache_keyword(model: torch.nn.Module) -> str:
     # transformers renamed past_key_values to cache (the old name still works, with a warning).
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    base = getattr(base, "module", base)  # a DistributedDataParallel wrapper
+    base = getattr(model, "module", model)  # a DistributedDataParallel wrapper
+    base = base.get_base_model() if hasattr(base, "get_base_model") else base  # a peft model
     return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
 
