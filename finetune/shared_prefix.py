@@ -57,6 +57,7 @@ class PromptPrefix:
     def __init__(self, token_ids: list[int]) -> None:
         self.token_ids = token_ids
         self._cache = None
+        self._keyword = "past_key_values"  # the model's name for a cache, read with the cache
 
     def starts(self, batch: dict) -> bool:
         """Whether every row of ``batch`` starts with the prefix, unpadded."""
@@ -71,11 +72,11 @@ class PromptPrefix:
     def loss(self, model: torch.nn.Module, batch: dict) -> torch.Tensor:
         """The model's loss on ``batch`` (whose rows start with the prefix), running only the rest of its rows."""
         width, rows = len(self.token_ids), batch["input_ids"].shape[0]
-        keyword = _cache_keyword(model)
         if self._cache is None:
             prefix = torch.as_tensor([self.token_ids], device=batch["input_ids"].device)
             output = model(input_ids=prefix, use_cache=True, logits_to_keep=1)
             self._cache = output["cache"] if "cache" in output else output["past_key_values"]
+            self._keyword = _cache_keyword(model)
         cache = copy.deepcopy(self._cache)
         cache.batch_repeat_interleave(rows)
         rest = {key: value for key, value in batch.items() if key != "use_cache"}
@@ -84,7 +85,7 @@ class PromptPrefix:
         if isinstance(batch.get("logits_to_keep"), torch.Tensor):
             rest["logits_to_keep"] = batch["logits_to_keep"][:, width:]  # shift_labels: unchanged, none in the prefix
         # attention_mask stays whole: it covers the cached positions too.
-        return model(**rest, **{keyword: cache}, use_cache=True).loss
+        return model(**rest, **{self._keyword: cache}, use_cache=True).loss
 
 
 def _cache_keyword(model: torch.nn.Module) -> str:
