@@ -116,6 +116,8 @@ def shared_prefix_for(model: torch.nn.Module, collator, split: Dataset) -> list[
         return None
     finally:
         model.train(was_training)
-    if whole is None or shared is None or not torch.allclose(whole.float(), shared.float(), rtol=1e-4, atol=1e-5):
+    # fp32 float noise between the two ways is about 1e-6; a prompt-tuning adapter on a random model (a loss near
+    # log(vocabulary)) moves the loss by 6e-4 to 5e-3 only, so the bound stays well under that.
+    if whole is None or shared is None or not torch.allclose(whole.float(), shared.float(), rtol=1e-5, atol=1e-6):
         return None
     return token_ids
