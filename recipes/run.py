@@ -81,14 +81,22 @@ def run_recipe(recipe: Recipe, run_dir: str | Path) -> dict | None:
     reused = _untuned_reruns(summary, run_dir / "search" / "selection")[: len(recipe.seeds)]
     split_seeds = [r["overrides"].get("data.validation_split_seed") for r in reused]
     split_seeds += [None] * (len(recipe.seeds) - len(reused))
-    schedule = plan.evaluation_schedule if reused else {}
-    arms = [("untuned", recipe.untuned.with_overrides(schedule))]
+
+    def scheduled(config: FinetuneConfig) -> FinetuneConfig:
+        return config.with_overrides(plan.evaluation_schedule(config)) if reused else config
+
+    arms = [("untuned", scheduled(recipe.untuned))]
     if summary["winner_role"] != UNTUNED:
-        arms.append(("tuned", best_config.with_overrides(schedule)))
-    arms += [(name, config.with_overrides(schedule)) for name, config in references.items()]
+        arms.append(("tuned", scheduled(best_config)))
+    arms += [(name, scheduled(config)) for name, config in references.items()]
     fresh_untuned = len(recipe.seeds) - len(reused)
-    # Every arm trains on the recipe's rows: its train split is loaded once for all of them.
-    steps = _step_counter(recipe.untuned)
+    # Every arm trains on the recipe's rows: its train split is loaded once for all of them. Progress counts
+    # budget steps, as the search does (a step of a larger batch takes longer).
+    optimizer_steps = _step_counter(recipe.untuned)
+
+    def steps(config: FinetuneConfig) -> int:
+        return plan.budget_steps(config, optimizer_steps(config))
+
     progress.retrain_steps = steps(recipe.untuned) * fresh_untuned
     progress.retrain_steps += sum(steps(config) for arm, config in arms[1:]) * len(recipe.seeds)
     runs: dict[str, list[dict]] = {"untuned": []}
@@ -103,7 +111,7 @@ def run_recipe(recipe: Recipe, run_dir: str | Path) -> dict | None:
             progress.say(f"retraining {arm}, seed {index} of {len(recipe.seeds)}, then testing")
             record, resumed = seed_run(config, arm, seed, split_seed, run_dir)
             runs[arm].append(record)
-            progress.add(record["optimizer_steps"], resumed=resumed)
+            progress.add(plan.budget_steps(config, record["optimizer_steps"]), resumed=resumed)
     if "tuned" not in runs:
         runs["tuned"] = [{**record, "arm": "tuned"} for record in runs["untuned"]]
     progress.say("writing the report")

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import math
 import os
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import pytest
 from conftest import classification_config
 
 from finetune import FinetuneConfig
+from finetune.train import CONFIG_FILE
 from hpo import Budget, Categorical, Float, SearchSpace
 from hpo.finetune import Objective, SearchSettings, search_finetune
 
@@ -174,7 +176,10 @@ def test_evaluating_at_the_rungs_evaluates_trials_and_re_runs_there_and_at_their
         result = json.loads((run / "run_result.json").read_text())
         steps = [evaluation["step"] for evaluation in result["evaluations"]]
         last = result["optimizer_steps"]
-        assert steps == [s for s in (1, 3, 9) if s < last] + [last], run.name
+        # The rungs are in steps of the untuned batch (8): a batch-16 run evaluates where it first passes them.
+        batch = FinetuneConfig.from_yaml(run / CONFIG_FILE).training.effective_batch_size
+        rungs = sorted({math.ceil(rung * 8 / batch) for rung in (1, 3, 9)})
+        assert steps == [s for s in rungs if s < last] + [last], run.name
 
 
 def _strict_budget_search(base, tmp_path, *, epochs, seed):
@@ -447,3 +452,27 @@ def test_the_training_share_counts_the_sweep_and_the_time_between_runs():
     assert training_share(breakdown) == pytest.approx(90 / 130)
     assert training_share({k: v for k, v in breakdown.items() if k != "lr_range_test"}) == pytest.approx(80 / 118)
     assert training_share({"trials": stages, "reruns": stages}) is None
+
+
+def test_a_trial_at_a_larger_batch_counts_its_rows_in_budget_steps(tiny_bert, sentiment_files, tmp_path):
+    """96 rows, one epoch: 12 steps at the untuned batch 8, 6 at batch 16, 3 at batch 32. Each is one pass over
+    the rows, so each spends the same 12 budget steps and reports its last evaluation at budget step 12."""
+    from hpo import SelectionSettings, attributes
+
+    space = SearchSpace(
+        {
+            "training.learning_rate": Float(low=1e-4, high=1e-2, log=True),
+            "training.effective_batch_size": Categorical(choices=(16, 32)),
+        }
+    )
+    base = _base(tiny_bert, sentiment_files, tmp_path)
+    search = _random_search(
+        base, tmp_path / "s", space=space, budget=Budget(trials=4), selection=SelectionSettings(seeds=0)
+    )
+    trials = [t for t in search.result.trials if t.state == "COMPLETE"]
+    assert len(trials) == 4
+    for trial in trials:
+        batch = trial.params.get("training.effective_batch_size", 8)  # the untuned trial: the base's batch 8
+        assert trial.extra[attributes.OPTIMIZER_STEPS] == 96 // batch
+        assert trial.steps == 12 and trial.extra[attributes.PLANNED_STEPS] == 12
+    assert search.result.steps_spent == 4 * 12

@@ -28,7 +28,8 @@ def test_plan_of_the_default_search_without_training(tiny_bert, sentiment_files,
     assert plan.total_steps == 120 and plan.budget.steps == 120 - 2 * 12
     assert plan.rerun_budget.total_steps == 120 and plan.rerun_budget.top_k == 3
     assert "method.lora_r" in plan.space.parameters  # the LoRA default space
-    assert plan.search_evaluations == {
+    base = _base(tiny_bert, sentiment_files, tmp_path)
+    assert plan.search_evaluations(base) == {
         "training.eval_steps": 1,
         "training.eval_at_steps": None,
         "training.train_split_metrics": False,
@@ -117,8 +118,11 @@ def test_evaluating_at_the_rungs_lists_the_schedulers_rungs_up_to_the_budget(tin
     )
     # Hyperband compares trials at 4 x 3^k steps; a 144-step budget holds no trial past 144.
     assert plan.min_steps == 4 and plan.evaluation_steps == (4, 12, 36, 108)
-    assert plan.search_evaluations["training.eval_at_steps"] == [4, 12, 36, 108]
-    assert plan.search_evaluations["training.eval_steps"] is None
+    assert plan.search_evaluations(base)["training.eval_at_steps"] == [4, 12, 36, 108]
+    assert plan.search_evaluations(base)["training.eval_steps"] is None
+    # A trial at twice the batch reaches each rung's rows in half the optimizer steps.
+    double = _base(tiny_bert, sentiment_files, tmp_path, num_train_epochs=3, gradient_accumulation_steps=2)
+    assert plan.search_evaluations(double)["training.eval_at_steps"] == [2, 6, 18, 54]
     folds = plan_search(
         base, SearchSettings(full_run_equivalents=4, evaluate_at="rungs", objective=Objective(cv_folds=3))
     )
@@ -182,3 +186,24 @@ def test_no_untuned_trial_turns_the_reruns_off_before_the_budget_check():
     assert not settings.selection.enabled
     with pytest.raises(ConfigError, match="selection reserve"):
         SearchSettings(full_run_equivalents=2)
+
+
+def test_budget_steps_are_steps_at_the_untuned_runs_batch(tiny_bert, sentiment_files, tmp_path):
+    """A step of a larger batch costs (and has seen) proportionally more: the budget, a trial's length and
+    its evaluation interval count steps of the untuned run's effective batch (8 here)."""
+    base = _base(tiny_bert, sentiment_files, tmp_path, num_train_epochs=3)  # 96 rows: 36 steps at batch 8
+    plan = plan_search(base, SearchSettings(full_run_equivalents=4))
+    assert plan.full_run_steps == 36 and plan.min_steps == 4
+    for per_device, accumulation, optimizer_steps, interval in ((8, 4, 9, 1), (16, 1, 18, 2), (4, 1, 72, 8)):
+        config = _base(
+            tiny_bert,
+            sentiment_files,
+            tmp_path,
+            num_train_epochs=3,
+            per_device_train_batch_size=per_device,
+            gradient_accumulation_steps=accumulation,
+        )
+        # Three epochs of the same rows: the untuned run's length, whatever the batch.
+        assert plan.trial_length(config) == 36
+        assert plan.budget_steps(config, optimizer_steps) == 36
+        assert plan.search_evaluations(config)["training.eval_steps"] == interval

@@ -49,7 +49,7 @@ class TrialObjective:
         config = self.base if untuned else self.config_for(params)
         name = f"trial_{number:04d}"  # its folder, and its run's name in an experiment tracker
         overrides = {"training.output_dir": str(self.trials_dir / name), "training.run_name": name}
-        config = config.with_overrides({**overrides, **self.plan.search_evaluations})
+        config = config.with_overrides({**overrides, **self.plan.search_evaluations(config)})
         if self.plan.rerun_budget is not None and not untuned:  # the untuned run is the baseline: always run
             self._admit_or_shorten(params, config, reporter)
         if self.plan.scoring.folds is not None:
@@ -57,7 +57,7 @@ class TrialObjective:
         result = self._train(config, reporter)
         reporter.trial.set_user_attr(attributes.CHECKPOINT, result.best_checkpoint)
         reporter.trial.set_user_attr(attributes.OPTIMIZER_STEPS, result.optimizer_steps)
-        reporter.trial.set_user_attr(attributes.PLANNED_STEPS, result.planned_steps)
+        reporter.trial.set_user_attr(attributes.PLANNED_STEPS, self.plan.budget_steps(config, result.planned_steps))
         values = [value for _, value in reporter.values]
         if not values:
             raise ConfigError(f"trial {number}: no evaluation reported {self.plan.scoring.metric}")
@@ -96,12 +96,12 @@ class TrialObjective:
     def _train(self, config: FinetuneConfig, reporter: Reporter | FoldReporter) -> finetune.RunResult:
         if self.sync:
             broadcast(config.to_dict())
-        started = time.perf_counter()
+        started, metric, work = time.perf_counter(), self.plan.scoring.metric, self.plan.work_per_step(config)
         try:
             if self.settings.isolation == "subprocess":
-                result = train_trial_in_subprocess(config, reporter, self.plan.scoring.metric)
+                result = train_trial_in_subprocess(config, reporter, metric, work_per_step=work)
             else:
-                result = train_trial(config, ReportToTrial(reporter, self.plan.scoring.metric, sync=self.sync))
+                result = train_trial(config, ReportToTrial(reporter, metric, sync=self.sync, work_per_step=work))
         finally:
             release_memory()  # the trial's model and optimizer go before the next trial starts
             self.run_seconds += time.perf_counter() - started
@@ -113,13 +113,14 @@ class TrialObjective:
         folds = self.plan.scoring.folds
         curves: list[list[tuple[int, float]]] = [[] for _ in range(folds)]
         loss_curves: list[list[tuple[int, float]]] = [[] for _ in range(folds)]
-        offset, scores = 0, []
+        offset, optimizer_steps, scores = 0, 0, []  # offset: budget steps so far (the folds' curves join there)
         for fold in range(folds):
             out = Path(config.training.output_dir) / f"fold_{fold}"
             result = self._train(
                 fold_config(config, folds, fold, str(out)), FoldReporter(reporter, offset, curves, fold, loss_curves)
             )
-            offset += result.optimizer_steps
+            offset += self.plan.budget_steps(config, result.optimizer_steps)
+            optimizer_steps += result.optimizer_steps
             shutil.rmtree(out, ignore_errors=True)  # a fold's model is not a candidate: only its score counts
             if reporter.stop_reason:
                 break
@@ -127,7 +128,7 @@ class TrialObjective:
                 metric = self.plan.scoring.metric
                 raise ConfigError(f"trial {reporter.trial.number}, fold {fold}: no evaluation reported {metric}")
             scores.append(self.plan.scoring.score([value for _, value in curves[fold]]))
-        reporter.trial.set_user_attr(attributes.OPTIMIZER_STEPS, offset)
+        reporter.trial.set_user_attr(attributes.OPTIMIZER_STEPS, optimizer_steps)
         if not scores:
             return float("nan")  # stopped during the first fold: the trial is pruned
         score = cv_score(scores, offset)

@@ -70,7 +70,9 @@ class SearchPlan:
     validation: str  # one split or k folds, and why
     trial_rows: int  # training rows of one run (of one fold under cross-validation)
     world_size: int
-    full_run_steps: int  # optimizer steps of the untuned run, all folds: the unit of full-run equivalents
+    # Optimizer steps of the untuned run, all folds: the unit of full-run equivalents. Every length the budget
+    # counts (trials, re-runs, rungs) is in steps of the untuned run's effective batch (work_per_step).
+    full_run_steps: int
     min_steps: int  # evaluation interval and first rung
     total_steps: int | None  # the whole step budget: exploration and re-runs
     budget: Budget  # what exploration may spend
@@ -87,26 +89,43 @@ class SearchPlan:
     # The steps trials and re-runs evaluate at (search.evaluate_at: rungs, and the last step); None: every
     # min_steps.
     evaluation_steps: tuple[int, ...] | None = None
+    # The untuned run's effective batch per process (0: unknown, every step counts as one).
+    base_batch: int = 0
 
-    @property
-    def evaluation_schedule(self) -> dict[str, Any]:
-        """When trials and re-runs evaluate, as config overrides (runs compared with them use it too)."""
+    def work_per_step(self, config: FinetuneConfig) -> float:
+        """Budget steps one optimizer step of ``config`` counts for: its effective batch over the untuned run's.
+        A step of 4x the rows costs about 4x the time and has seen 4x the data by a given rung; counted as one,
+        large-batch trials looked 4x cheaper to admission and ahead at every rung, and won searches as
+        12-step runs of one lucky seed (benchmarks/RESULTS.md)."""
+        if not self.base_batch:
+            return 1.0
+        return config.training.effective_batch_size / self.base_batch
+
+    def evaluation_schedule(self, config: FinetuneConfig) -> dict[str, Any]:
+        """When ``config`` evaluates as a trial or re-run, as config overrides (runs compared with them use it
+        too): every min_steps budget steps (or at the rungs), in its own optimizer steps."""
+        scale = self.work_per_step(config)
         if self.evaluation_steps:
-            return {"training.eval_steps": None, "training.eval_at_steps": list(self.evaluation_steps)}
-        return {"training.eval_steps": self.min_steps, "training.eval_at_steps": None}
+            at = sorted({max(1, math.ceil(step / scale - 1e-9)) for step in self.evaluation_steps})
+            return {"training.eval_steps": None, "training.eval_at_steps": at}
+        return {"training.eval_steps": max(1, round(self.min_steps / scale)), "training.eval_at_steps": None}
 
-    @property
-    def search_evaluations(self) -> dict[str, Any]:
-        """Overrides of every trial and re-run: evaluations on the search's schedule, scored on validation only
-        (and generated answers on a fixed subset when the objective needs them)."""
-        overrides = {**self.evaluation_schedule, "training.train_split_metrics": False}
+    def search_evaluations(self, config: FinetuneConfig) -> dict[str, Any]:
+        """Overrides of ``config`` as a trial or re-run: evaluations on the search's schedule, scored on
+        validation only (and generated answers on a fixed subset when the objective needs them)."""
+        overrides = {**self.evaluation_schedule(config), "training.train_split_metrics": False}
         if self.generation_samples:
             overrides["data.max_generation_samples"] = self.generation_samples
         return overrides
 
     def trial_length(self, config: FinetuneConfig) -> int:
-        """Optimizer steps ``config`` will run as a trial, all folds."""
-        return (self.scoring.folds or 1) * planned_steps(config, self.trial_rows, self.world_size)
+        """Budget steps ``config`` will run as a trial, all folds (work_per_step)."""
+        steps = (self.scoring.folds or 1) * planned_steps(config, self.trial_rows, self.world_size)
+        return self.budget_steps(config, steps)
+
+    def budget_steps(self, config: FinetuneConfig, optimizer_steps: int) -> int:
+        """``optimizer_steps`` of ``config`` in budget steps (work_per_step)."""
+        return round(optimizer_steps * self.work_per_step(config))
 
 
 def plan_search(base: FinetuneConfig, settings: SearchSettings, *, world_size: int = 1) -> SearchPlan:
@@ -167,6 +186,7 @@ def plan_search(base: FinetuneConfig, settings: SearchSettings, *, world_size: i
         constant_prediction=constant,
         lr_range_steps=lr_range_steps,
         evaluation_steps=_evaluation_steps(settings, min_steps, full_run_steps, folds),
+        base_batch=base.training.effective_batch_size,
     )
 
 

@@ -111,7 +111,8 @@ def search_finetune(
         else:
             picked = pick_candidates(result, plan.selection.candidates)
         # Re-runs evaluate on the search's schedule, so "best" means the same as in the search.
-        configs = {t.number: objective.config_of(t).with_overrides(plan.search_evaluations) for t in picked}
+        configs = {t.number: objective.config_of(t) for t in picked}
+        configs = {number: c.with_overrides(plan.search_evaluations(c)) for number, c in configs.items()}
         untuned = [t.number for t in picked if t.extra.get(attributes.ROLE) == attributes.UNTUNED]
         kept = untuned if keep_untuned_reruns and not plan.selection.rerank else []
         for number in kept:  # measured, not selected on: the fit diagnosis of the untuned arm reads them
@@ -130,6 +131,7 @@ def search_finetune(
             steps_left=None if plan.total_steps is None else plan.total_steps - result.steps_spent,
             rerun_length=lambda record: rerun_steps([record], 1, plan.full_run_steps),
             constant_prediction=plan.constant_prediction,
+            work_per_step=plan.work_per_step,
         )
         run_seconds += time.perf_counter() - selection_started
         best = next(t for t in result.trials if t.number == chosen.winner)

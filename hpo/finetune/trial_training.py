@@ -55,14 +55,19 @@ class ReportToTrial(TrainerCallback):
     """Reports each evaluation to the trial and stops the run cleanly when the trial must stop.
 
     ``reporter`` is None on the other processes of a multi-process run: with ``sync`` they receive the
-    main process's decision at every evaluation, so all processes stop at the same step.
+    main process's decision at every evaluation, so all processes stop at the same step. The reporter sees
+    budget steps: optimizer steps times ``work_per_step`` (hpo.finetune.plan.SearchPlan.work_per_step).
     """
 
-    def __init__(self, reporter: Reporter | None, metric: str, *, sync: bool = False):
+    def __init__(self, reporter: Reporter | None, metric: str, *, sync: bool = False, work_per_step: float = 1.0):
         self.reporter = reporter
         self.metric = metric
         self.sync = sync
+        self.work_per_step = work_per_step
         self.seen_steps: set[int] = set()
+
+    def budget_steps(self, optimizer_steps: int) -> int:
+        return round(optimizer_steps * self.work_per_step)
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         if not is_new_evaluation(self.seen_steps, state):
@@ -76,15 +81,15 @@ class ReportToTrial(TrainerCallback):
 
     def on_train_end(self, args, state, control, **kwargs):
         if self.reporter is not None:
-            self.reporter.add_steps(state.global_step)
+            self.reporter.add_steps(self.budget_steps(state.global_step))
 
     def decide(self, step: int, metrics: dict[str, float], run_ends: bool = False) -> tuple[str, str]:
-        """Report ``metrics`` at ``step`` (the last when ``run_ends``); ("go" | "stop" | "error", message)."""
+        """Report ``metrics`` at optimizer ``step`` (the last when ``run_ends``); ("go" | "stop" | "error", message)."""
         if self.metric not in metrics:
             available = sorted(k for k in metrics if k.startswith("eval_"))
             return "error", f"search.objective.metric: {self.metric!r} is not among the evaluation metrics {available}"
         smooth = metrics.get("eval_loss") if self.metric != "eval_loss" else None  # for a rung signal
-        self.reporter.report(step, metrics[self.metric], smooth)
+        self.reporter.report(self.budget_steps(step), metrics[self.metric], smooth)
         stop = self.reporter.should_stop(run_ends=run_ends)
         return ("stop", self.reporter.stop_reason) if stop else ("go", "")
 
@@ -146,7 +151,9 @@ class TrialProcessError(RuntimeError):
     """The trial's child process failed; the message is the child's exception."""
 
 
-def train_trial_in_subprocess(config: FinetuneConfig, reporter: Reporter, metric: str) -> finetune.RunResult:
+def train_trial_in_subprocess(
+    config: FinetuneConfig, reporter: Reporter, metric: str, *, work_per_step: float = 1.0
+) -> finetune.RunResult:
     """Run the trial in a fresh process (isolation: subprocess): nothing it allocates can outlive it.
 
     The child reports each evaluation through a pipe and waits for this process's decision, so
@@ -157,7 +164,7 @@ def train_trial_in_subprocess(config: FinetuneConfig, reporter: Reporter, metric
     child = context.Process(target=_child_main, args=(config.to_dict(), theirs, metric), daemon=True)
     child.start()
     theirs.close()
-    decider = ReportToTrial(reporter, metric)
+    decider = ReportToTrial(reporter, metric, work_per_step=work_per_step)
     try:
         while True:
             if not ours.poll(timeout=1.0):
@@ -169,7 +176,7 @@ def train_trial_in_subprocess(config: FinetuneConfig, reporter: Reporter, metric
                 ours.send(decider.decide(*payload))
             elif kind == "done":
                 result = finetune.RunResult(**payload)
-                reporter.add_steps(result.optimizer_steps)
+                reporter.add_steps(decider.budget_steps(result.optimizer_steps))
                 return result
             elif kind == "infeasible":
                 raise InfeasibleTrial(payload)
