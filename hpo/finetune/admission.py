@@ -15,8 +15,8 @@ scored what a constant prediction scores (it learnt nothing), the sequential rul
 re-running it, so its re-run is no longer reserved: that full run goes to exploring, or to the selection
 if the rule needs it after all.
 
-A proposal that does not fit runs shortened when it can (longest_fitting: fewer epochs or a larger
-effective batch, values the space allows, everything else as proposed), never below SHORTENED_EVALUATIONS
+A proposal that does not fit runs shortened when it can (longest_fitting: fewer epochs, a value the space
+allows, everything else as proposed), never below SHORTENED_EVALUATIONS
 evaluation intervals: a shorter trial would pass no rung and inform the search of little but its first
 steps, while paying for its model loading and evaluations. The proposal is discarded, so
 the sampler learns from what actually ran rather than holding the proposal's learning rate against it.
@@ -44,7 +44,6 @@ import optuna
 from finetune.errors import ConfigError
 from hpo import attributes
 from hpo.errors import InfeasibleTrial, SearchDone
-from hpo.finetune.config_space import EFFECTIVE_BATCH_SIZE
 from hpo.results import SearchResult, TrialRecord
 from hpo.rung_signal import RungSignal
 from hpo.space import SearchSpace, finite_values
@@ -243,20 +242,10 @@ class RerunBudget:
 
 
 def shorter_variants(params: dict[str, Any], space: SearchSpace) -> list[dict[str, Any]]:
-    """``params`` with fewer epochs and/or a larger effective batch, each value one the space allows."""
-    epochs = _options(space, params, EPOCHS, shorter=lambda value: value <= params[EPOCHS])
-    batches = _options(space, params, EFFECTIVE_BATCH_SIZE, shorter=lambda value: value >= params[EFFECTIVE_BATCH_SIZE])
-    variants = []
-    for epoch_count in epochs:
-        for batch in batches:
-            variant = {**params}
-            if epoch_count is not None:
-                variant[EPOCHS] = epoch_count
-            if batch is not None:
-                variant[EFFECTIVE_BATCH_SIZE] = batch
-            if variant != params:
-                variants.append(variant)
-    return variants
+    """``params`` with fewer epochs, each a value the space allows. Not a larger batch: budget steps count
+    the rows trained on (hpo.finetune.plan.SearchPlan.work_per_step), which a larger batch does not lower."""
+    epochs = _options(space, params, EPOCHS, shorter=lambda value: value < params[EPOCHS])
+    return [{**params, EPOCHS: count} for count in epochs if count is not None and count < params[EPOCHS]]
 
 
 def longest_fitting(
@@ -267,22 +256,18 @@ def longest_fitting(
     fits: Callable[[int], bool],
     shortest: int = 1,
 ) -> tuple[dict[str, Any], int] | None:
-    """The variant with the most optimizer steps that still ``fits``, with its length; None when none of at
-    least ``shortest`` steps fits. Ties go to the fewest values changed, then to the proposed batch kept."""
-    best, best_rank = None, None
+    """The variant with the most budget steps that still ``fits``, with its length; None when none of at
+    least ``shortest`` steps fits."""
+    best = None
     for variant in shorter_variants(params, space):
         steps = length(variant)
-        if steps < shortest or not fits(steps):
-            continue
-        changed = sum(variant[key] != params[key] for key in variant)
-        rank = (steps, -changed, variant.get(EFFECTIVE_BATCH_SIZE) == params.get(EFFECTIVE_BATCH_SIZE))
-        if best_rank is None or rank > best_rank:
-            best, best_rank = (variant, steps), rank
+        if steps >= shortest and fits(steps) and (best is None or steps > best[1]):
+            best = (variant, steps)
     return best
 
 
 def _options(space: SearchSpace, params: dict[str, Any], key: str, *, shorter: Callable[[Any], bool]) -> list[Any]:
-    """The values of ``key`` the space allows that make a run no longer; [None] when it is not searched."""
+    """The values of ``key`` the space allows that pass ``shorter``; [None] when it is not searched."""
     parameter = space.parameters.get(key)
     if key not in params or parameter is None:
         return [None]
