@@ -12,7 +12,7 @@ UNTUNED = "untuned"
 ROLE = "role"  # UNTUNED on the baseline trial, "warm_start" on warm-start trials; absent on the others
 PARAMS = "params"  # the trial's full params when they differ from Optuna's (fixed values included)
 GIVEN_PARAMS = "given_params"  # params run as given: a planned point outside the space (e.g. an untuned warmup)
-STEPS = "steps"  # optimizer steps a trial actually ran (updated at every report)
+STEPS = "steps"  # steps a trial ran, as reported (a fine-tune search: at the untuned run's batch)
 # The metric of a trial's last evaluation, where the scheduler was given a rung signal (hpo.rung_signal)
 # instead: what a stopped trial scored.
 LAST_VALUE = "last_value"

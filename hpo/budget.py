@@ -1,4 +1,4 @@
-"""Search budgets: trials, optimizer steps (also as full-run equivalents) and wall time, spent as measured."""
+"""Search budgets: trials, steps (also as full-run equivalents) and wall time, spent as measured."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ class Budget:
 
     @classmethod
     def from_full_runs(cls, full_runs: float, steps_per_full_run: int, **others) -> Budget:
-        """A step budget of ``full_runs`` times the untuned run's optimizer steps."""
+        """A step budget of ``full_runs`` times the untuned run's steps."""
         if full_runs <= 0:
             raise SearchConfigError(f"search.budget.full_run_equivalents must be > 0, got {full_runs}")
         return cls(steps=int(round(full_runs * steps_per_full_run)), **others)
@@ -69,7 +69,7 @@ def exhausted(budget: Budget, used: Spent) -> str | None:
     if budget.trials is not None and used.trials >= budget.trials:
         return f"trial budget spent ({used.trials}/{budget.trials} trials)"
     if budget.steps is not None and used.steps >= budget.steps:
-        return f"step budget spent ({used.steps}/{budget.steps} optimizer steps)"
+        return f"step budget spent ({used.steps}/{budget.steps} steps)"
     if budget.wall_seconds is not None and used.wall_seconds >= budget.wall_seconds:
         return f"time budget spent ({used.wall_seconds:.0f}/{budget.wall_seconds:.0f} s of trial time)"
     return None

@@ -118,7 +118,7 @@ def save_figure(fig, path: str | Path) -> str:
 
 
 def plot_anytime(results: dict[str, SearchResult], path: str | Path) -> str:
-    """Best objective so far against cumulative optimizer steps, one line per search."""
+    """Best objective so far against cumulative steps, one line per search."""
     fig = new_figure(figsize=(6, 4))
     ax = fig.subplots()
     for name, result in results.items():
@@ -126,7 +126,7 @@ def plot_anytime(results: dict[str, SearchResult], path: str | Path) -> str:
         if curve:
             steps, values = zip(*curve, strict=True)
             ax.step(steps, values, where="post", label=name)
-    ax.set_xlabel("cumulative optimizer steps")
+    ax.set_xlabel("cumulative steps")
     ax.set_ylabel("best objective so far")
     ax.set_title("anytime performance")
     ax.grid(alpha=0.3)

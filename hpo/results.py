@@ -138,7 +138,7 @@ class SearchResult:
         )
 
     def anytime_curve(self) -> list[tuple[int, float]]:
-        """(cumulative optimizer steps, best complete value so far), in trial order."""
+        """(cumulative steps, best complete value so far), in trial order."""
         points, total, best = [], 0, None
         better = (lambda a, b: a > b) if self.direction == "maximize" else (lambda a, b: a < b)
         for trial in sorted(self.trials, key=lambda t: t.number):

@@ -56,7 +56,8 @@ def rung_steps(*, min_steps: int, reduction_factor: int = REDUCTION_FACTOR, up_t
 def build_pruner(
     name: str, *, min_steps: int, max_steps: int | None = None, reduction_factor: int = REDUCTION_FACTOR
 ) -> optuna.pruners.BasePruner:
-    """Early-stopping schedulers; resources are optimizer steps (the step given to report())."""
+    """Early-stopping schedulers; resources are the steps given to report() (a fine-tune search: steps at the
+    untuned run's effective batch, so trials meet the rungs at equal rows trained on)."""
     if name == "none":
         return optuna.pruners.NopPruner()
     if name == "median":

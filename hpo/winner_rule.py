@@ -119,7 +119,7 @@ class Candidate:
     search_value: float | None  # its single-seed validation score during the search
     values: list[float] = field(default_factory=list)  # validation scores of the fresh-seed re-runs
     counts_search_value: bool = False  # the baseline's search score is an unbiased extra sample
-    steps: int = 0  # optimizer steps of the re-runs
+    steps: int = 0  # steps of the re-runs (a fine-tune search: at the untuned run's batch)
     failure: str | None = None  # a re-run failed: the candidate cannot win
 
     @classmethod

@@ -277,7 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     search.add_argument("--budget-trials", type=int, help="budget in trials (default: none)")
     search.add_argument(
-        "--budget-steps", type=int, help="budget in optimizer steps, all trials together (default: none)"
+        "--budget-steps",
+        type=int,
+        help="budget in steps of the untuned run's effective batch, all trials together (default: none)",
     )
     search.add_argument("--budget-minutes", type=float, help="budget in wall-clock minutes (default: none)")
     search.add_argument("--metric", help="accuracy, macro_f1, loss... (default: by task)")

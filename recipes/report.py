@@ -176,7 +176,7 @@ def _budget_rows(results: dict[str, Any]) -> list[list[str]]:
     s = results["search"]
     return [
         ["", "value"],
-        ["optimizer steps spent (LR sweep + exploration + selection re-runs)", str(total_steps(s))],
+        ["steps spent at the untuned run's batch (LR sweep + exploration + selection re-runs)", str(total_steps(s))],
         ["full-run equivalents spent", spent_against_budget(s)],
         ["learning-rate range test", ((s.get("lr_range_test") or {}).get("reading") or {}).get("reason", "not run")],
         [

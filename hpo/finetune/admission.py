@@ -213,7 +213,7 @@ class RerunBudget:
         left = self.total_steps - spent - self.rerun_steps_now(result)
         if left < self.shortest_useful_steps:
             raise SearchDone(
-                f"step budget spent: {spent} of {self.total_steps} optimizer steps explored, the rest is kept "
+                f"step budget spent: {spent} of {self.total_steps} steps explored, the rest is kept "
                 "for the candidates' re-runs"
             )
         if self.refused_in_a_row >= MAX_REFUSED_IN_A_ROW:
@@ -223,7 +223,7 @@ class RerunBudget:
             )
         trial.set_user_attr(attributes.NOT_RUN, True)
         raise InfeasibleTrial(
-            f"not run: {length} steps, then its re-runs, would take the search to {needed} optimizer steps, over "
+            f"not run: {length} steps, then its re-runs, would take the search to {needed} steps, over "
             f"the budget of {self.total_steps}"
         )
 
