@@ -2,8 +2,9 @@
 
 Task: the SST-2 MiniLM recipes (LoRA and full fine-tuning): selection on validation, final numbers on the
 held-out 872-sentence test set, every contender's final configuration retrained with the same 3 seeds
-by the same training code. Every search gets the same budget B in optimizer steps actually run: B
-full-run equivalents of the untuned run (default 8). Contenders:
+by the same training code. Every search gets the same budget B in steps actually run, counted at the untuned
+run's effective batch (a batch-32 step is 4 where the untuned batch is 8: the rows trained on), as tunelab
+counts its own: B full-run equivalents of the untuned run (default 8). Contenders:
 
   untuned        transformers TrainingArguments defaults with the method's peft defaults (no search)
   hf_default     Trainer.hyperparameter_search(backend="optuna"), its default space, model_init as its
@@ -69,8 +70,9 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 class Ledger:
     """Steps and validation scores of one contender's trials, in order: the anytime curve and the budget."""
 
-    def __init__(self, budget_steps: int) -> None:
+    def __init__(self, budget_steps: int, base_batch: int) -> None:
         self.budget_steps = budget_steps
+        self.base_batch = base_batch  # the untuned run's effective batch: the unit of a step
         self.trials: list[dict] = []
         self.shortened = 0  # tunelab: trials run shorter than proposed, to fit the budget
         self.started = time.perf_counter()
@@ -82,7 +84,12 @@ class Ledger:
     def spent(self) -> bool:
         return self.steps >= self.budget_steps
 
-    def add(self, steps: int, value: float | None, state: str) -> None:
+    def at_base_batch(self, optimizer_steps: int, batch: int) -> int:
+        return round(optimizer_steps * batch / self.base_batch)
+
+    def add(self, steps: int, value: float | None, state: str, *, batch: int | None = None) -> None:
+        """``steps`` at the untuned batch; or optimizer steps at effective ``batch``."""
+        steps = steps if batch is None else self.at_base_batch(steps, batch)
         self.trials.append({"steps": int(steps), "value": value, "state": state})
 
     def anytime(self) -> list[tuple[int, float]]:
@@ -118,7 +125,10 @@ class ReportAndPrune(TrainerCallback):
         self.values.append(metrics[METRIC])
         self.trial.report(metrics[METRIC], state.global_step)
         # As in tunelab: at the run's last evaluation a budget stop saves nothing, so the trial completes.
-        over_budget = self.ledger.steps + state.global_step >= self.ledger.budget_steps and not at_run_end(state)
+        ran = self.ledger.at_base_batch(
+            state.global_step, args.per_device_train_batch_size * args.gradient_accumulation_steps
+        )
+        over_budget = self.ledger.steps + ran >= self.ledger.budget_steps and not at_run_end(state)
         if self.trial.should_prune() or over_budget:
             self.pruned = True
             control.should_training_stop = True
@@ -160,7 +170,8 @@ def optuna_contender(
         result = finetune.train(config, callbacks=[callback])
         best = max(callback.values) if callback.values else float("nan")
         trial.set_user_attr("config", config.to_dict())
-        ledger.add(result.optimizer_steps, best, "PRUNED" if callback.pruned else "COMPLETE")
+        state = "PRUNED" if callback.pruned else "COMPLETE"
+        ledger.add(result.optimizer_steps, best, state, batch=config.training.effective_batch_size)
         if callback.pruned:
             raise optuna.TrialPruned()
         return best
@@ -196,13 +207,14 @@ def hf_default_contender(untuned: FinetuneConfig, ledger: Ledger, scratch: Path,
 
         def on_train_end(self, args, state, control, **kwargs):
             self.steps = state.global_step
+            self.batch = args.per_device_train_batch_size * args.gradient_accumulation_steps
 
     budgeted = Budgeted()
     runs = []
 
     def objective(metrics):  # the default objective (sum of metrics), recorded for the anytime curve
         value = metrics[METRIC]
-        ledger.add(budgeted.steps, value, "COMPLETE")
+        ledger.add(budgeted.steps, value, "COMPLETE", batch=budgeted.batch)
         runs.append(value)
         return value
 
@@ -226,9 +238,9 @@ def hf_default_contender(untuned: FinetuneConfig, ledger: Ledger, scratch: Path,
         compute_metrics=classification_metrics,
         callbacks=[budgeted],
     )
-    # Its default space costs 0.775 untuned runs per trial on average (epochs 1-5, batch 4-64): twice
-    # the expected count covers the spread; trials past the budget stop before training.
-    n_trials = math.ceil(2 * budget / 0.775)
+    # Its default space costs one untuned run's rows per trial on average (epochs 1-5 against the untuned 3):
+    # twice the expected count covers the spread; trials past the budget stop before training.
+    n_trials = math.ceil(2 * budget)
     best = trainer.hyperparameter_search(
         direction="maximize", backend="optuna", n_trials=n_trials, compute_objective=objective
     )
@@ -254,7 +266,7 @@ def grid_contender(untuned: FinetuneConfig, ledger: Ledger, scratch: Path, metho
                 )
                 result = finetune.train(config)
                 value = result.best_metrics[METRIC]
-                ledger.add(result.optimizer_steps, value, "COMPLETE")
+                ledger.add(result.optimizer_steps, value, "COMPLETE", batch=config.training.effective_batch_size)
                 if best is None or value > best:
                     best, best_config = value, config
     return best_config
@@ -371,7 +383,7 @@ def main() -> None:
         scratch = Path(scratch_name)
         for name in args.contenders.split(","):
             print(f"\n=== {name} ===", file=sys.stderr, flush=True)
-            ledger = Ledger(budget_steps)
+            ledger = Ledger(budget_steps, untuned.training.effective_batch_size)
             folder = scratch / name
             if name == "untuned":
                 chosen = untuned
