@@ -8,14 +8,14 @@ a fraction of a full run, since each re-run costs its own trial's length.
 
 So, with ``selection.seeds: 1``: the ``top_k`` best complete trials are re-run once each, best first, while
 their re-runs fit in ``steps_left``, a trial whose re-run no longer fits being passed over for shorter ones;
-the trial with the best re-run wins (its search score is left out: it was picked for being high). The
-search keeps one full run for these re-runs, and always room for the best trial's
-(hpo.finetune.admission.RerunBudget.rerank_reserve). There is no baseline and no noise test: one re-run
-per trial cannot measure the noise, and the untuned run is only a candidate if it ranks among the top
-trials. That suits a search whose untuned run is far behind the field's recipes (a causal-LM LoRA at
-transformers' default learning rate), where `tunelab run` still compares the winner with the untuned run
-and the references on test seeds; the rules with a baseline (seeds >= 2) suit a search where tuning may
-not help at all.
+the trial with the best re-run wins (its search score is left out: it was picked for being high). The search
+keeps one full run for these re-runs, and always room for the best trial's and the shortest other top trial's,
+so that at least two are compared (hpo.finetune.admission.RerunBudget.rerank_reserve). There is no baseline
+and no noise test: one re-run per trial cannot measure the noise, and the untuned run is only a candidate if
+it ranks among the top trials. That suits a search whose untuned run is far behind the field's recipes (a
+causal-LM LoRA at transformers' default learning rate), where `tunelab run` still compares the winner with the
+untuned run and the references on test seeds; the rules with a baseline (seeds >= 2) suit a search where
+tuning may not help at all.
 """
 
 from __future__ import annotations

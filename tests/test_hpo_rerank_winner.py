@@ -96,7 +96,7 @@ def test_settings_seeds_1_means_re_ranking_and_its_reserve():
     assert not SelectionSettings(top_k=1, seeds=1).enabled  # one trial: nothing to re-rank
 
 
-def test_the_reserve_is_one_full_run_and_always_the_best_trials_re_run():
+def test_the_reserve_is_one_full_run_and_always_two_re_runs():
     budget = RerunBudget.for_selection(
         SelectionSettings(top_k=3, seeds=1).for_budget(4), total_steps=192, full_run_steps=48, shortest_useful_steps=4
     )
@@ -107,15 +107,19 @@ def test_the_reserve_is_one_full_run_and_always_the_best_trials_re_run():
     # The top 3 would re-run for 12 + 32 + 8 = 52 steps: one full run (48) is kept.
     result = _result([0.088, 0.140, 0.148], [12, 32, 8])
     assert budget.rerun_steps_now(result) == 48
-    # A 70-step trial may become the best: its re-run is kept whatever its length (52 + 70 + 70 = 192).
-    assert budget.steps_needed(result, 70) == 192 and budget.fits(result, 70)
-    assert not budget.fits(result, 71)
+    # A 64-step trial may become the best: its re-run and the shortest other top trial's (12) are kept whatever
+    # their lengths (52 + 64 + 76 = 192).
+    assert budget.steps_needed(result, 64) == 192 and budget.fits(result, 64)
+    assert not budget.fits(result, 65)
     assert budget.rerank_reserve([12, 8]) == 20 and budget.rerank_reserve([]) == 0
+    assert budget.rerank_reserve([48, 16, 48]) == 64  # the best alone would be a full run: a second is kept
+    assert budget.rerank_reserve([48]) == 48
     assert [t.number for t in budget.candidates(result)] == [0, 1, 2]
-    # The references as the first trials (48, 32 and 8 steps): 48 kept, 56 left to explore at any length
-    # up to 48 (an uncapped reserve kept 88 and let only 12-step trials run).
-    references = _result([0.152, 0.140, 0.189], [48, 32, 8])
+    # The references as the first trials (48, 16 and 16 steps at the untuned batch): one full run kept, and a
+    # full-run trial still fits (80 + 48 + 64 = 192: were it the best, its re-run and a 16-step one's).
+    references = _result([0.152, 0.140, 0.189], [48, 16, 16])
     assert budget.rerun_steps_now(references) == 48 and budget.fits(references, 48)
+    assert not budget.fits(references, 49)
 
 
 def test_re_runs_that_do_not_fit_the_reserve_are_passed_over_for_shorter_ones():

@@ -184,12 +184,15 @@ class RerunBudget:
 
     def rerank_reserve(self, lengths: list[int]) -> int:
         """Steps kept for re-ranking trials of these re-run ``lengths`` (best first): all of them up to
-        RERANK_RESERVE_FULL_RUNS full runs, and the best trial's re-run whatever its length. Reserving every
-        top trial's re-run would starve exploration: with the field's recipes as the first trials, a 48- and a
-        32-step reference and an 8-step one held 88 of a 192-step search, and then only 12-step trials fit."""
+        RERANK_RESERVE_FULL_RUNS full runs, and at least the best trial's re-run and the shortest of the others'
+        whatever their lengths (one re-run alone ranks nothing: a 3-epoch batch-32 best trial is a full run).
+        Reserving every top trial's re-run would starve exploration: with the field's recipes as the first
+        trials, a 48- and a 32-step reference and an 8-step one held 88 of a 192-step search, and then only
+        12-step trials fit."""
         if not lengths:
             return 0
-        return max(lengths[0], min(sum(lengths), round(RERANK_RESERVE_FULL_RUNS * self.full_run_steps)))
+        least = lengths[0] + min(lengths[1:], default=0)
+        return max(least, min(sum(lengths), round(RERANK_RESERVE_FULL_RUNS * self.full_run_steps)))
 
     def _top_lengths(self, result: SearchResult) -> list[int]:
         return [rerun_steps([trial], 1, self.full_run_steps) for trial in result.ranked()[: self.top_k]]
