@@ -30,6 +30,7 @@ from hpo.samplers import REDUCTION_FACTOR, build_pruner, build_sampler
 from hpo.space import SearchSpace
 from hpo.storage import open_storage
 from hpo.workers import (
+    beat_now,
     create_or_join,
     fail_lost_trials,
     heartbeat,
@@ -217,6 +218,7 @@ def _run_trial(
     with warnings.catch_warnings():  # Optuna warns that heartbeats are meant for Study.optimize; we send them
         warnings.filterwarnings("ignore", message="Heartbeat of storage")
         trial = study.ask()
+    beat_now(study, trial)  # before anything else: a worker killed from here on leaves a trial others retry
     # Workers check, then ask: between the two another worker may take the last queued grid point, or the
     # budget's last trial (then the one asked for later, with the higher number, gives way). A lost trial's
     # retry always runs: it replaces work that was lost.

@@ -58,6 +58,7 @@ def heartbeat(study: optuna.Study, trial: optuna.Trial) -> Iterator[None]:
         return
     interval = storage.get_heartbeat_interval()
     stop = threading.Event()
+    beat_now(study, trial)
 
     def beat() -> None:
         while not stop.is_set():
@@ -74,6 +75,17 @@ def heartbeat(study: optuna.Study, trial: optuna.Trial) -> Iterator[None]:
     finally:
         stop.set()
         thread.join(timeout=interval + 5)
+
+
+def beat_now(study: optuna.Study, trial: optuna.Trial) -> None:
+    """Record one heartbeat of ``trial`` now, in this thread. Optuna fails only trials with a stale heartbeat:
+    a worker killed after asking for a trial and before its first beat left it RUNNING for ever, and the other
+    workers waited on it (seen in tests/test_workers_postgres.py's killed-worker test)."""
+    if heartbeats_enabled(study):
+        try:
+            study._storage.record_heartbeat(trial._trial_id)
+        except Exception:  # the database may be restarting: the heartbeat thread retries
+            pass
 
 
 def retry_lost_trial(study: optuna.Study, trial: FrozenTrial) -> None:
