@@ -58,7 +58,6 @@ def heartbeat(study: optuna.Study, trial: optuna.Trial) -> Iterator[None]:
         return
     interval = storage.get_heartbeat_interval()
     stop = threading.Event()
-    beat_now(study, trial)
 
     def beat() -> None:
         while not stop.is_set():

@@ -63,13 +63,13 @@ def select_finetune_winner(
     steps_left: int | None = None,
     rerun_length: Callable[[TrialRecord], int] | None = None,
     constant_prediction: RungSignal | None = None,
-    work_per_step: Callable[[FinetuneConfig], float] = lambda config: 1.0,
+    budget_steps: Callable[[FinetuneConfig, int], int] = lambda config, steps: steps,
 ) -> Selection:
     """``configs`` maps each picked trial (hpo.winner_rule.pick_candidates, in its order) to its config;
     the re-runs of the trials in ``keep_models`` keep their saved model. The sequential rule
     (``selection.sequential``) re-runs within ``steps_left``, each re-run priced by ``rerun_length``, and
-    beats an untuned run at ``constant_prediction``'s score without re-running it. A re-run's steps count
-    ``work_per_step(config)`` budget steps each (hpo.finetune.plan.SearchPlan.work_per_step)."""
+    beats an untuned run at ``constant_prediction``'s score without re-running it. A re-run's optimizer
+    steps count as ``budget_steps(config, steps)`` (hpo.finetune.plan.SearchPlan.budget_steps)."""
     folder.mkdir(parents=True, exist_ok=True)
     processes = process_state()
     if processes.is_main_process:
@@ -95,7 +95,7 @@ def select_finetune_winner(
             configs[record.number], record.number, replicate, folder, scoring, seed=seed, keep_model=keep
         )
         _say(f"trial {record.number} re-run with seed {seed}: {scoring.metric}={score:.4g}")
-        return score, round(steps * work_per_step(configs[record.number]))
+        return score, budget_steps(configs[record.number], steps)
 
     picked = [next(t for t in result.trials if t.number == number) for number in configs]
     if selection.rerank:

@@ -131,7 +131,7 @@ def search_finetune(
             steps_left=None if plan.total_steps is None else plan.total_steps - result.steps_spent,
             rerun_length=lambda record: rerun_steps([record], 1, plan.full_run_steps),
             constant_prediction=plan.constant_prediction,
-            work_per_step=plan.work_per_step,
+            budget_steps=plan.budget_steps,
         )
         run_seconds += time.perf_counter() - selection_started
         best = next(t for t in result.trials if t.number == chosen.winner)
