@@ -32,6 +32,7 @@ CV_FOLD_SCORES = "cv_fold_scores"  # under cross-validation: each fold's score
 CV_STD = "cv_std"  # and their standard deviation
 NOT_RUN = "not_run"  # refused: its re-runs would not have fit the step budget
 SHORTENED = "shortened"  # replaced a proposal too long for the budget: what was proposed, and why
+BATCH_LOWERED = "batch_lowered"  # replaced a proposal with too few optimizer steps: what was proposed, and why
 TIME_BREAKDOWN = "time_breakdown"  # seconds per stage of its run(s): hpo.finetune.time_spent
 
 # --- on studies ---

@@ -237,7 +237,7 @@ def _run_trial(
         _discard(study, trial, f"not run: the search ended ({done})")
         return str(done)
     except ReplaceTrial as replace:
-        _discard(study, trial, "not run: replaced by a shortened version")
+        _discard(study, trial, f"not run: replaced by {replace.params}")
         # The next ask() takes it.
         study.enqueue_trial(replace.params, user_attrs={**replace.attrs, attributes.REPLACES: trial.number})
         return None

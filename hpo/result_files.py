@@ -81,8 +81,9 @@ def write_trial_tables(result: SearchResult, folder: str | Path) -> None:
         for t in result.trials:
             params = [t.params.get(k, "") for k in keys]
             note = t.failure or t.stop_reason or ""
-            if attributes.SHORTENED in t.extra:
-                note = f"shortened: {t.extra[attributes.SHORTENED]}" + (f"; {note}" if note else "")
+            for replaced in (attributes.SHORTENED, attributes.BATCH_LOWERED):
+                if replaced in t.extra:
+                    note = f"{replaced.replace('_', ' ')}: {t.extra[replaced]}" + (f"; {note}" if note else "")
             state, value = shown_state(t.state, t.value, feasible=t.feasible)
             rows[t.number] = [t.number, state, value, t.steps, round(t.seconds, 2), *params, note]
         writer.writerows(rows[number] for number in sorted(rows))

@@ -53,7 +53,7 @@ def to_record(trial: FrozenTrial) -> TrialRecord:
 
 
 def discarded_numbers(study: optuna.Study) -> dict[int, str]:
-    """Trial numbers asked for but never run, and why (shortened proposals name the trial that ran)."""
+    """Trial numbers asked for but never run, and why (replaced proposals name the trial that ran instead)."""
     trials = study.get_trials(deepcopy=False)
     replaced_by = {t.user_attrs[attributes.REPLACES]: t.number for t in trials if attributes.REPLACES in t.user_attrs}
     discarded = {}
@@ -61,7 +61,7 @@ def discarded_numbers(study: optuna.Study) -> dict[int, str]:
         why = t.user_attrs.get(attributes.DISCARDED)
         if why:
             replacement = replaced_by.get(t.number)
-            discarded[t.number] = f"not run: ran shortened as trial {replacement}" if replacement else str(why)
+            discarded[t.number] = f"not run: replaced by trial {replacement}" if replacement else str(why)
     return discarded
 
 

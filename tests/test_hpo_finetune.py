@@ -219,13 +219,13 @@ def test_trials_whose_reruns_would_not_fit_run_shortened_and_the_budget_holds(ti
     assert [int(row["number"]) for row in rows] == list(range(len(rows)))
     discarded = [row for row in rows if row["state"] == "DISCARDED"]
     assert len(discarded) == len(rows) - len(result.trials)
-    replaced = [row for row in discarded if row["note"].startswith("not run: ran shortened as trial ")]
+    replaced = [row for row in discarded if row["note"].startswith("not run: replaced by trial ")]
     assert len(replaced) == len(shortened)
     ended = [row["note"] for row in discarded if row not in replaced]
     assert ended == [f"not run: the search ended ({result.stop_reason})"]
     by_number = {int(row["number"]): row for row in rows}
     for row in replaced:
-        replacement = by_number[int(row["note"].removeprefix("not run: ran shortened as trial "))]
+        replacement = by_number[int(row["note"].removeprefix("not run: replaced by trial "))]
         assert replacement["note"].startswith("shortened: proposed {'training.num_train_epochs': 4}")
         assert int(replacement["number"]) > int(row["number"])
 
@@ -476,3 +476,61 @@ def test_a_trial_at_a_larger_batch_counts_its_rows_in_budget_steps(tiny_bert, se
         assert trial.extra[attributes.OPTIMIZER_STEPS] == 96 // batch
         assert trial.steps == 12 and trial.extra[attributes.PLANNED_STEPS] == 12
     assert search.result.steps_spent == 4 * 12
+
+
+def test_a_sampled_trial_under_the_step_floor_runs_at_the_largest_batch_that_reaches_it(
+    tiny_bert, sentiment_files, tmp_path
+):
+    """96 rows, one epoch: the untuned run takes 12 optimizer steps, so the auto floor is 4. A proposed batch 32
+    (3 steps) runs at batch 16 (6 steps), the same 12 budget steps; batch 16 runs as proposed. With the floor
+    at 0 batch 32 runs as proposed."""
+    from hpo import SelectionSettings, attributes
+
+    space = SearchSpace(
+        {
+            "training.learning_rate": Float(low=1e-4, high=1e-2, log=True),
+            "training.effective_batch_size": Categorical(choices=(8, 16, 32)),
+        }
+    )
+    base = _base(tiny_bert, sentiment_files, tmp_path)
+    search = search_finetune(
+        base,
+        SearchSettings(
+            space=space,
+            sampler="random",
+            scheduler="none",
+            progress=False,
+            include_untuned=False,
+            warm_start=({"training.gradient_accumulation_steps": 4},),  # batch 32: a recipe runs as written
+            budget=Budget(trials=8),
+            selection=SelectionSettings(seeds=0),
+            seed=3,
+        ),
+        run_dir=tmp_path / "floor",
+    )
+    trials = [t for t in search.result.trials if t.state == "COMPLETE"]
+    warm, *sampled = trials
+    assert warm.extra[attributes.OPTIMIZER_STEPS] == 3
+    lowered = [t for t in sampled if attributes.BATCH_LOWERED in t.extra]
+    assert lowered, "the random draws hold no batch 32 to lower: pick another sampler seed"
+    for trial in sampled:
+        assert trial.params["training.effective_batch_size"] in (8, 16)
+        assert trial.extra[attributes.OPTIMIZER_STEPS] >= 4 and trial.steps == 12
+    for trial in lowered:
+        assert trial.extra[attributes.BATCH_LOWERED].startswith("proposed effective batch 32 (3 optimizer steps")
+        assert trial.params["training.effective_batch_size"] == 16
+    assert sum(1 for why in search.result.discarded.values() if "replaced by trial" in why) == len(lowered)
+    summary = json.loads((tmp_path / "floor" / "summary.json").read_text())
+    assert summary["trials_batch_lowered"] == len(lowered)
+
+    unfloored = _random_search(
+        base,
+        tmp_path / "no_floor",
+        space=space,
+        budget=Budget(trials=6),
+        selection=SelectionSettings(seeds=0),
+        seed=3,
+        min_trial_optimizer_steps=0,
+    )
+    batches = [t.params.get("training.effective_batch_size") for t in unfloored.result.trials]
+    assert 32 in batches and not any(attributes.BATCH_LOWERED in t.extra for t in unfloored.result.trials)

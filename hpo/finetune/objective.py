@@ -1,8 +1,10 @@
 """TrialObjective: what one trial of a fine-tune search runs, given its sampled params and its Reporter.
 
 The untuned trial runs the base config as it is; any other trial runs the base config with the sampled
-params as overrides, once admitted under the step budget (hpo.finetune.admission: run as proposed, run
-shortened, or not at all). Then one training run, or k runs on k folds, reporting each evaluation.
+params as overrides: a sampled one with fewer optimizer steps than the plan's floor at a smaller effective
+batch (the same rows, so the same budget steps), then once admitted under the step budget
+(hpo.finetune.admission: run as proposed, run shortened, or not at all). Then one training run, or k runs
+on k folds, reporting each evaluation. Warm-start trials (the field's recipes) run exactly as written.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from finetune.errors import ConfigError
 from hpo import attributes
 from hpo.errors import ReplaceTrial
 from hpo.finetune.admission import SHORTENED_EVALUATIONS, longest_fitting
-from hpo.finetune.config_space import to_overrides
+from hpo.finetune.config_space import EFFECTIVE_BATCH_SIZE, to_overrides
 from hpo.finetune.cross_validation import FoldReporter, cv_score, fold_config
 from hpo.finetune.plan import SearchPlan
 from hpo.finetune.settings import SearchSettings
@@ -30,8 +32,10 @@ from hpo.finetune.trial_training import (
     train_trial,
     train_trial_in_subprocess,
 )
+from hpo.finetune.warm_start import WARM_START
 from hpo.reporter import Reporter
 from hpo.results import TrialRecord
+from hpo.space import finite_values
 
 
 class TrialObjective:
@@ -44,9 +48,11 @@ class TrialObjective:
         self.run_seconds = 0.0  # time spent in training runs by this process (the rest: between runs)
 
     def __call__(self, params: dict[str, Any], reporter: Reporter) -> float:
-        number = reporter.trial.number
-        untuned = reporter.trial.user_attrs.get(attributes.ROLE) == attributes.UNTUNED
+        number, role = reporter.trial.number, reporter.trial.user_attrs.get(attributes.ROLE)
+        untuned = role == attributes.UNTUNED
         config = self.base if untuned else self.config_for(params)
+        if role not in (attributes.UNTUNED, WARM_START):
+            self._enough_optimizer_steps(params, config)
         name = f"trial_{number:04d}"  # its folder, and its run's name in an experiment tracker
         overrides = {"training.output_dir": str(self.trials_dir / name), "training.run_name": name}
         config = config.with_overrides({**overrides, **self.plan.search_evaluations(config)})
@@ -72,6 +78,29 @@ class TrialObjective:
     def config_of(self, trial: TrialRecord) -> FinetuneConfig:
         """The config a finished trial ran (the base config itself for the untuned trial)."""
         return self.base if trial.extra.get(attributes.ROLE) == attributes.UNTUNED else self.config_for(trial.params)
+
+    def _enough_optimizer_steps(self, params: dict[str, Any], config: FinetuneConfig) -> None:
+        """Return if ``config`` takes at least the plan's floor of optimizer steps, or cannot take more by a
+        smaller batch; else run the largest smaller batch of the space that reaches the floor (the smallest if
+        none does) instead (ReplaceTrial): the same rows, so the same budget steps."""
+        floor, steps = self.plan.min_trial_optimizer_steps, self.plan.optimizer_steps(config)
+        parameter = self.plan.space.parameters.get(EFFECTIVE_BATCH_SIZE)
+        if steps >= floor or parameter is None or EFFECTIVE_BATCH_SIZE not in params:
+            return
+        proposed = params[EFFECTIVE_BATCH_SIZE]
+        smaller = sorted((b for b in finite_values(parameter) or () if b < proposed), reverse=True)
+        variant, more = None, steps
+        for batch in smaller:  # largest first
+            variant = {**params, EFFECTIVE_BATCH_SIZE: batch}
+            more = self.plan.optimizer_steps(self.config_for(variant))
+            if more >= floor:
+                break
+        if variant is not None:
+            why = (
+                f"proposed effective batch {proposed} ({steps} optimizer steps, under the floor of {floor}); "
+                f"batch {variant[EFFECTIVE_BATCH_SIZE]} takes {more}"
+            )
+            raise ReplaceTrial(variant, {attributes.BATCH_LOWERED: why})
 
     def _admit_or_shorten(self, params: dict[str, Any], config: FinetuneConfig, reporter: Reporter) -> None:
         """Start the trial if its re-runs fit; else run its longest shorter variant that fits instead (of at

@@ -47,6 +47,14 @@ UNBUDGETED_RUNG_FULL_RUNS = 20
 # Auto runs the sweep only where it costs at most half a run and, after it, the budget holds this many full
 # runs (the untuned trial, its re-run and something to explore).
 LR_SWEEP_MIN_FULL_RUNS = 3
+# The floor on a sampled trial's optimizer steps (search.min_trial_optimizer_steps: auto): this share of the
+# untuned run's steps, at most the cap. A run of a handful of AdamW steps is a few sign-like updates of about
+# the learning rate each: its result follows the seed and the batches drawn. On sst2_words, 8-12-step trials
+# (batch 32 on 128 rows) won searches within the validation noise and tested at 0.70-0.83 exact match across
+# training seeds, where 32-48-step runs of the same learning rates tested at 0.82-0.87 (benchmarks/RESULTS.md).
+# The cap keeps it from binding where data is plentiful (torchtune's LoRA recipes warm up for 100 steps).
+TRIAL_STEP_FLOOR_SHARE = 1 / 3
+TRIAL_STEP_FLOOR_CAP = 100
 
 
 @dataclass(frozen=True)
@@ -91,6 +99,9 @@ class SearchPlan:
     evaluation_steps: tuple[int, ...] | None = None
     # The untuned run's effective batch per process (0: unknown, every step counts as one).
     base_batch: int = 0
+    # A sampled trial's fewest optimizer steps (one fold's; 0: no floor): hpo.finetune.objective runs one
+    # proposed with fewer at a smaller effective batch (trial_step_floor).
+    min_trial_optimizer_steps: int = 0
 
     def work_per_step(self, config: FinetuneConfig) -> float:
         """Budget steps one optimizer step of ``config`` counts for: its effective batch over the untuned run's.
@@ -126,6 +137,20 @@ class SearchPlan:
     def budget_steps(self, config: FinetuneConfig, optimizer_steps: int) -> int:
         """``optimizer_steps`` of ``config`` in budget steps (work_per_step)."""
         return round(optimizer_steps * self.work_per_step(config))
+
+    def optimizer_steps(self, config: FinetuneConfig) -> int:
+        """Optimizer steps ``config`` will run as a trial (one fold's)."""
+        return planned_steps(config, self.trial_rows, self.world_size)
+
+
+def trial_step_floor(settings: SearchSettings, run_steps: int) -> int:
+    """search.min_trial_optimizer_steps, or for auto TRIAL_STEP_FLOOR_SHARE of the untuned run's ``run_steps``
+    (one fold's), at most TRIAL_STEP_FLOOR_CAP; 0 for the grid sampler, which runs its points as written."""
+    if settings.sampler == "grid":
+        return 0
+    if settings.min_trial_optimizer_steps is not None:
+        return settings.min_trial_optimizer_steps
+    return min(TRIAL_STEP_FLOOR_CAP, math.ceil(run_steps * TRIAL_STEP_FLOOR_SHARE - 1e-9))
 
 
 def plan_search(base: FinetuneConfig, settings: SearchSettings, *, world_size: int = 1) -> SearchPlan:
@@ -187,6 +212,7 @@ def plan_search(base: FinetuneConfig, settings: SearchSettings, *, world_size: i
         lr_range_steps=lr_range_steps,
         evaluation_steps=_evaluation_steps(settings, min_steps, full_run_steps, folds),
         base_batch=base.training.effective_batch_size,
+        min_trial_optimizer_steps=trial_step_floor(settings, run_steps),
     )
 
 

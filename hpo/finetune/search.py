@@ -218,8 +218,10 @@ def _summary(
         "exploration_steps": result.steps_spent,
         # Trials the sampler proposed that were not run: their re-runs would not have fit the budget.
         "trials_not_run": sum(bool(t.extra.get(attributes.NOT_RUN)) for t in result.trials),
-        # Trials that ran shorter than proposed (fewer epochs or a larger batch) so their re-runs would fit.
+        # Trials that ran shorter than proposed (fewer epochs) so their re-runs would fit.
         "trials_shortened": sum(bool(t.extra.get(attributes.SHORTENED)) for t in result.trials),
+        # Trials that ran at a smaller batch than proposed, to take at least plan.min_trial_optimizer_steps.
+        "trials_batch_lowered": sum(bool(t.extra.get(attributes.BATCH_LOWERED)) for t in result.trials),
         "selection": chosen.to_dict() if chosen else None,
         # The LR sweep: its steps, and the range it set (reading.low/high; None: the space's range kept).
         "lr_range_test": {"steps": sweep.steps, "reading": asdict(sweep.reading)} if sweep else None,

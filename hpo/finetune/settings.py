@@ -97,6 +97,10 @@ class SearchSettings:
     # the step budget. None (auto): on for the default space with a step budget, one process and the run
     # folder's own journal; true asks for it with a given space too.
     lr_range_test: bool | None = None
+    # A sampled trial takes at least this many optimizer steps: one proposed at a larger effective batch runs at
+    # the largest batch of the space that reaches it (the same rows, so the same budget steps). None (auto):
+    # a third of the untuned run's steps, at most 100 (hpo.finetune.plan.trial_step_floor); 0: no floor.
+    min_trial_optimizer_steps: int | None = None
     choose_winner: bool = True  # False for workers: `tunelab run` chooses once the budget is spent
     progress: bool = True
 
@@ -119,6 +123,12 @@ class SearchSettings:
         cap = self.max_per_device_batch
         if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
             raise ConfigError(f"search.max_per_device_batch: expected an integer >= 1 or null, got {cap!r}")
+        floor = self.min_trial_optimizer_steps
+        if floor is not None and (isinstance(floor, bool) or not isinstance(floor, int) or floor < 0):
+            raise ConfigError(
+                "search.min_trial_optimizer_steps: expected an integer >= 0 (0: no floor) or null (auto), "
+                f"got {floor!r}"
+            )
         if self.lr_range_test is not None and not isinstance(self.lr_range_test, bool):
             raise ConfigError(f"search.lr_range_test: expected true, false or null (auto), got {self.lr_range_test!r}")
         if self.isolation not in ISOLATIONS:
