@@ -72,6 +72,8 @@ def check_recipe(recipe: Recipe, *, time_steps: bool = True) -> dict[str, Any]:
         "objective": f"{plan.scoring.metric} ({plan.scoring.direction}, {plan.scoring.use} evaluation)",
         "full_run_steps": plan.full_run_steps,
         "evaluation_every_steps": plan.min_steps,
+        # A sampled trial's fewest optimizer steps (a larger batch is lowered to reach them); 0: no floor.
+        "min_trial_optimizer_steps": plan.min_trial_optimizer_steps,
         # search.evaluate_at: rungs: a full-length trial evaluates at these steps and its last one only (else None).
         "evaluation_steps": [s for s in plan.evaluation_steps if s < plan.full_run_steps]
         if plan.evaluation_steps
@@ -180,6 +182,7 @@ def format_check(report: dict[str, Any]) -> str:
         f"search: {report['search_steps']} steps in all, {_sweep(report['lr_range_steps'])}"
         f"{report['exploration_steps']} to explore and {report['reserve_steps']} kept to choose the winner"
         f"{_released(report['reserve_released_if_untuned_learns_nothing'])}; selection: {report['selection']}",
+        *_step_floor_line(report["min_trial_optimizer_steps"]),
         *_warm_start_line(report["warm_start"], untuned_first=report["untuned_trial"]),
         f"retrains: {report['retrain_runs']} runs (tuned, untuned{_and_references(report['references'])}, one "
         f"per seed{_reused(report['reused_untuned_runs'])}), about {report['retrain_steps']} steps",
@@ -193,6 +196,12 @@ def format_check(report: dict[str, Any]) -> str:
             f"retrains {minutes['retrains']:.0f}) on this machine",
         ]
     return "\n".join(lines)
+
+
+def _step_floor_line(floor: int) -> list[str]:
+    if not floor:
+        return []
+    return [f"sampled trials take at least {floor} optimizer steps (a larger batch is lowered to reach them)"]
 
 
 def _released(released: bool) -> str:

@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -89,6 +90,11 @@ def test_check_plans_every_shipped_recipe(path):
     reused = min(selection.seeds, seeds) if selection.enabled and not selection.rerank and one_split else 0
     assert report["retrain_runs"] == (2 + len(recipe.references)) * seeds - reused and "timing" not in report
     assert "one full run (the untuned configuration)" in format_check(report)
+    # The auto floor on a sampled trial's optimizer steps: a third of the untuned run's, at most 100.
+    if one_split:  # (under k folds the untuned run is k fold runs)
+        floor = min(100, math.ceil(report["full_run_steps"] / 3))
+        assert report["min_trial_optimizer_steps"] == floor
+        assert f"sampled trials take at least {floor} optimizer steps" in format_check(report)
     # A causal recipe tries the references it compares with first (their default warm start) and says so.
     assert report["warm_start"] == (recipe.references if recipe.untuned.model.task == "causal_lm" else [])
     text = format_check(report)
