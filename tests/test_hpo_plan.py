@@ -6,7 +6,7 @@ import pytest
 from conftest import classification_config
 
 from finetune import ConfigError, FinetuneConfig
-from hpo import Budget, SelectionSettings
+from hpo import Budget, Categorical, SearchSpace, SelectionSettings
 from hpo.finetune import DEFAULT_FULL_RUN_EQUIVALENTS, Objective, SearchSettings, plan_search
 from recipes.cli import _search_settings, build_parser
 
@@ -207,3 +207,19 @@ def test_budget_steps_are_steps_at_the_untuned_runs_batch(tiny_bert, sentiment_f
         assert plan.trial_length(config) == 36
         assert plan.budget_steps(config, optimizer_steps) == 36
         assert plan.search_evaluations(config)["training.eval_steps"] == interval
+
+
+def test_the_floor_on_a_sampled_trials_steps_is_a_third_of_the_untuned_run_at_most_100(
+    tiny_bert, sentiment_files, tmp_path
+):
+    base = _base(tiny_bert, sentiment_files, tmp_path, num_train_epochs=3)  # 96 rows: 36 steps at batch 8
+    assert plan_search(base, SearchSettings(full_run_equivalents=4)).min_trial_optimizer_steps == 12
+    given = SearchSettings(full_run_equivalents=4, min_trial_optimizer_steps=5)
+    assert plan_search(base, given).min_trial_optimizer_steps == 5
+    long = _base(tiny_bert, sentiment_files, tmp_path, num_train_epochs=30)  # 360 steps: a third is 120
+    assert plan_search(long, SearchSettings(full_run_equivalents=4)).min_trial_optimizer_steps == 100
+    grid = SearchSettings(sampler="grid", space=SearchSpace({"training.learning_rate": Categorical(choices=(1e-3,))}))
+    assert plan_search(base, grid).min_trial_optimizer_steps == 0  # a grid runs its points as written
+    for bad in (-1, 2.5, True, "auto"):
+        with pytest.raises(ConfigError, match="search.min_trial_optimizer_steps: expected an integer >= 0"):
+            SearchSettings(min_trial_optimizer_steps=bad)
