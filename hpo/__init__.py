@@ -5,8 +5,9 @@ The flow of `search_finetune(base, settings, run_dir=...)` (hpo/finetune/search.
      lr       hpo.finetune.lr_range_test sweeps the learning rate once; lr_range.py reads where to search it
   2. explore  optimize.py: ask / run / tell until the budget (budget.py) is spent; samplers and schedulers
               (samplers.py) are Optuna's; the study lives in storage.py, shared by workers.py
-  3. trial    hpo.finetune.objective: admit under the budget (admission.py), train and report each
-              evaluation (reporter.py, trial_training.py) so schedulers can stop it early
+  3. trial    hpo.finetune.objective: raise a short trial to the step floor (a smaller batch), admit it under
+              the budget (admission.py), train and report each evaluation (reporter.py, trial_training.py)
+              so schedulers can stop it early
   4. winner   hpo.finetune.reruns re-runs the top candidates with fresh seeds; winner_rule.py keeps the
               untuned config unless beaten beyond the noise
   5. files    result_files.py: trials.csv/json, summary.json, best_config.yaml, plots (results.py reads them)

@@ -2,7 +2,8 @@
 
 search.py (search_finetune) reads top to bottom: plan.py decides the space, metric, folds and budgets;
 lr_range_test.py sweeps the learning rate to place its searched range; objective.py runs one trial
-(admission.py admits it under the step budget, trial_training.py trains and reports it); reruns.py re-runs
+(at a lower batch when it takes fewer than the plan's floor of optimizer steps; admission.py admits it under
+the step budget, trial_training.py trains and reports it); reruns.py re-runs
 the top candidates to choose the winner. settings.py holds every setting.
 """
 
