@@ -160,6 +160,7 @@ def _search_settings(args: argparse.Namespace):
         "also_tune": args.also_tune.split(",") if args.also_tune else None,
         "include_untuned": False if args.no_untuned else None,
         "lr_range_test": args.lr_range_test,
+        "min_trial_optimizer_steps": args.min_trial_optimizer_steps,
         "budget": _given(
             full_run_equivalents=args.budget_fre,
             trials=args.budget_trials,
@@ -301,6 +302,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help="a trial's largest per-device batch; larger effective batches accumulate gradients (default: the config's "
         "per_device_train_batch_size)",
+    )
+    search.add_argument(
+        "--min-trial-optimizer-steps",
+        type=int,
+        help="a sampled trial's fewest optimizer steps, reached by a smaller effective batch (default: a third of "
+        "the untuned run's, at most 100; 0: no floor)",
     )
     search.add_argument("--no-untuned", action="store_true", help="do not evaluate the untuned config first")
     search.add_argument(

@@ -150,7 +150,7 @@ def test_settings_default_budget_is_written_once():
 def test_flags_and_a_recipe_section_give_the_same_settings():
     flags = build_parser().parse_args(
         ["search", "config.yaml", "--sampler", "random", "--budget-fre", "5", "--top-k", "2", "--cv-folds", "none"]
-        + ["--sequential", "--rungs", "smooth", "--no-lr-range-test"]
+        + ["--sequential", "--rungs", "smooth", "--no-lr-range-test", "--min-trial-optimizer-steps", "0"]
     )
     recipe = {
         "sampler": "random",
@@ -158,6 +158,7 @@ def test_flags_and_a_recipe_section_give_the_same_settings():
         "selection": {"top_k": 2, "sequential": True},
         "objective": {"cv_folds": None, "rungs": "smooth"},
         "lr_range_test": False,
+        "min_trial_optimizer_steps": 0,
     }
     assert _search_settings(flags) == SearchSettings.from_dict(recipe)
     assert _search_settings(build_parser().parse_args(["search", "config.yaml"])) == SearchSettings()
