@@ -180,8 +180,12 @@ def _budget_rows(results: dict[str, Any]) -> list[list[str]]:
         ["full-run equivalents spent", spent_against_budget(s)],
         ["learning-rate range test", ((s.get("lr_range_test") or {}).get("reading") or {}).get("reason", "not run")],
         [
-            "trials run shorter than proposed (fewer epochs or a larger batch, so their re-runs fit)",
+            "trials run shorter than proposed (fewer epochs, so their re-runs fit)",
             str(s.get("trials_shortened", 0)),
+        ],
+        [
+            "trials run at a smaller batch than proposed (to take the floor of optimizer steps)",
+            str(s.get("trials_batch_lowered", 0)),
         ],
         [
             "trials proposed but not run (even shortened, with their re-runs they would not have fit the budget)",
