@@ -131,7 +131,7 @@ class SearchPlan:
 
     def trial_length(self, config: FinetuneConfig) -> int:
         """Budget steps ``config`` will run as a trial, all folds (work_per_step)."""
-        steps = (self.scoring.folds or 1) * planned_steps(config, self.trial_rows, self.world_size)
+        steps = (self.scoring.folds or 1) * self.optimizer_steps(config)
         return self.budget_steps(config, steps)
 
     def budget_steps(self, config: FinetuneConfig, optimizer_steps: int) -> int:
