@@ -22,9 +22,14 @@ back when the command runs again, so a stopped benchmark continues where it was.
     python benchmarks/causal_search.py --task dolly_short_qa --only winners --winners-of OLD.json  # retest
     python benchmarks/causal_search.py --task sst2_words --only tunelab --variant sequential \
         --set search.selection.top_k=4 --set search.selection.seeds=2 --set search.selection.sequential=true
+    python benchmarks/causal_search.py --task sst2_words --output benchmarks/causal_search_sst2_words_fp32.json
+
+Each arm records the precision it trained in (training.mixed_precision "auto" resolves per machine: bf16 where
+the CPU or GPU runs it natively, fp32 elsewhere); the goals say when they compare arms of several precisions,
+since the precision alone moves a configuration's test scores by about as much as the goals' margins.
 
 Prints a seed x arm table and the goals' verdicts; writes benchmarks/causal_search_<task>.json (--quick: under
---out).
+--out; --output: that file).
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from finetune import FinetuneConfig  # noqa: E402
+from finetune.precision import resolve_precision  # noqa: E402
 from hpo.finetune import search_finetune  # noqa: E402
 from hpo.finetune.time_spent import training_share  # noqa: E402
 from recipes.recipe import load_recipe  # noqa: E402
@@ -84,6 +90,11 @@ def main() -> None:
     )
     parser.add_argument("--report-only", action="store_true", help="print the table of the JSON, train nothing")
     parser.add_argument(
+        "--output",
+        type=Path,
+        help="the JSON to read and extend (default benchmarks/causal_search_TASK.json), e.g. one per precision",
+    )
+    parser.add_argument(
         "--variant",
         help="a name for search settings other than the recipe's (with --set): its arms are tunelab_NAME_S",
     )
@@ -112,6 +123,7 @@ def main() -> None:
     name = f"{args.task}_quick" if args.quick else args.task
     run_dir = args.out / name
     output = run_dir / "causal_search.json" if args.quick else ROOT / "benchmarks" / f"causal_search_{name}.json"
+    output = args.output or output
     learning_rates, epochs = GRID_LEARNING_RATES, GRID_EPOCHS
     if args.quick:
         learning_rates, epochs = GRID_LEARNING_RATES[1:3], GRID_EPOCHS[:1]
@@ -149,7 +161,8 @@ def main() -> None:
             )
             runs.append(_summarised(record))
         arms.update(stored_arms())  # read again before writing
-        arms[arm] = {"group": group, "runs": runs, **extra}
+        precision = resolve_precision(config.training.mixed_precision)
+        arms[arm] = {"group": group, "runs": runs, "precision": "fp32" if precision == "no" else precision, **extra}
         header = {"task": args.task, "recipe": recipe_path, "generation_metric": generation_metric, "seeds": seeds}
         output.write_text(json.dumps({**header, "arms": arms}, indent=2, default=str))
 
@@ -257,15 +270,16 @@ def _report(arms: dict, generation_metric: str) -> None:
     def scores(arm: str, key: str) -> list[float]:
         return [run["test"][f"test_{key}"] for run in arms[arm]["runs"]]
 
-    print(f"\n| arm | test loss per seed | mean | {generation_metric} per seed | mean | steps |")
-    print("|---|---|---|---|---|---|")
+    print(f"\n| arm | test loss per seed | mean | {generation_metric} per seed | mean | steps | precision |")
+    print("|---|---|---|---|---|---|---|")
     for arm, record in arms.items():
         loss, gen = scores(arm, "loss"), scores(arm, generation_metric)
         steps = record["runs"][0]["optimizer_steps"]
         extra = f" (+{record['search_steps']} searching)" if record["group"] == "tunelab" else ""
         print(
             f"| {arm} | {', '.join(f'{v:.3f}' for v in loss)} | {statistics.fmean(loss):.3f} | "
-            f"{', '.join(f'{v:.3f}' for v in gen)} | {statistics.fmean(gen):.3f} | {steps}{extra} |"
+            f"{', '.join(f'{v:.3f}' for v in gen)} | {statistics.fmean(gen):.3f} | {steps}{extra} | "
+            f"{record.get('precision', 'not recorded')} |"
         )
 
     groups = {g: [a for a, r in arms.items() if r["group"] == g] for g in ("reference", "grid")}
@@ -276,6 +290,10 @@ def _report(arms: dict, generation_metric: str) -> None:
     for variant, searches in variants.items():
         changed = arms[searches[0]].get("settings_changed") or "the recipe's search settings"
         print(f"\n## tunelab{'' if variant is None else ' ' + variant}: {changed}")
+        compared = searches + groups["reference"] + groups["grid"]
+        precisions = sorted({arms[arm].get("precision", "not recorded") for arm in compared})
+        if len(precisions) > 1:
+            print(f"(compares arms trained in {', '.join(precisions)}: the precision alone moves test scores)")
         _goals(arms, searches, groups, generation_metric, scores)
         _time_outside_training(arms, searches)
         _winners_curse(arms, searches)
