@@ -238,8 +238,7 @@ def _run_trial(
         return str(done)
     except ReplaceTrial as replace:
         _discard(study, trial, f"not run: replaced by {replace.params}")
-        # The next ask() takes it.
-        study.enqueue_trial(replace.params, user_attrs={**replace.attrs, attributes.REPLACES: trial.number})
+        _enqueue_replacement(study, trial, replace, space, base)  # the next ask() takes it
         return None
     except KeyboardInterrupt:
         _interrupted(study, trial, reporter)
@@ -301,6 +300,22 @@ def _objective_outcome(
         print(f"[hpo] trial {trial.number} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         traceback.print_exc(limit=3, file=sys.stderr)
     return state, value, feasible
+
+
+def _enqueue_replacement(
+    study: optuna.Study, trial: optuna.Trial, replace: ReplaceTrial, space: SearchSpace, base: dict[str, Any] | None
+) -> None:
+    """Queue what replaces ``trial``. It keeps the trial's role (a warm start shortened by the budget is still
+    that recipe, and runs as one); params the space cannot hold (a recipe's batch the space does not offer)
+    run as given, as the planned trial they replace did: Optuna cannot fix them to a value outside its
+    distributions."""
+    attrs = {**replace.attrs, attributes.REPLACES: trial.number}
+    if attributes.ROLE in trial.user_attrs:
+        attrs[attributes.ROLE] = trial.user_attrs[attributes.ROLE]
+    if space.contains(replace.params, base):
+        study.enqueue_trial(replace.params, user_attrs=attrs)
+    else:
+        study.enqueue_trial({}, user_attrs={**attrs, attributes.GIVEN_PARAMS: replace.params})
 
 
 def _enqueue_planned(

@@ -534,3 +534,46 @@ def test_a_sampled_trial_under_the_step_floor_runs_at_the_largest_batch_that_rea
     )
     batches = [t.params.get("training.effective_batch_size") for t in unfloored.result.trials]
     assert 32 in batches and not any(attributes.BATCH_LOWERED in t.extra for t in unfloored.result.trials)
+
+
+def test_a_lowered_then_shortened_trial_keeps_both_notes_and_a_shortened_recipe_keeps_its_role(
+    tiny_bert, sentiment_files, tmp_path
+):
+    """The untuned run: 1 epoch at batch 8 = 12 steps; budget 10 full runs = 120 steps, so a 4-epoch trial
+    (48 steps, 144 with its re-runs) never fits and runs at 1 epoch. With a floor of 10 optimizer steps a
+    batch-32 proposal (3 steps an epoch) runs at batch 8, before or after it is shortened: the trial that runs
+    names both changes. The field's recipe at 4 epochs is shortened too, and stays the recipe: its role kept,
+    it runs its own batch (4, outside the space: as given), not the floor's."""
+    from hpo import attributes
+
+    space = SearchSpace(
+        {
+            "training.learning_rate": Float(low=1e-4, high=1e-2, log=True),
+            "training.num_train_epochs": Categorical(choices=(1, 4)),
+            "training.effective_batch_size": Categorical(choices=(8, 32)),
+        }
+    )
+    base = _base(tiny_bert, sentiment_files, tmp_path)
+    recipe = {"training.num_train_epochs": 4, "training.per_device_train_batch_size": 4}
+    search = _random_search(
+        base,
+        tmp_path / "search",
+        space=space,
+        full_run_equivalents=10,
+        warm_start=(recipe,),
+        min_trial_optimizer_steps=10,
+        seed=0,
+    )
+    ran = [t for t in search.result.trials if t.state == "COMPLETE"]
+    recipe_trial = next(t for t in ran if t.extra.get(attributes.ROLE) == "warm_start")
+    assert attributes.SHORTENED in recipe_trial.extra and attributes.BATCH_LOWERED not in recipe_trial.extra
+    assert recipe_trial.params["training.num_train_epochs"] == 1
+    assert recipe_trial.params["training.effective_batch_size"] == 4
+    assert recipe_trial.extra[attributes.OPTIMIZER_STEPS] == 24  # 96 rows at batch 4, as the recipe says
+    sampled = [t for t in ran if t.extra.get(attributes.ROLE) is None]
+    assert all(t.params["training.effective_batch_size"] == 8 for t in sampled)
+    both = [t for t in sampled if attributes.SHORTENED in t.extra and attributes.BATCH_LOWERED in t.extra]
+    assert both, "no batch-32 4-epoch proposal in these draws: pick another sampler seed"
+    summary = json.loads((tmp_path / "search" / "summary.json").read_text())
+    assert summary["trials_batch_lowered"] == sum(attributes.BATCH_LOWERED in t.extra for t in ran)
+    assert summary["trials_shortened"] == sum(attributes.SHORTENED in t.extra for t in ran)
