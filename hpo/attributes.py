@@ -20,7 +20,7 @@ FAILURE = "failure"  # why a trial failed or is infeasible
 STOP_REASON = "stop_reason"  # why a trial was stopped early (also a study attribute: why the search ended)
 PLANNED = "planned"  # queued up front (the untuned trial, grid points)
 DISCARDED = "discarded"  # asked for but never run (the grid ran out, or replaced): not a trial at all; why
-REPLACES = "replaces"  # on a shortened trial: the number of the discarded proposal it runs in place of
+REPLACES = "replaces"  # on a replacement (shortened, batch lowered): the number of the proposal it runs in place of
 # --- on trials, written by the workers sharing a study (hpo.workers) ---
 RETRY_OF = "retry_of"  # the number of the lost trial this one retries
 RETRIES = "retries"  # how many times the same params were retried

@@ -30,7 +30,8 @@ class SearchDone(Exception):
 class ReplaceTrial(Exception):
     """Raise from an objective, before running anything, to run other params instead (e.g. a shorter
     variant that fits the budget): this trial is discarded, the sampler never sees it, and ``params`` run as
-    the next trial with ``attrs`` among its user attributes."""
+    the next trial with ``attrs`` among its user attributes, beside what it keeps of this trial's (its role,
+    and why this trial itself replaced another: hpo.optimize.REPLACEMENT_CARRIES)."""
 
     def __init__(self, params: dict[str, Any], attrs: dict[str, Any]):
         super().__init__(f"replaced by {params}")

@@ -302,16 +302,19 @@ def _objective_outcome(
     return state, value, feasible
 
 
+REPLACEMENT_CARRIES = (attributes.ROLE, attributes.SHORTENED, attributes.BATCH_LOWERED)
+
+
 def _enqueue_replacement(
     study: optuna.Study, trial: optuna.Trial, replace: ReplaceTrial, space: SearchSpace, base: dict[str, Any] | None
 ) -> None:
     """Queue what replaces ``trial``. It keeps the trial's role (a warm start shortened by the budget is still
-    that recipe, and runs as one); params the space cannot hold (a recipe's batch the space does not offer)
-    run as given, as the planned trial they replace did: Optuna cannot fix them to a value outside its
-    distributions."""
-    attrs = {**replace.attrs, attributes.REPLACES: trial.number}
-    if attributes.ROLE in trial.user_attrs:
-        attrs[attributes.ROLE] = trial.user_attrs[attributes.ROLE]
+    that recipe, and runs as one) and why the trial itself replaced another (a lowered batch, then shortened:
+    the trial that runs names every change made to what the sampler proposed), ``replace.attrs`` adding the
+    latest; params the space cannot hold (a recipe's batch the space does not offer) run as given, as the
+    planned trial they replace did: Optuna cannot fix them to a value outside its distributions."""
+    carried = {key: trial.user_attrs[key] for key in REPLACEMENT_CARRIES if key in trial.user_attrs}
+    attrs = {**carried, **replace.attrs, attributes.REPLACES: trial.number}
     if space.contains(replace.params, base):
         study.enqueue_trial(replace.params, user_attrs=attrs)
     else:

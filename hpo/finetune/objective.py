@@ -52,7 +52,7 @@ class TrialObjective:
         untuned = role == attributes.UNTUNED
         config = self.base if untuned else self.config_for(params)
         if role not in (attributes.UNTUNED, WARM_START):
-            self._enough_optimizer_steps(params, config, reporter)
+            self._enough_optimizer_steps(params, config)
         name = f"trial_{number:04d}"  # its folder, and its run's name in an experiment tracker
         overrides = {"training.output_dir": str(self.trials_dir / name), "training.run_name": name}
         config = config.with_overrides({**overrides, **self.plan.search_evaluations(config)})
@@ -79,7 +79,7 @@ class TrialObjective:
         """The config a finished trial ran (the base config itself for the untuned trial)."""
         return self.base if trial.extra.get(attributes.ROLE) == attributes.UNTUNED else self.config_for(trial.params)
 
-    def _enough_optimizer_steps(self, params: dict[str, Any], config: FinetuneConfig, reporter: Reporter) -> None:
+    def _enough_optimizer_steps(self, params: dict[str, Any], config: FinetuneConfig) -> None:
         """Return if ``config`` takes at least the plan's floor of optimizer steps, or cannot take more by a
         smaller batch; else run the largest smaller batch of the space that reaches the floor (the smallest if
         none does) instead (ReplaceTrial): the same rows, so the same budget steps."""
@@ -100,7 +100,7 @@ class TrialObjective:
                 f"proposed effective batch {proposed} ({steps} optimizer steps, under the floor of {floor}); "
                 f"batch {variant[EFFECTIVE_BATCH_SIZE]} takes {more}"
             )
-            raise ReplaceTrial(variant, {**_replacement_notes(reporter), attributes.BATCH_LOWERED: why})
+            raise ReplaceTrial(variant, {attributes.BATCH_LOWERED: why})
 
     def _admit_or_shorten(self, params: dict[str, Any], config: FinetuneConfig, reporter: Reporter) -> None:
         """Start the trial if its re-runs fit; else run its longest shorter variant that fits instead (of at
@@ -119,7 +119,7 @@ class TrialObjective:
                 variant, steps = shorter
                 changed = {k: params[k] for k in variant if variant[k] != params[k]}
                 why = f"proposed {changed} ({length} steps): its re-runs would not fit; {steps} steps do"
-                raise ReplaceTrial(variant, {**_replacement_notes(reporter), attributes.SHORTENED: why})
+                raise ReplaceTrial(variant, {attributes.SHORTENED: why})
         rerun_budget.admit(so_far, length, reporter.trial)
 
     def _train(self, config: FinetuneConfig, reporter: Reporter | FoldReporter) -> finetune.RunResult:
@@ -164,10 +164,3 @@ class TrialObjective:
         reporter.trial.set_user_attr(attributes.CV_FOLD_SCORES, score.fold_scores)
         reporter.trial.set_user_attr(attributes.CV_STD, score.std)
         return score.mean
-
-
-def _replacement_notes(reporter: Reporter) -> dict[str, str]:
-    """Why this trial already replaced another (a lowered batch, then shortened): carried to its replacement,
-    so the trial that runs keeps every change made to what the sampler proposed."""
-    attrs = reporter.trial.user_attrs
-    return {key: attrs[key] for key in (attributes.SHORTENED, attributes.BATCH_LOWERED) if key in attrs}
