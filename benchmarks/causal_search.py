@@ -20,6 +20,8 @@ back when the command runs again, so a stopped benchmark continues where it was.
     python benchmarks/causal_search.py --task sst2_words --quick   # a small version to check it still works
     python benchmarks/causal_search.py --task sst2_words --report-only   # the table of the committed JSON
     python benchmarks/causal_search.py --task dolly_short_qa --only winners --winners-of OLD.json  # retest
+    python benchmarks/causal_search.py --task dolly_short_qa --seeds 4 --only references,winners \
+        --winners-of benchmarks/causal_search_dolly_short_qa.json   # seeds 2, 3 added to those arms
     python benchmarks/causal_search.py --task sst2_words --only tunelab --variant sequential \
         --set search.selection.top_k=4 --set search.selection.seeds=2 --set search.selection.sequential=true
     python benchmarks/causal_search.py --task sst2_words --output benchmarks/causal_search_sst2_words_fp32.json
@@ -76,7 +78,9 @@ def main() -> None:
         action="append",
         help="run only this search seed (repeatable): splits the searches between processes",
     )
-    parser.add_argument("--seeds", type=int, default=2, help="training seeds per arm (0..N-1)")
+    parser.add_argument(
+        "--seeds", type=int, default=2, help="training seeds per arm (0..N-1); seeds an arm holds are kept"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "causal_search", help="where runs are kept")
     parser.add_argument("--quick", action="store_true", help="24 training rows, 1 search, 2 grid points")
     parser.add_argument(
@@ -149,8 +153,13 @@ def main() -> None:
         if recorded(arm):
             print(f"[causal_search] {arm}: recorded in {output.name}", flush=True)
             return
+        # A seed the JSON already holds for this arm is kept (e.g. --seeds 4 adds seeds 2 and 3 to a 2-seed arm).
+        stored_runs = {run["seed"]: run for run in arms.get(arm, {}).get("runs", [])}
         runs = []
         for seed in seeds:
+            if seed in stored_runs:
+                runs.append(stored_runs[seed])
+                continue
             started = time.perf_counter()
             record, resumed = seed_run(config, arm, seed, None, run_dir)
             print(
@@ -218,10 +227,12 @@ def main() -> None:
             if args.winners_of is None:
                 parser.error("--only winners needs --winners-of JSON")
             for arm, stored in json.loads(args.winners_of.read_text())["arms"].items():
-                if stored["group"] == "tunelab":
-                    searched = {k: v for k, v in stored.items() if k not in ("group", "runs", "winner_retrained_from")}
+                if stored["group"] == "tunelab" and (not args.search_seed or stored["search_seed"] in search_seeds):
+                    searched = {k: v for k, v in stored.items() if k not in ("group", "runs")}
+                    if args.winners_of.resolve() != output.resolve():  # else: more seeds for the file's own arms
+                        searched["winner_retrained_from"] = str(args.winners_of)
                     config = recipe.untuned.with_overrides(stored["winner"])
-                    train_arm(arm, "tunelab", config, **searched, winner_retrained_from=str(args.winners_of))
+                    train_arm(arm, "tunelab", config, **searched)
         else:
             parser.error(f"--only: unknown group {group!r} (untuned, references, tunelab, grid, winners)")
     _report(arms, generation_metric)
