@@ -34,6 +34,9 @@ NOT_RUN = "not_run"  # refused: its re-runs would not have fit the step budget
 SHORTENED = "shortened"  # replaced a proposal too long for the budget: what was proposed, and why
 BATCH_LOWERED = "batch_lowered"  # replaced a proposal with too few optimizer steps: what was proposed, and why
 TIME_BREAKDOWN = "time_breakdown"  # seconds per stage of its run(s): hpo.finetune.time_spent
+# What a trial run in place of another (a replacement: hpo.optimize; a lost trial's retry: hpo.workers) keeps
+# of it: its role, and every change already made to what the sampler proposed.
+STAND_IN_KEEPS = (ROLE, SHORTENED, BATCH_LOWERED)
 
 # --- on studies ---
 QUEUED = "queued"  # the creator has queued the planned trials

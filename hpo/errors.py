@@ -31,7 +31,7 @@ class ReplaceTrial(Exception):
     """Raise from an objective, before running anything, to run other params instead (e.g. a shorter
     variant that fits the budget): this trial is discarded, the sampler never sees it, and ``params`` run as
     the next trial with ``attrs`` among its user attributes, beside what it keeps of this trial's (its role,
-    and why this trial itself replaced another: hpo.optimize.REPLACEMENT_CARRIES)."""
+    and why this trial itself replaced another: hpo.attributes.STAND_IN_KEEPS)."""
 
     def __init__(self, params: dict[str, Any], attrs: dict[str, Any]):
         super().__init__(f"replaced by {params}")

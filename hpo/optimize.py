@@ -302,9 +302,6 @@ def _objective_outcome(
     return state, value, feasible
 
 
-REPLACEMENT_CARRIES = (attributes.ROLE, attributes.SHORTENED, attributes.BATCH_LOWERED)
-
-
 def _enqueue_replacement(
     study: optuna.Study, trial: optuna.Trial, replace: ReplaceTrial, space: SearchSpace, base: dict[str, Any] | None
 ) -> None:
@@ -313,7 +310,7 @@ def _enqueue_replacement(
     the trial that runs names every change made to what the sampler proposed), ``replace.attrs`` adding the
     latest; params the space cannot hold (a recipe's batch the space does not offer) run as given, as the
     planned trial they replace did: Optuna cannot fix them to a value outside its distributions."""
-    carried = {key: trial.user_attrs[key] for key in REPLACEMENT_CARRIES if key in trial.user_attrs}
+    carried = {key: trial.user_attrs[key] for key in attributes.STAND_IN_KEEPS if key in trial.user_attrs}
     attrs = {**carried, **replace.attrs, attributes.REPLACES: trial.number}
     if space.contains(replace.params, base):
         study.enqueue_trial(replace.params, user_attrs=attrs)

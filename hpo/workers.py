@@ -26,7 +26,9 @@ from hpo import attributes
 from hpo.errors import SearchConfigError
 
 MAX_RETRIES = 2  # a trial that kills its worker three times is not retried again
-CARRIED_ATTRS = (attributes.ROLE, attributes.GIVEN_PARAMS)  # what a retried trial keeps of the lost one
+# What a retried trial keeps of the lost one: besides its role and notes, its params when they were given
+# (outside the space), and which proposal it replaced, so a replaced proposal names the retry that ran.
+CARRIED_ATTRS = (*attributes.STAND_IN_KEEPS, attributes.GIVEN_PARAMS, attributes.REPLACES)
 
 
 def create_or_join(make_study: Callable[[bool], optuna.Study]) -> tuple[optuna.Study, bool]:

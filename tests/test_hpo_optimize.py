@@ -16,6 +16,7 @@ from hpo import (
     Budget,
     Categorical,
     Float,
+    PlannedTrial,
     ReplaceTrial,
     SearchConfigError,
     SearchDone,
@@ -255,6 +256,39 @@ def test_an_objective_can_replace_its_trial_with_other_params(sampler):
     assert proposals[3] == replacement and result.trials[2].params == replacement
     assert result.trials[2].extra["shortened"] == "too long"
     assert all(t.state == "COMPLETE" for t in result.trials)
+
+
+def test_a_lost_replacement_is_retried_with_its_notes_and_counted_once(tmp_path):
+    # A warm start shortened by the budget (a replacement) is lost with its worker: its retry is still that
+    # recipe and still shortened, the replaced proposal names the retry, and the summary counts it once.
+    import optuna
+
+    from hpo.finetune.search import counted_once
+    from hpo.storage import open_storage
+    from hpo.workers import retry_lost_trial
+
+    recipe = {"training.learning_rate": 1e-3, "training.num_train_epochs": 3, "training.lr_scheduler_type": "linear"}
+    shortened = {**recipe, "training.num_train_epochs": 1}
+    ran = []
+
+    def shorten_the_recipe(params, reporter):
+        if params == recipe:
+            raise ReplaceTrial(shortened, {"shortened": "too long"})
+        ran.append(params)
+        return quality(params)
+
+    settings = StudySettings(sampler="random", storage=str(tmp_path / "study.journal"), progress=False)
+    planned = [PlannedTrial(recipe, role="warm_start")]
+    first = optimize(shorten_the_recipe, SPACE, budget=Budget(trials=2), settings=settings, first_params=planned)
+    assert [t.number for t in first.trials] == [1, 2] and first.trials[0].extra["role"] == "warm_start"
+    study = optuna.load_study(study_name=settings.study_name, storage=open_storage(settings.storage))
+    retry_lost_trial(study, study.trials[1])  # as Optuna's stale-trial callback does when a worker dies
+    again = optimize(shorten_the_recipe, SPACE, budget=Budget(trials=2), settings=settings, first_params=planned)
+    retry = again.trials[-1]
+    assert retry.params == shortened and ran[-1] == shortened and retry.extra["retry_of"] == 1
+    assert retry.extra["role"] == "warm_start" and retry.extra["shortened"] == "too long"
+    assert again.discarded[0] == f"not run: replaced by trial {retry.number}"
+    assert [t.number for t in counted_once(again.trials)] == [2, retry.number]
 
 
 def test_every_trial_failing_is_an_error_with_the_first_failure():

@@ -30,7 +30,7 @@ from hpo.finetune.warm_start import WARM_START, warm_start_params
 from hpo.optimize import PlannedTrial, StudySettings, optimize
 from hpo.rerank_winner import rerank_candidates
 from hpo.result_files import write_search_outputs
-from hpo.results import SearchResult
+from hpo.results import SearchResult, TrialRecord
 from hpo.storage import redact
 from hpo.winner_rule import Selection, pick_candidates
 
@@ -200,6 +200,7 @@ def _summary(
     """summary.json's keys beyond the generic ones (hpo.result_files)."""
     result, chosen, sweep = search.result, search.selection, search.lr_range_test
     winner_trial = next(t for t in result.trials if t.number == winner)
+    trials = counted_once(result.trials)
     return {
         "study_name": settings.study_name,
         "storage": redact(storage),
@@ -217,11 +218,11 @@ def _summary(
         else (plan.lr_range_steps + plan.total_steps) / plan.full_run_steps,
         "exploration_steps": result.steps_spent,
         # Trials the sampler proposed that were not run: their re-runs would not have fit the budget.
-        "trials_not_run": sum(bool(t.extra.get(attributes.NOT_RUN)) for t in result.trials),
+        "trials_not_run": sum(bool(t.extra.get(attributes.NOT_RUN)) for t in trials),
         # Trials that ran shorter than proposed (fewer epochs) so their re-runs would fit.
-        "trials_shortened": sum(bool(t.extra.get(attributes.SHORTENED)) for t in result.trials),
+        "trials_shortened": sum(bool(t.extra.get(attributes.SHORTENED)) for t in trials),
         # Trials that ran at a smaller batch than proposed, to take at least plan.min_trial_optimizer_steps.
-        "trials_batch_lowered": sum(bool(t.extra.get(attributes.BATCH_LOWERED)) for t in result.trials),
+        "trials_batch_lowered": sum(bool(t.extra.get(attributes.BATCH_LOWERED)) for t in trials),
         "selection": chosen.to_dict() if chosen else None,
         # The LR sweep: its steps, and the range it set (reading.low/high; None: the space's range kept).
         "lr_range_test": {"steps": sweep.steps, "reading": asdict(sweep.reading)} if sweep else None,
@@ -232,6 +233,13 @@ def _summary(
         "space": plan.space.to_dict(),
         "budget": asdict(plan.budget),
     }
+
+
+def counted_once(trials: list[TrialRecord]) -> list[TrialRecord]:
+    """The trials without those lost with their worker and retried (hpo.workers): the retry carries the lost
+    trial's notes, and one proposal counts once."""
+    retried = {t.extra[attributes.RETRY_OF] for t in trials if attributes.RETRY_OF in t.extra}
+    return [t for t in trials if t.number not in retried]
 
 
 def keep_top_checkpoints(result: SearchResult, keep: int) -> None:
