@@ -351,12 +351,13 @@ def _time_outside_training(arms: dict, searches: list[str]) -> None:
 
 
 def _winners_curse(arms: dict, searches: list[str]) -> None:
-    """Each winner's validation loss in its search (one training seed, the best of many trials) against the
-    same split after retraining it with the arm's seeds: a large rise means a lucky trial won."""
+    """Each winner's score in its search (its objective, one training seed, the best of many trials) beside its
+    validation loss on the same split after retraining it with the arm's seeds: with a loss objective, a large
+    rise means a lucky trial won."""
     scored = [arm for arm in searches if "winner_search_score" in arms[arm]]
     if not scored:
         return
-    print("\n| search | winner's steps | validation loss in the search | retrained, per seed |")
+    print("\n| search | winner's steps | its search score (the objective) | retrained validation loss, per seed |")
     print("|---|---|---|---|")
     for arm in scored:
         runs = arms[arm]["runs"]
