@@ -73,6 +73,13 @@ def trial_records(study: optuna.Study) -> list[TrialRecord]:
     ]
 
 
+def counted_once(trials: list[TrialRecord]) -> list[TrialRecord]:
+    """The trials without those lost with their worker and retried (hpo.workers): the retry carries the lost
+    trial's notes, and one proposal counts once."""
+    retried = {t.extra[attributes.RETRY_OF] for t in trials if attributes.RETRY_OF in t.extra}
+    return [t for t in trials if t.number not in retried]
+
+
 @dataclass
 class SearchResult:
     study_name: str

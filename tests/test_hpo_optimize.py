@@ -263,7 +263,7 @@ def test_a_lost_replacement_is_retried_with_its_notes_and_counted_once(tmp_path)
     # recipe and still shortened, the replaced proposal names the retry, and the summary counts it once.
     import optuna
 
-    from hpo.finetune.search import counted_once
+    from hpo.results import counted_once
     from hpo.storage import open_storage
     from hpo.workers import retry_lost_trial
 

@@ -30,7 +30,7 @@ from hpo.finetune.warm_start import WARM_START, warm_start_params
 from hpo.optimize import PlannedTrial, StudySettings, optimize
 from hpo.rerank_winner import rerank_candidates
 from hpo.result_files import write_search_outputs
-from hpo.results import SearchResult, TrialRecord
+from hpo.results import SearchResult, counted_once
 from hpo.storage import redact
 from hpo.winner_rule import Selection, pick_candidates
 
@@ -233,13 +233,6 @@ def _summary(
         "space": plan.space.to_dict(),
         "budget": asdict(plan.budget),
     }
-
-
-def counted_once(trials: list[TrialRecord]) -> list[TrialRecord]:
-    """The trials without those lost with their worker and retried (hpo.workers): the retry carries the lost
-    trial's notes, and one proposal counts once."""
-    retried = {t.extra[attributes.RETRY_OF] for t in trials if attributes.RETRY_OF in t.extra}
-    return [t for t in trials if t.number not in retried]
 
 
 def keep_top_checkpoints(result: SearchResult, keep: int) -> None:
