@@ -146,8 +146,9 @@ def main() -> None:
         return
 
     def recorded(arm: str) -> bool:
-        """Already in the JSON with these seeds (e.g. committed by an earlier session): not trained again."""
-        return arm in arms and [run["seed"] for run in arms[arm]["runs"]] == seeds
+        """Already in the JSON with these seeds or more (e.g. committed by an earlier session): not trained
+        again, and kept whole (fewer --seeds than an arm holds never drops its other seeds)."""
+        return arm in arms and set(seeds) <= {run["seed"] for run in arms[arm]["runs"]}
 
     def train_arm(arm: str, group: str, config: FinetuneConfig, **extra) -> None:
         if recorded(arm):
