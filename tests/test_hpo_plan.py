@@ -8,6 +8,7 @@ from conftest import classification_config
 from finetune import ConfigError, FinetuneConfig
 from hpo import Budget, Categorical, SearchSpace, SelectionSettings
 from hpo.finetune import DEFAULT_FULL_RUN_EQUIVALENTS, Objective, SearchSettings, plan_search
+from hpo.finetune.admission import EPOCHS, longest_fitting
 from recipes.cli import _search_settings, build_parser
 
 
@@ -224,3 +225,26 @@ def test_the_floor_on_a_sampled_trials_steps_is_a_third_of_the_untuned_run_at_mo
     for bad in (-1, 2.5, True, "auto"):
         with pytest.raises(ConfigError, match="search.min_trial_optimizer_steps: expected an integer >= 0"):
             SearchSettings(min_trial_optimizer_steps=bad)
+
+
+def test_a_trial_may_be_shortened_to_a_third_of_the_untuned_run_whatever_the_interval_rounds_to(
+    tiny_bert, sentiment_files, tmp_path
+):
+    """96 rows at batch 12 for 3 epochs: a 24-step untuned run evaluated every round(24 / 9) = 3 steps. Its
+    third, 8 steps, is one epoch: a 2-epoch proposal that does not fit runs for 1 epoch, though 3 rounded
+    intervals (9 steps) would be longer."""
+    base = _base(tiny_bert, sentiment_files, tmp_path, num_train_epochs=3, per_device_train_batch_size=12)
+    space = SearchSpace({EPOCHS: Categorical(choices=(1, 2, 3))})
+    plan = plan_search(base, SearchSettings(full_run_equivalents=4, space=space))
+    assert plan.full_run_steps == 24 and plan.min_steps == 3 and plan.shortest_trial_steps == 8
+
+    def length(params):
+        return plan.trial_length(base.with_overrides(params))
+
+    variant, steps = longest_fitting(
+        {EPOCHS: 2}, plan.space, length=length, fits=lambda n: n <= 12, shortest=plan.shortest_trial_steps
+    )
+    assert (variant[EPOCHS], steps) == (1, 8)
+    # Under cross-validation the third counts all folds: each fold still runs a third of its own run.
+    folds = plan_search(base, SearchSettings(full_run_equivalents=4, space=space, objective=Objective(cv_folds=3)))
+    assert folds.shortest_trial_steps == folds.full_run_steps // 3

@@ -41,8 +41,8 @@ def test_nothing_shorter_when_nothing_fits_or_the_length_is_not_searched():
 
 
 def test_no_variant_shorter_than_the_floor_runs():
-    # The search passes SHORTENED_EVALUATIONS evaluation intervals as the floor: below it a trial would pass
-    # no rung. Room for 90 steps: 1 epoch (63) fits but is under a floor of 3 x 42 = 126.
+    # The search passes SHORTENED_EVALUATIONS evaluation intervals as the floor (SearchPlan.shortest_trial_steps):
+    # below it a trial would pass no rung. Room for 90 steps: 1 epoch (63) fits but is under a floor of 3 x 42 = 126.
     floor = SHORTENED_EVALUATIONS * 42
     assert longest_fitting(PROPOSAL, SPACE, length=_steps, fits=lambda n: n <= 90, shortest=floor) is None
     variant, steps = longest_fitting(PROPOSAL, SPACE, length=_steps, fits=lambda n: n <= 260, shortest=floor)

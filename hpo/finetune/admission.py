@@ -16,10 +16,10 @@ re-running it, so its re-run is no longer reserved: that full run goes to explor
 if the rule needs it after all.
 
 A proposal that does not fit runs shortened when it can (longest_fitting: fewer epochs, a value the space
-allows, everything else as proposed), never below SHORTENED_EVALUATIONS
-evaluation intervals: a shorter trial would pass no rung and inform the search of little but its first
-steps, while paying for its model loading and evaluations. The proposal is discarded, so
-the sampler learns from what actually ran rather than holding the proposal's learning rate against it.
+allows, everything else as proposed), never below SHORTENED_EVALUATIONS of the untuned run's
+evaluation intervals (SearchPlan.shortest_trial_steps): a shorter trial would pass no rung and inform the
+search of little but its first steps, while paying for its model loading and evaluations. The proposal is
+discarded, so the sampler learns from what actually ran rather than holding the proposal's learning rate against it.
 When no shorter version fits either, the trial is not run and is recorded as infeasible. Exploration
 ends when what is left after the current candidates' re-runs is shorter than any useful trial, or when
 the sampler keeps proposing trials that do not fit.
@@ -51,8 +51,9 @@ from hpo.winner_rule import SelectionSettings, pick_candidates
 
 EPOCHS = "training.num_train_epochs"
 MAX_REFUSED_IN_A_ROW = 20  # then the sampler is not finding anything that fits: exploration ends
-# A shortened trial runs at least this many evaluation intervals: the schedulers' second rung (the first is
-# one interval, reduction factor 3), so it is compared with its peers at two rungs before it can be stopped.
+# A shortened trial runs at least this many of the untuned run's evaluation intervals: up to the schedulers'
+# second rung (the first is one interval, reduction factor 3), so it is compared with its peers at two rungs
+# before it can be stopped.
 SHORTENED_EVALUATIONS = 3
 # Re-ranking's reserve: the untuned trial's cost, which a search without a baseline does not pay.
 RERANK_RESERVE_FULL_RUNS = 1.0

@@ -19,7 +19,7 @@ from finetune import FinetuneConfig
 from finetune.errors import ConfigError
 from hpo import attributes
 from hpo.errors import ReplaceTrial
-from hpo.finetune.admission import SHORTENED_EVALUATIONS, longest_fitting
+from hpo.finetune.admission import longest_fitting
 from hpo.finetune.config_space import EFFECTIVE_BATCH_SIZE, to_overrides
 from hpo.finetune.cross_validation import FoldReporter, cv_score, fold_config
 from hpo.finetune.plan import SearchPlan
@@ -104,7 +104,7 @@ class TrialObjective:
 
     def _admit_or_shorten(self, params: dict[str, Any], config: FinetuneConfig, reporter: Reporter) -> None:
         """Start the trial if its re-runs fit; else run its longest shorter variant that fits instead (of at
-        least SHORTENED_EVALUATIONS evaluation intervals); else not at all (RerunBudget.admit raises)."""
+        least the plan's shortest_trial_steps); else not at all (RerunBudget.admit raises)."""
         rerun_budget, so_far = self.plan.rerun_budget, reporter.search_so_far()
         length = self.plan.trial_length(config)
         if not rerun_budget.fits(so_far, length) and self.settings.sampler != "grid":  # a grid runs its own points
@@ -113,7 +113,7 @@ class TrialObjective:
                 self.plan.space,
                 length=lambda variant: self.plan.trial_length(self.config_for(variant)),
                 fits=lambda steps: rerun_budget.fits(so_far, steps),
-                shortest=SHORTENED_EVALUATIONS * self.plan.min_steps,
+                shortest=self.plan.shortest_trial_steps,
             )
             if shorter is not None:
                 variant, steps = shorter

@@ -19,7 +19,7 @@ from finetune.inputs import check_inputs
 from finetune.metrics import constant_prediction_metrics
 from finetune.train import planned_steps
 from hpo.budget import Budget
-from hpo.finetune.admission import RerunBudget, check_room_to_explore
+from hpo.finetune.admission import SHORTENED_EVALUATIONS, RerunBudget, check_room_to_explore
 from hpo.finetune.config_space import check_combinations, flatten
 from hpo.finetune.cross_validation import fold_config, resolve_folds
 from hpo.finetune.default_spaces import default_space
@@ -82,6 +82,11 @@ class SearchPlan:
     # counts (trials, re-runs, rungs) is in steps of the untuned run's effective batch (work_per_step).
     full_run_steps: int
     min_steps: int  # evaluation interval and first rung
+    # The shortest a trial may be shortened to, all folds: SHORTENED_EVALUATIONS of the untuned run's
+    # EVALUATIONS_PER_RUN evaluation intervals, unrounded (a third of it): from the rounded interval, a
+    # 60-step run's third (20 steps, one of its 3 epochs) would count as shorter than 3 x 7 = 21, and a
+    # 2-epoch proposal that does not fit would be refused rather than run for 1 epoch.
+    shortest_trial_steps: int
     total_steps: int | None  # the whole step budget: exploration and re-runs
     budget: Budget  # what exploration may spend
     rerun_budget: RerunBudget | None  # admission of trials (None: no re-runs, or no step budget)
@@ -202,6 +207,7 @@ def plan_search(base: FinetuneConfig, settings: SearchSettings, *, world_size: i
         world_size=world_size,
         full_run_steps=full_run_steps,
         min_steps=min_steps,
+        shortest_trial_steps=max(1, SHORTENED_EVALUATIONS * full_run_steps // EVALUATIONS_PER_RUN),
         total_steps=rerun_budget.total_steps if rerun_budget else budget.steps,
         budget=budget,
         rerun_budget=rerun_budget,
