@@ -51,9 +51,10 @@ from hpo.winner_rule import SelectionSettings, pick_candidates
 
 EPOCHS = "training.num_train_epochs"
 MAX_REFUSED_IN_A_ROW = 20  # then the sampler is not finding anything that fits: exploration ends
-# A shortened trial runs at least this many of the untuned run's evaluation intervals: up to the schedulers'
-# second rung (the first is one interval, reduction factor 3), so it is compared with its peers at two rungs
-# before it can be stopped.
+# A shortened trial runs at least this many of the untuned run's evaluation intervals, unrounded: about the
+# schedulers' second rung (the first is one interval, reduction factor 3), so it is compared with its peers
+# at one or two rungs before it can be stopped (a 60-step run's third, 20 steps, ends before the rounded
+# second rung at 21).
 SHORTENED_EVALUATIONS = 3
 # Re-ranking's reserve: the untuned trial's cost, which a search without a baseline does not pay.
 RERANK_RESERVE_FULL_RUNS = 1.0
