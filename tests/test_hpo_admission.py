@@ -2,9 +2,10 @@
 
 import pytest
 
+from hpo import attributes
 from hpo.attributes import NOT_RUN
 from hpo.errors import InfeasibleTrial, SearchDone
-from hpo.finetune.admission import MAX_REFUSED_IN_A_ROW, RerunBudget, affordable_candidates, rerun_steps
+from hpo.finetune.admission import EPOCHS, MAX_REFUSED_IN_A_ROW, RerunBudget, affordable_candidates, rerun_steps
 from hpo.results import SearchResult, TrialRecord
 from hpo.rung_signal import RungSignal
 from hpo.winner_rule import SelectionSettings, pick_candidates
@@ -109,6 +110,24 @@ def test_exploration_ends_when_nothing_useful_fits_or_the_sampler_keeps_missing(
             budget.admit(result, 400, _Trial())
     with pytest.raises(SearchDone, match=f"the last {MAX_REFUSED_IN_A_ROW} trials proposed were too long"):
         budget.admit(result, 400, _Trial())
+
+
+def test_a_sampled_trial_ends_exploration_once_the_room_is_shorter_than_anything_the_space_proposes():
+    """The dolly_short_qa case: 10 steps left, and no trial of the space runs fewer than 20 (one epoch of 3,
+    the shortening floor). Counting one evaluation interval (7), the search refused 20 proposals first."""
+    result = _result([_trial(0, 0.5, 100, role="untuned"), _trial(1, 0.6, 50)])  # 1000 - 150 - 300 = 550 left
+    budget = RerunBudget(
+        total_steps=1000, full_run_steps=100, top_k=3, seeds=2, shortest_useful_steps=10, shortest_proposal_steps=600
+    )
+    with pytest.raises(SearchDone, match="550 steps left .* fewer than the shortest trial the space allows"):
+        budget.admit(result, 700, _Trial())
+    # A queued trial may be shorter than the space allows (a field recipe outside it): refused, not the end.
+    for attrs in ({attributes.PLANNED: True}, {attributes.GIVEN_PARAMS: {EPOCHS: 1}}):
+        queued = _Trial()
+        queued.user_attrs.update(attrs)
+        with pytest.raises(InfeasibleTrial):
+            budget.admit(result, 700, queued)
+    budget.admit(result, 10, _Trial())  # one that fits still runs: the bound only ends a search on a refusal
 
 
 def test_exploration_never_gets_the_baselines_reruns():

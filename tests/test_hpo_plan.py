@@ -6,7 +6,7 @@ import pytest
 from conftest import classification_config
 
 from finetune import ConfigError, FinetuneConfig
-from hpo import Budget, Categorical, SearchSpace, SelectionSettings
+from hpo import Budget, Categorical, Float, SearchSpace, SelectionSettings
 from hpo.finetune import DEFAULT_FULL_RUN_EQUIVALENTS, Objective, SearchSettings, plan_search
 from hpo.finetune.admission import EPOCHS, longest_fitting
 from recipes.cli import _search_settings, build_parser
@@ -248,3 +248,28 @@ def test_a_trial_may_be_shortened_to_a_third_of_the_untuned_run_whatever_the_int
     # Under cross-validation the third counts all folds: each fold still runs a third of its own run.
     folds = plan_search(base, SearchSettings(full_run_equivalents=4, space=space, objective=Objective(cv_folds=3)))
     assert folds.shortest_trial_steps == folds.full_run_steps // 3
+
+
+def test_exploration_ends_when_what_is_left_is_shorter_than_any_trial_the_space_can_propose(
+    tiny_bert, sentiment_files, tmp_path
+):
+    """96 rows at batch 12 for 3 epochs (24 steps): the space's fewest epochs bound every proposal's length,
+    whatever batch it takes (budget steps count rows), up to the shortening floor (a third: 8 steps)."""
+    base = _base(tiny_bert, sentiment_files, tmp_path, num_train_epochs=3, per_device_train_batch_size=12)
+
+    def fewest(space, **settings):
+        return plan_search(base, SearchSettings(full_run_equivalents=4, space=space, **settings)).rerun_budget
+
+    batches = {"training.effective_batch_size": Categorical(choices=(4, 12, 32))}
+    assert fewest(SearchSpace({EPOCHS: Categorical(choices=(2, 3)), **batches})).shortest_proposal_steps == 8
+    one_epoch = fewest(SearchSpace({EPOCHS: Categorical(choices=(1, 2, 3)), **batches}))
+    assert one_epoch.shortest_proposal_steps == 8 and one_epoch.shortest_useful_steps == 3
+    half_epoch = fewest(SearchSpace({EPOCHS: Float(low=0.5, high=3)}))
+    assert half_epoch.shortest_proposal_steps == 4  # half of one epoch's 8 steps
+    assert fewest(SearchSpace({"training.max_steps": Categorical(choices=(4, 24))})).shortest_proposal_steps == 0
+    # Under cross-validation every fold counts.
+    space = SearchSpace({EPOCHS: Categorical(choices=(1, 3))})
+    folds = plan_search(base, SearchSettings(full_run_equivalents=4, space=space, objective=Objective(cv_folds=3)))
+    assert (folds.trial_rows, folds.full_run_steps, folds.shortest_trial_steps) == (85, 72, 24)
+    # Every row of the 3 folds once at batch 12, 21.25 steps, floored: a one-epoch trial runs 3 x 8 = 24.
+    assert folds.rerun_budget.shortest_proposal_steps == 21

@@ -101,6 +101,10 @@ class RerunBudget:
     top_k: int
     seeds: int
     shortest_useful_steps: int  # e.g. one evaluation interval: a shorter room ends exploration
+    # The fewest steps any trial the sampler proposes can run, shortened or not (SearchPlan's
+    # shortest_proposal_steps; 0: unknown): a shorter room ends exploration for a sampled trial, where counting
+    # one interval made a dolly_short_qa search refuse 20 proposals in its last 10 steps before it stopped.
+    shortest_proposal_steps: int = 0
     # Challengers whose re-runs are reserved: the best one for the fixed rule; the sequential rule re-runs
     # each of its top_k - 1 once (ranking them by fresh seeds is what exposes a lucky trial).
     challengers: int = 1
@@ -120,6 +124,7 @@ class RerunBudget:
         total_steps: int,
         full_run_steps: int,
         shortest_useful_steps: int,
+        shortest_proposal_steps: int = 0,
         constant_prediction: RungSignal | None = None,
     ) -> RerunBudget:
         """The reserve ``selection``'s rule needs: ``seeds`` re-runs of the baseline and the best challenger
@@ -131,6 +136,7 @@ class RerunBudget:
             top_k=selection.candidates,
             seeds=reserved_reruns(selection),
             shortest_useful_steps=shortest_useful_steps,
+            shortest_proposal_steps=shortest_proposal_steps,
             challengers=selection.candidates - 1 if selection.sequential else 1,
             constant_prediction=constant_prediction if selection.sequential else None,
             rerank=selection.rerank,
@@ -220,6 +226,15 @@ class RerunBudget:
             raise SearchDone(
                 f"step budget spent: {spent} of {self.total_steps} steps explored, the rest is kept "
                 "for the candidates' re-runs"
+            )
+        # A queued trial (the untuned one, a field recipe) may lie outside the space and be shorter than
+        # anything the sampler proposes: only a sampled one says the space has nothing left that fits.
+        queued = trial.user_attrs.get(attributes.PLANNED) or attributes.GIVEN_PARAMS in trial.user_attrs
+        if not queued and left < self.shortest_proposal_steps:
+            raise SearchDone(
+                f"step budget spent: {spent} of {self.total_steps} steps explored; the {left} steps left after "
+                f"the candidates' re-runs are fewer than the shortest trial the space allows "
+                f"({self.shortest_proposal_steps} steps)"
             )
         if self.refused_in_a_row >= MAX_REFUSED_IN_A_ROW:
             raise SearchDone(

@@ -19,7 +19,7 @@ from finetune.inputs import check_inputs
 from finetune.metrics import constant_prediction_metrics
 from finetune.train import planned_steps
 from hpo.budget import Budget
-from hpo.finetune.admission import SHORTENED_EVALUATIONS, RerunBudget, check_room_to_explore
+from hpo.finetune.admission import EPOCHS, SHORTENED_EVALUATIONS, RerunBudget, check_room_to_explore
 from hpo.finetune.config_space import check_combinations, flatten
 from hpo.finetune.cross_validation import fold_config, resolve_folds
 from hpo.finetune.default_spaces import default_space
@@ -27,7 +27,7 @@ from hpo.finetune.lr_range_test import space_lr_bounds
 from hpo.finetune.settings import SearchSettings
 from hpo.rung_signal import RungSignal, rate_noise
 from hpo.samplers import rung_steps
-from hpo.space import SearchSpace
+from hpo.space import SearchSpace, finite_values
 from hpo.winner_rule import SelectionSettings, trial_score
 
 # Objectives scored on generated answers (finetune.generate): trials then generate at each evaluation on
@@ -188,8 +188,16 @@ def plan_search(base: FinetuneConfig, settings: SearchSettings, *, world_size: i
     lr_range_steps = _lr_range_steps(settings, space, run_steps, full_run_steps, world_size)
     # Where the metric starts; its noise is that of a score over every validation row (all folds).
     constant = _constant_prediction(base, metric, splits.validation, folds=folds or 1)
+    shortest_trial_steps = max(1, SHORTENED_EVALUATIONS * full_run_steps // EVALUATIONS_PER_RUN)
     budget, rerun_budget, selection = _budgets(
-        settings, full_run_steps, min_steps, set_aside=lr_range_steps, constant_prediction=constant
+        settings,
+        full_run_steps,
+        min_steps,
+        set_aside=lr_range_steps,
+        shortest_proposal_steps=min(
+            shortest_trial_steps, _fewest_steps_proposed(base, space, trial_rows * (folds or 1), world_size)
+        ),
+        constant_prediction=constant,
     )
     if settings.sampler == "grid" and budget.steps is not None:
         grid = space.grid_size(base_values)
@@ -207,7 +215,7 @@ def plan_search(base: FinetuneConfig, settings: SearchSettings, *, world_size: i
         world_size=world_size,
         full_run_steps=full_run_steps,
         min_steps=min_steps,
-        shortest_trial_steps=max(1, SHORTENED_EVALUATIONS * full_run_steps // EVALUATIONS_PER_RUN),
+        shortest_trial_steps=shortest_trial_steps,
         total_steps=rerun_budget.total_steps if rerun_budget else budget.steps,
         budget=budget,
         rerun_budget=rerun_budget,
@@ -220,6 +228,21 @@ def plan_search(base: FinetuneConfig, settings: SearchSettings, *, world_size: i
         base_batch=base.training.effective_batch_size,
         min_trial_optimizer_steps=trial_step_floor(settings, run_steps),
     )
+
+
+def _fewest_steps_proposed(base: FinetuneConfig, space: SearchSpace, rows: int, world_size: int) -> int:
+    """A lower bound on the budget steps of any trial the sampler may propose on ``rows`` training rows (all
+    folds): the space's fewest epochs over every row at the untuned run's batch, whatever batch the trial takes
+    (budget steps count rows: SearchPlan.work_per_step). 0 where a step count, not epochs, may set the length."""
+    if base.training.max_steps > 0 or "training.max_steps" in space.parameters:
+        return 0
+    parameter = space.parameters.get(EPOCHS)
+    if parameter is None:
+        epochs = base.training.num_train_epochs
+    else:
+        values = finite_values(parameter)
+        epochs = min(values) if values is not None else parameter.low
+    return math.floor(epochs * rows / (base.training.effective_batch_size * world_size))
 
 
 def _evaluation_steps(
@@ -282,6 +305,7 @@ def _budgets(
     min_steps: int,
     *,
     set_aside: int,
+    shortest_proposal_steps: int = 0,
     constant_prediction: RungSignal | None = None,
 ) -> tuple[Budget, RerunBudget | None, SelectionSettings]:
     """The search's budget in steps (full-run equivalents x the untuned run) less ``set_aside`` (the LR
@@ -311,6 +335,7 @@ def _budgets(
         total_steps=budget.steps,
         full_run_steps=full_run_steps,
         shortest_useful_steps=min_steps,
+        shortest_proposal_steps=shortest_proposal_steps,
         constant_prediction=constant_prediction,
     )
     exploration = Budget(trials=budget.trials, steps=rerun_budget.exploration_steps(), wall_seconds=budget.wall_seconds)
