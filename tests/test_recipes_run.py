@@ -75,6 +75,8 @@ def test_run_reports_and_resumes(tmp_path, tiny_bert, sentiment_files, capsys, m
     assert main([str(path), "--run-dir", str(run_dir)]) == 0
     printed = capsys.readouterr()
     assert "Answer: tuned lora:" in printed.out
+    # A re-run's score is on its own draw of the validation rows: the log says so (not comparable with the search's).
+    assert "re-run with seed 10000 on validation rows drawn with it: eval_accuracy=" in printed.err
     # One [run] line per phase with the steps of the whole run and one ETA; it ends with all steps done.
     lines = [line for line in printed.err.splitlines() if line.startswith("[run] ")]
     assert lines[0].startswith("[run] searching: up to ") and "eta" not in lines[0]

@@ -48,6 +48,13 @@ def rerun_seed(search_seed: int, replicate: int) -> int:
     return SELECTION_SEED + (SEARCH_SEED_STRIDE * search_seed + replicate) % 2**31
 
 
+def redraws_validation(config: FinetuneConfig, scoring: Scoring) -> bool:
+    """Whether a re-run draws its own validation rows (folds, or a split carved from train): its score then
+    compares with the other candidates' re-runs of the same seed, not with search scores (on dolly_short_qa one
+    draw put every candidate 0.2-0.4 above its search score, another within 0.07)."""
+    return scoring.folds is not None or (config.data.validation_file is None and config.data.dataset is None)
+
+
 CANDIDATES_FILE = "candidates.json"
 
 
@@ -94,7 +101,8 @@ def select_finetune_winner(
         score, steps = rerun_candidate(
             configs[record.number], record.number, replicate, folder, scoring, seed=seed, keep_model=keep
         )
-        _say(f"trial {record.number} re-run with seed {seed}: {scoring.metric}={score:.4g}")
+        drawn = " on validation rows drawn with it" if redraws_validation(configs[record.number], scoring) else ""
+        _say(f"trial {record.number} re-run with seed {seed}{drawn}: {scoring.metric}={score:.4g}")
         return score, budget_steps(configs[record.number], steps)
 
     picked = [next(t for t in result.trials if t.number == number) for number in configs]
@@ -165,7 +173,7 @@ def rerun_candidate(
         "training.output_dir": str(out),
         "training.run_name": f"selection/trial_{trial:04d}/replicate_{replicate}",
     }
-    if folds is not None or (config.data.validation_file is None and config.data.dataset is None):
+    if redraws_validation(config, scoring):
         overrides["data.validation_split_seed"] = seed
     fresh = config.with_overrides(overrides)
     runs = [fresh] if folds is None else [fold_config(fresh, folds, f, str(out / f"fold_{f}")) for f in range(folds)]
