@@ -101,9 +101,9 @@ class RerunBudget:
     top_k: int
     seeds: int
     shortest_useful_steps: int  # e.g. one evaluation interval: a shorter room ends exploration
-    # The fewest steps any trial the sampler proposes can run, shortened or not (SearchPlan's
-    # shortest_proposal_steps; 0: unknown): a shorter room ends exploration for a sampled trial, where counting
-    # one interval made a dolly_short_qa search refuse 20 proposals in its last 10 steps before it stopped.
+    # The fewest steps any trial the sampler proposes can run, shortened or not (hpo.finetune.plan's
+    # _fewest_steps_proposed, at most SearchPlan.shortest_trial_steps; 0: unknown): a shorter room ends
+    # exploration for a sampled trial, where one interval would let it refuse MAX_REFUSED_IN_A_ROW first.
     shortest_proposal_steps: int = 0
     # Challengers whose re-runs are reserved: the best one for the fixed rule; the sequential rule re-runs
     # each of its top_k - 1 once (ranking them by fresh seeds is what exposes a lucky trial).
