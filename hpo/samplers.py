@@ -9,6 +9,7 @@ import optuna
 from hpo.errors import SearchConfigError
 
 SAMPLERS = ("grid", "random", "qmc", "tpe", "gp")
+JOINT_SAMPLERS = ("tpe", "gp")  # draw a trial's parameters from one model of all of them (TPE: multivariate)
 SCHEDULERS = ("none", "median", "sha", "hyperband")
 RUNG_SCHEDULERS = ("sha", "hyperband")  # compare trials only at min_steps x reduction_factor^k
 REDUCTION_FACTOR = 3  # successive halving keeps a third of the trials at each rung

@@ -5,7 +5,15 @@ import pytest
 from hpo import attributes
 from hpo.attributes import NOT_RUN
 from hpo.errors import InfeasibleTrial, SearchDone
-from hpo.finetune.admission import EPOCHS, MAX_REFUSED_IN_A_ROW, RerunBudget, affordable_candidates, rerun_steps
+from hpo.finetune.admission import (
+    EPOCHS,
+    MAX_REFUSED_IN_A_ROW,
+    SHORTEN_AFTER_REFUSALS,
+    RerunBudget,
+    affordable_candidates,
+    rerun_steps,
+    shortens_now,
+)
 from hpo.results import SearchResult, TrialRecord
 from hpo.rung_signal import RungSignal
 from hpo.winner_rule import SelectionSettings, pick_candidates
@@ -128,6 +136,23 @@ def test_a_sampled_trial_ends_exploration_once_the_room_is_shorter_than_anything
         with pytest.raises(InfeasibleTrial):
             budget.admit(result, 700, queued)
     budget.admit(result, 10, _Trial())  # one that fits still runs: the bound only ends a search on a refusal
+
+
+def test_a_joint_samplers_proposal_is_shortened_only_once_it_keeps_missing():
+    budget = _budget()
+    sampled, queued = _Trial(), _Trial()
+    queued.user_attrs[attributes.PLANNED] = True
+    assert 0 < SHORTEN_AFTER_REFUSALS < MAX_REFUSED_IN_A_ROW  # some room to shorten before the search ends
+    for refused in range(MAX_REFUSED_IN_A_ROW):
+        budget.refused_in_a_row = refused
+        assert (
+            shortens_now(budget, sampled, "tpe")
+            == shortens_now(budget, sampled, "gp")
+            == (refused >= SHORTEN_AFTER_REFUSALS)
+        )
+        # An independent sampler's draw, or a queued trial (not drawn again), is shortened at once.
+        assert shortens_now(budget, sampled, "random") and shortens_now(budget, sampled, "qmc")
+        assert shortens_now(budget, queued, "tpe")
 
 
 def test_exploration_never_gets_the_baselines_reruns():

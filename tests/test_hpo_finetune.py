@@ -230,6 +230,34 @@ def test_trials_whose_reruns_would_not_fit_run_shortened_and_the_budget_holds(ti
         assert int(replacement["number"]) > int(row["number"])
 
 
+def test_a_joint_samplers_proposal_is_refused_before_it_is_shortened(tiny_bert, sentiment_files, tmp_path):
+    """The budget of the test above, with TPE (multivariate: its learning rate is drawn with its epochs): a
+    4-epoch proposal that does not fit is refused, so that TPE draws a 1-epoch configuration from its own model;
+    only after SHORTEN_AFTER_REFUSALS refusals in a row is one shortened. The random sampler shortens at once."""
+    from hpo.finetune.admission import SHORTEN_AFTER_REFUSALS
+
+    base = _base(tiny_bert, sentiment_files, tmp_path)
+    space = SearchSpace(
+        {
+            "training.learning_rate": Float(low=1e-4, high=1e-2, log=True),
+            "training.num_train_epochs": Categorical(choices=(1, 4)),
+        }
+    )
+    settings = SearchSettings(space=space, sampler="tpe", scheduler="none", full_run_equivalents=10, progress=False)
+    search = search_finetune(base, settings, run_dir=tmp_path / "search")
+    trials = search.result.trials
+    refused = [t for t in trials if t.extra.get("not_run")]
+    assert refused and all(t.params["training.num_train_epochs"] == 4 for t in refused)
+    # Each refused 4-epoch proposal would have run shortened under the random sampler: 1 epoch fitted then.
+    assert all(t.failure.startswith("infeasible: not run: 48 steps") for t in refused)
+    in_a_row = 0
+    for trial in trials:
+        if trial.extra.get("shortened"):
+            assert in_a_row >= SHORTEN_AFTER_REFUSALS, f"trial {trial.number} shortened after {in_a_row} refusals"
+        in_a_row = in_a_row + 1 if trial.extra.get("not_run") else 0
+    assert all(t.steps == 12 for t in trials if not t.extra.get("not_run"))  # what ran is 1-epoch
+
+
 def test_trials_with_no_shorter_version_that_fits_are_not_run(tiny_bert, sentiment_files, tmp_path):
     base = _base(tiny_bert, sentiment_files, tmp_path)
     # Only 4-epoch challengers (48 steps, 144 with their re-runs) after the untuned run (12 + 24 re-run):

@@ -16,10 +16,12 @@ re-running it, so its re-run is no longer reserved: that full run goes to explor
 if the rule needs it after all.
 
 A proposal that does not fit runs shortened when it can (longest_fitting: fewer epochs, a value the space
-allows, everything else as proposed), never below SHORTENED_EVALUATIONS of the untuned run's
-evaluation intervals (SearchPlan.shortest_trial_steps): a shorter trial would pass no rung and inform the
-search of little but its first steps, while paying for its model loading and evaluations. The proposal is
-discarded, so the sampler learns from what actually ran rather than holding the proposal's learning rate against it.
+allows, everything else as proposed), never below SHORTENED_EVALUATIONS of the untuned run's evaluation
+intervals (SearchPlan.shortest_trial_steps): a shorter trial would pass no rung and inform the search of
+little but its first steps, while paying for its model loading and evaluations. The proposal is discarded,
+so the sampler learns from what actually ran rather than holding the proposal's learning rate against it.
+A joint sampler's proposal is refused instead until it keeps missing (shortens_now): its learning rate was
+chosen with its epochs, and shortening runs it with fewer.
 When no shorter version fits either, the trial is not run and is recorded as infeasible. Exploration
 ends when what is left after the current candidates' re-runs is shorter than any useful trial, or when
 the sampler keeps proposing trials that do not fit.
@@ -46,11 +48,16 @@ from hpo import attributes
 from hpo.errors import InfeasibleTrial, SearchDone
 from hpo.results import SearchResult, TrialRecord
 from hpo.rung_signal import RungSignal
+from hpo.samplers import JOINT_SAMPLERS
 from hpo.space import SearchSpace, finite_values
 from hpo.winner_rule import SelectionSettings, pick_candidates
 
 EPOCHS = "training.num_train_epochs"
 MAX_REFUSED_IN_A_ROW = 20  # then the sampler is not finding anything that fits: exploration ends
+# A sampler that draws a trial's parameters from one model of all of them (hpo.samplers.JOINT_SAMPLERS) chose
+# its learning rate for the epochs it proposed: a proposal that does not fit is refused, so that it draws a
+# configuration that fits from its own model, until this many in a row were refused; then it is shortened.
+SHORTEN_AFTER_REFUSALS = MAX_REFUSED_IN_A_ROW // 2
 # A shortened trial runs at least this many of the untuned run's evaluation intervals, unrounded: about the
 # schedulers' second rung (the first is one interval, reduction factor 3), so it is compared with its peers
 # at one or two rungs before it can be stopped (a 60-step run's third, 20 steps, ends before the rounded
@@ -229,8 +236,7 @@ class RerunBudget:
             )
         # A queued trial (the untuned one, a field recipe) may lie outside the space and be shorter than
         # anything the sampler proposes: only a sampled one says the space has nothing left that fits.
-        queued = trial.user_attrs.get(attributes.PLANNED) or attributes.GIVEN_PARAMS in trial.user_attrs
-        if not queued and left < self.shortest_proposal_steps:
+        if not is_queued(trial) and left < self.shortest_proposal_steps:
             raise SearchDone(
                 f"step budget spent: {spent} of {self.total_steps} steps explored; the {left} steps left after "
                 f"the candidates' re-runs are fewer than the shortest trial the space allows "
@@ -259,6 +265,20 @@ class RerunBudget:
             full_run_steps=self.full_run_steps,
             max_steps=self.total_steps - result.steps_spent,
         )
+
+
+def is_queued(trial: optuna.Trial) -> bool:
+    """Whether ``trial`` was queued (the untuned run, a grid point, a field recipe) rather than sampled."""
+    return bool(trial.user_attrs.get(attributes.PLANNED)) or attributes.GIVEN_PARAMS in trial.user_attrs
+
+
+def shortens_now(budget: RerunBudget, trial: optuna.Trial, sampler: str) -> bool:
+    """Whether a proposal that does not fit may run shortened now rather than be refused: a queued trial is
+    not drawn again, and an independent sampler's learning rate does not depend on its epochs, so both are
+    shortened at once; a joint sampler's proposal only after SHORTEN_AFTER_REFUSALS refusals in a row."""
+    if sampler not in JOINT_SAMPLERS or is_queued(trial):
+        return True
+    return budget.refused_in_a_row >= SHORTEN_AFTER_REFUSALS
 
 
 def shorter_variants(params: dict[str, Any], space: SearchSpace) -> list[dict[str, Any]]:

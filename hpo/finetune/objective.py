@@ -19,7 +19,7 @@ from finetune import FinetuneConfig
 from finetune.errors import ConfigError
 from hpo import attributes
 from hpo.errors import ReplaceTrial
-from hpo.finetune.admission import longest_fitting
+from hpo.finetune.admission import longest_fitting, shortens_now
 from hpo.finetune.config_space import EFFECTIVE_BATCH_SIZE, to_overrides
 from hpo.finetune.cross_validation import FoldReporter, cv_score, fold_config
 from hpo.finetune.plan import SearchPlan
@@ -104,10 +104,15 @@ class TrialObjective:
 
     def _admit_or_shorten(self, params: dict[str, Any], config: FinetuneConfig, reporter: Reporter) -> None:
         """Start the trial if its re-runs fit; else run its longest shorter variant that fits instead (of at
-        least the plan's shortest_trial_steps); else not at all (RerunBudget.admit raises)."""
-        rerun_budget, so_far = self.plan.rerun_budget, reporter.search_so_far()
+        least the plan's shortest_trial_steps) if it may be shortened now (shortens_now); else not at all
+        (RerunBudget.admit raises)."""
+        rerun_budget, so_far, trial = self.plan.rerun_budget, reporter.search_so_far(), reporter.trial
         length = self.plan.trial_length(config)
-        if not rerun_budget.fits(so_far, length) and self.settings.sampler != "grid":  # a grid runs its own points
+        if (
+            not rerun_budget.fits(so_far, length)
+            and self.settings.sampler != "grid"  # a grid runs its own points
+            and shortens_now(rerun_budget, trial, self.settings.sampler)
+        ):
             shorter = longest_fitting(
                 params,
                 self.plan.space,
@@ -120,7 +125,7 @@ class TrialObjective:
                 changed = {k: params[k] for k in variant if variant[k] != params[k]}
                 why = f"proposed {changed} ({length} steps): its re-runs would not fit; {steps} steps do"
                 raise ReplaceTrial(variant, {attributes.SHORTENED: why})
-        rerun_budget.admit(so_far, length, reporter.trial)
+        rerun_budget.admit(so_far, length, trial)
 
     def _train(self, config: FinetuneConfig, reporter: Reporter | FoldReporter) -> finetune.RunResult:
         if self.sync:
