@@ -153,6 +153,7 @@ def test_a_joint_samplers_proposal_is_shortened_only_once_it_keeps_missing():
         # An independent sampler's draw, or a queued trial (not drawn again), is shortened at once.
         assert shortens_now(budget, sampled, "random") and shortens_now(budget, sampled, "qmc")
         assert shortens_now(budget, queued, "tpe")
+        assert not shortens_now(budget, sampled, "grid") and not shortens_now(budget, queued, "grid")
 
 
 def test_exploration_never_gets_the_baselines_reruns():

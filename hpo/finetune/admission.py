@@ -273,9 +273,12 @@ def is_queued(trial: optuna.Trial) -> bool:
 
 
 def shortens_now(budget: RerunBudget, trial: optuna.Trial, sampler: str) -> bool:
-    """Whether a proposal that does not fit may run shortened now rather than be refused: a queued trial is
-    not drawn again, and an independent sampler's learning rate does not depend on its epochs, so both are
-    shortened at once; a joint sampler's proposal only after SHORTEN_AFTER_REFUSALS refusals in a row."""
+    """Whether a proposal that does not fit may run shortened now rather than be refused: a grid point never
+    (a grid runs its own points); a queued trial is not drawn again, and an independent sampler's learning rate
+    does not depend on its epochs, so both are shortened at once; a joint sampler's proposal only after
+    SHORTEN_AFTER_REFUSALS refusals in a row."""
+    if sampler == "grid":
+        return False
     if sampler not in JOINT_SAMPLERS or is_queued(trial):
         return True
     return budget.refused_in_a_row >= SHORTEN_AFTER_REFUSALS

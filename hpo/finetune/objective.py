@@ -108,11 +108,7 @@ class TrialObjective:
         (RerunBudget.admit raises)."""
         rerun_budget, so_far, trial = self.plan.rerun_budget, reporter.search_so_far(), reporter.trial
         length = self.plan.trial_length(config)
-        if (
-            not rerun_budget.fits(so_far, length)
-            and self.settings.sampler != "grid"  # a grid runs its own points
-            and shortens_now(rerun_budget, trial, self.settings.sampler)
-        ):
+        if not rerun_budget.fits(so_far, length) and shortens_now(rerun_budget, trial, self.settings.sampler):
             shorter = longest_fitting(
                 params,
                 self.plan.space,
