@@ -25,6 +25,12 @@ back when the command runs again, so a stopped benchmark continues where it was.
     python benchmarks/causal_search.py --task sst2_words --only tunelab --variant sequential \
         --set search.selection.top_k=4 --set search.selection.seeds=2 --set search.selection.sequential=true
     python benchmarks/causal_search.py --task sst2_words --output benchmarks/causal_search_sst2_words_fp32.json
+    python benchmarks/causal_search.py --task dolly_short_qa --output J --current-code tunelab_a_0,tunelab_b_1,...
+
+A change to the search that leaves some searches as they were (e.g. it acts only where a search shortened a
+trial) reruns only the others as a new variant; --current-code names the arms that are the current code's
+searches, and the report judges the goals over them too. Every search is also compared with the best
+reference by Welch's test over the training seeds (does it miss the floor by more than the seeds' noise?).
 
 Each arm records the precision it trained in (training.mixed_precision "auto" resolves per machine: bf16 where
 the CPU or GPU runs it natively, fp32 elsewhere); the goals say when they compare arms of several precisions,
@@ -57,6 +63,7 @@ from hpo.finetune.time_spent import training_share  # noqa: E402
 from recipes.recipe import load_recipe  # noqa: E402
 from recipes.references import reference_config  # noqa: E402
 from recipes.run import seed_run  # noqa: E402
+from recipes.stats import compare  # noqa: E402
 
 # task -> (recipe, the generation metric that is its accuracy)
 TASKS = {
@@ -110,6 +117,12 @@ def main() -> None:
         help="override the recipe's search settings for this variant, e.g. search.selection.sequential=true",
     )
     parser.add_argument(
+        "--current-code",
+        metavar="ARM,ARM,...",
+        help="record in the JSON which tunelab arms are the current code's searches (e.g. arms of several variants "
+        "where a change leaves some searches as they were); the report then judges the goals over them",
+    )
+    parser.add_argument(
         "--winners-of",
         type=Path,
         help="with --only winners: retrain the tunelab arms' winners stored in this JSON (their searches not run "
@@ -139,10 +152,19 @@ def main() -> None:
         """The arms in the JSON now: another invocation (e.g. --only grid beside --only tunelab) may add some."""
         return json.loads(output.read_text())["arms"] if output.is_file() else {}
 
+    def stored_current_code() -> list[str]:
+        return json.loads(output.read_text()).get("current_code", []) if output.is_file() else []
+
     # arm -> {"group", "runs", ...}; arms stored by earlier invocations (e.g. with another --only) stay
     arms = stored_arms()
-    if args.report_only:
-        _report(arms, generation_metric)
+    if args.current_code:
+        current_code = args.current_code.split(",")
+        unknown = [arm for arm in current_code if arms.get(arm, {}).get("group") != "tunelab"]
+        if unknown:
+            parser.error(f"--current-code: {unknown} are not tunelab arms of {output}")
+        output.write_text(json.dumps({**json.loads(output.read_text()), "current_code": current_code}, indent=2))
+    if args.report_only or args.current_code:
+        _report(arms, generation_metric, stored_current_code())
         return
 
     def recorded(arm: str) -> bool:
@@ -174,6 +196,7 @@ def main() -> None:
         precision = resolve_precision(config.training.mixed_precision)
         arms[arm] = {"group": group, "runs": runs, "precision": "fp32" if precision == "no" else precision, **extra}
         header = {"task": args.task, "recipe": recipe_path, "generation_metric": generation_metric, "seeds": seeds}
+        header["current_code"] = stored_current_code()
         output.write_text(json.dumps({**header, "arms": arms}, indent=2, default=str))
 
     for group in args.only.split(","):
@@ -236,7 +259,7 @@ def main() -> None:
                     train_arm(arm, "tunelab", config, **searched)
         else:
             parser.error(f"--only: unknown group {group!r} (untuned, references, tunelab, grid, winners)")
-    _report(arms, generation_metric)
+    _report(arms, generation_metric, stored_current_code())
 
 
 @contextmanager
@@ -276,8 +299,9 @@ def _mean_sd(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def _report(arms: dict, generation_metric: str) -> None:
-    """Seed x arm table, the oracle grid point, and the issue's goals on the generation metric and test loss."""
+def _report(arms: dict, generation_metric: str, current_code: list[str]) -> None:
+    """Seed x arm table, the oracle grid point, and the issue's goals on the generation metric and test loss:
+    per variant over its own searches, then over the current code's searches where the JSON names them."""
 
     def scores(arm: str, key: str) -> list[float]:
         return [run["test"][f"test_{key}"] for run in arms[arm]["runs"]]
@@ -299,9 +323,14 @@ def _report(arms: dict, generation_metric: str) -> None:
     for arm, record in arms.items():
         if record["group"] == "tunelab":
             variants.setdefault(record.get("variant"), []).append(arm)
+    sections = {}  # title -> the searches judged together
     for variant, searches in variants.items():
         changed = arms[searches[0]].get("settings_changed") or "the recipe's search settings"
-        print(f"\n## tunelab{'' if variant is None else ' ' + variant}: {changed}")
+        sections[f"tunelab{'' if variant is None else ' ' + variant}: {changed}"] = searches
+    if current_code:
+        sections[f"the current code's searches: {', '.join(current_code)}"] = current_code
+    for title, searches in sections.items():
+        print(f"\n## {title}")
         compared = searches + groups["reference"] + groups["grid"]
         precisions = sorted({arms[arm].get("precision", "not recorded") for arm in compared})
         if len(precisions) > 1:
@@ -329,6 +358,14 @@ def _goals(arms: dict, searches: list[str], groups: dict, generation_metric: str
                 f"  best reference {best_ref} {ref_mean:.3f} +/- {ref_sd:.3f}: every search at least the "
                 f"reference minus one seed sd ({floor:.3f})? {'yes' if ok else 'no'}"
             )
+            # Whether a search under the floor is worse than the reference beyond the training seeds' noise.
+            for arm in searches:
+                c = compare(scores(arm, key), scores(best_ref, key))
+                where = "at" if sign * (c.tuned_mean - floor) >= 0 else "under"
+                print(
+                    f"    {arm}: {c.tuned_mean:.3f} +/- {c.tuned_std:.3f}, {where} the floor; minus the reference "
+                    f"{c.difference:+.3f} [{c.ci_low:+.3f}, {c.ci_high:+.3f}] (95%), Welch p {c.p_value:.2g}"
+                )
         if groups["grid"]:
             oracle = better(groups["grid"], key=lambda a: statistics.fmean(scores(a, key)))
             oracle_mean = statistics.fmean(scores(oracle, key))
