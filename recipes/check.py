@@ -86,6 +86,9 @@ def check_recipe(recipe: Recipe, *, time_steps: bool = True) -> dict[str, Any]:
         "reserve_released_if_untuned_learns_nothing": bool(plan.rerun_budget and plan.rerun_budget.constant_prediction),
         "selection": _selection_summary(plan.selection),
         "warm_start": _warm_start_names(recipe),
+        # Budget steps the warm-start configurations take as trials, from the steps to explore (queued
+        # trials are shortened by epochs where they do not fit: hpo.finetune.admission).
+        "warm_start_steps": sum(plan.trial_length(config.with_overrides(o)) for o in recipe.search.warm_start),
         "untuned_trial": recipe.search.include_untuned,  # the search's first trial (else only the untuned arm)
         # The untuned configuration's re-runs are untuned-arm seeds; the other seeds train fresh, on the
         # whole train split (trials under cross-validation on a fold's share).
@@ -183,7 +186,7 @@ def format_check(report: dict[str, Any]) -> str:
         f"{report['exploration_steps']} to explore and {report['reserve_steps']} kept to choose the winner"
         f"{_released(report['reserve_released_if_untuned_learns_nothing'])}; selection: {report['selection']}",
         *_step_floor_line(report["min_trial_optimizer_steps"]),
-        *_warm_start_line(report["warm_start"], untuned_first=report["untuned_trial"]),
+        *_warm_start_line(report, untuned_first=report["untuned_trial"]),
         f"retrains: {report['retrain_runs']} runs (tuned, untuned{_and_references(report['references'])}, one "
         f"per seed{_reused(report['reused_untuned_runs'])}), about {report['retrain_steps']} steps",
     ]
@@ -217,11 +220,14 @@ def _warm_start_names(recipe: Recipe) -> list[str]:
     return [f"search.warm_start[{i}]" for i in range(len(recipe.search.warm_start))]
 
 
-def _warm_start_line(names: list[str], *, untuned_first: bool) -> list[str]:
+def _warm_start_line(report: dict[str, Any], *, untuned_first: bool) -> list[str]:
+    names = report["warm_start"]
     if not names:
         return []
     when = "right after the untuned run" if untuned_first else "first (no untuned trial: search.include_untuned)"
-    return [f"warm start: {when} the search tries {', '.join(names)} (search.warm_start)"]
+    steps, explore = report["warm_start_steps"], report["exploration_steps"]
+    cost = f": {steps} of the {explore} steps to explore" if explore else f": {steps} steps"
+    return [f"warm start: {when} the search tries {', '.join(names)} (search.warm_start){cost}"]
 
 
 def _and_references(references: list[str]) -> str:

@@ -99,6 +99,8 @@ def test_check_plans_every_shipped_recipe(path):
     assert report["warm_start"] == (recipe.references if recipe.untuned.model.task == "causal_lm" else [])
     text = format_check(report)
     assert ("warm start: " in text) == bool(report["warm_start"])
+    # The references fit the steps to explore with room for sampled trials (else none would run).
+    assert report["warm_start_steps"] < report["exploration_steps"] or not report["warm_start"]
     # Without the untuned trial (a warm-started recipe's default unless it sets its selection, as
     # dolly_smollm2_lora.yaml does) the references go first and the top 3 trials are re-ranked.
     first = "warm start: first (no untuned trial" in text
@@ -106,3 +108,22 @@ def test_check_plans_every_shipped_recipe(path):
     assert ("the top 3 trials re-run once each" in report["selection"]) == (not report["untuned_trial"])
     if selection.enabled and selection.rerank:  # one full run kept for the top trials' re-runs
         assert report["reserve_steps"] == report["full_run_steps"]
+
+
+def test_check_says_what_the_warm_start_takes_from_the_steps_to_explore(tmp_path, tiny_bert, sentiment_files, capsys):
+    path = Path(_recipe(tmp_path, tiny_bert, sentiment_files, max_length=8))
+    raw = yaml.safe_load(path.read_text())
+    # 96 training rows at the untuned batch 8: 12 steps an epoch. The second configuration runs 6 optimizer
+    # steps an epoch at batch 8 x 2 accumulated, each counted as 2 budget steps (steps at the untuned run's batch).
+    raw["search"]["warm_start"] = [
+        {"training.num_train_epochs": 1},
+        {"training.num_train_epochs": 2, "training.gradient_accumulation_steps": 2},
+    ]
+    path.write_text(yaml.safe_dump(raw))
+    assert cli(["check", str(path), "--json", "--no-timing"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["warm_start"] == ["search.warm_start[0]", "search.warm_start[1]"]
+    assert report["warm_start_steps"] == 12 + 2 * 12
+    assert cli(["check", str(path), "--no-timing"]) == 0
+    text = capsys.readouterr().out
+    assert f"(search.warm_start): 36 of the {report['exploration_steps']} steps to explore" in text
