@@ -148,23 +148,20 @@ def main() -> None:
         learning_rates = tuple(args.grid_learning_rate)
     search_seeds = args.search_seed or range(1 if args.quick else args.search_seeds)
 
-    def stored_arms() -> dict[str, dict]:
-        """The arms in the JSON now: another invocation (e.g. --only grid beside --only tunelab) may add some."""
-        return json.loads(output.read_text())["arms"] if output.is_file() else {}
-
-    def stored_current_code() -> list[str]:
-        return json.loads(output.read_text()).get("current_code", []) if output.is_file() else []
+    def stored() -> dict:
+        """The JSON now: another invocation (e.g. --only grid beside --only tunelab) may add arms."""
+        return json.loads(output.read_text()) if output.is_file() else {}
 
     # arm -> {"group", "runs", ...}; arms stored by earlier invocations (e.g. with another --only) stay
-    arms = stored_arms()
+    arms = stored().get("arms", {})
     if args.current_code:
         current_code = args.current_code.split(",")
         unknown = [arm for arm in current_code if arms.get(arm, {}).get("group") != "tunelab"]
         if unknown:
             parser.error(f"--current-code: {unknown} are not tunelab arms of {output}")
-        output.write_text(json.dumps({**json.loads(output.read_text()), "current_code": current_code}, indent=2))
+        output.write_text(json.dumps({**stored(), "current_code": current_code}, indent=2))
     if args.report_only or args.current_code:
-        _report(arms, generation_metric, stored_current_code())
+        _report(arms, generation_metric, stored().get("current_code", []))
         return
 
     def recorded(arm: str) -> bool:
@@ -192,11 +189,12 @@ def main() -> None:
                 flush=True,
             )
             runs.append(_summarised(record))
-        arms.update(stored_arms())  # read again before writing
+        on_disk = stored()  # read again before writing
+        arms.update(on_disk.get("arms", {}))
         precision = resolve_precision(config.training.mixed_precision)
         arms[arm] = {"group": group, "runs": runs, "precision": "fp32" if precision == "no" else precision, **extra}
         header = {"task": args.task, "recipe": recipe_path, "generation_metric": generation_metric, "seeds": seeds}
-        header["current_code"] = stored_current_code()
+        header["current_code"] = on_disk.get("current_code", [])
         output.write_text(json.dumps({**header, "arms": arms}, indent=2, default=str))
 
     for group in args.only.split(","):
@@ -221,7 +219,7 @@ def main() -> None:
                         )
                         continue
                     # Read again under the lock: another invocation may have finished this search meanwhile.
-                    arms.update(stored_arms())
+                    arms.update(stored().get("arms", {}))
                     if recorded(f"{prefix}_{search_seed}"):
                         print(f"[causal_search] {prefix}_{search_seed}: recorded in {output.name}", flush=True)
                         continue
@@ -259,7 +257,7 @@ def main() -> None:
                     train_arm(arm, "tunelab", config, **searched)
         else:
             parser.error(f"--only: unknown group {group!r} (untuned, references, tunelab, grid, winners)")
-    _report(arms, generation_metric, stored_current_code())
+    _report(arms, generation_metric, stored().get("current_code", []))
 
 
 @contextmanager

@@ -186,7 +186,7 @@ def format_check(report: dict[str, Any]) -> str:
         f"{report['exploration_steps']} to explore and {report['reserve_steps']} kept to choose the winner"
         f"{_released(report['reserve_released_if_untuned_learns_nothing'])}; selection: {report['selection']}",
         *_step_floor_line(report["min_trial_optimizer_steps"]),
-        *_warm_start_line(report, untuned_first=report["untuned_trial"]),
+        *_warm_start_line(report),
         f"retrains: {report['retrain_runs']} runs (tuned, untuned{_and_references(report['references'])}, one "
         f"per seed{_reused(report['reused_untuned_runs'])}), about {report['retrain_steps']} steps",
     ]
@@ -220,11 +220,12 @@ def _warm_start_names(recipe: Recipe) -> list[str]:
     return [f"search.warm_start[{i}]" for i in range(len(recipe.search.warm_start))]
 
 
-def _warm_start_line(report: dict[str, Any], *, untuned_first: bool) -> list[str]:
+def _warm_start_line(report: dict[str, Any]) -> list[str]:
     names = report["warm_start"]
     if not names:
         return []
-    when = "right after the untuned run" if untuned_first else "first (no untuned trial: search.include_untuned)"
+    first = "first (no untuned trial: search.include_untuned)"
+    when = "right after the untuned run" if report["untuned_trial"] else first
     steps, explore = report["warm_start_steps"], report["exploration_steps"]
     cost = f": {steps} of the {explore} steps to explore" if explore else f": {steps} steps"
     return [f"warm start: {when} the search tries {', '.join(names)} (search.warm_start){cost}"]
