@@ -53,6 +53,12 @@ def headline(results: dict[str, Any]) -> list[str]:
         lines.append("Tuning made the result worse, significantly (p < 0.05).")
     # Each verdict next to its answer: against the untuned run above, against the best reference here.
     lines += reference_lines(results, points, unit, digits)
+    chosen = _tuned_runs_of(results)
+    if chosen not in (None, "untuned"):
+        lines.append(
+            f"The search chose {chosen}'s recipe: the tuned arm is its runs (the same configuration, seeds and "
+            "rows, trained once)."
+        )
     if all("test_exact_match" in run["test"] for arm in arm_names(results) for run in results["runs"][arm]):
         match = {arm: [run["test"]["test_exact_match"] for run in results["runs"][arm]] for arm in arm_names(results)}
         others = "".join(f"; {name} {mean_std(match[name])}" for name in references)
@@ -107,6 +113,12 @@ def write_report(run_dir: Path, results: dict[str, Any], search: SearchResult) -
 
 def _untuned_won(results: dict[str, Any]) -> bool:
     return results["search"].get("winner_role") == "untuned"
+
+
+def _tuned_runs_of(results: dict[str, Any]) -> str | None:
+    """The arm whose runs the tuned arm is (the untuned one or a reference the search chose), or None."""
+    tuned = results["runs"].get("tuned") or [{}]
+    return tuned[0].get("same_runs_as") or ("untuned" if _untuned_won(results) else None)
 
 
 def _sections(results: dict[str, Any], search: SearchResult) -> list[tuple[str, list[list[str]]]]:
@@ -211,7 +223,7 @@ def shown_value(value: Any) -> str:
 
 
 def _retrain_seconds(results: dict[str, Any]) -> float:
-    arms = [arm for arm in arm_names(results) if not (arm == "tuned" and _untuned_won(results))]
+    arms = [arm for arm in arm_names(results) if not (arm == "tuned" and _tuned_runs_of(results))]
     return sum(r["wall_seconds"] for arm in arms for r in results["runs"][arm] if not r.get("reused_from"))
 
 

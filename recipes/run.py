@@ -77,7 +77,8 @@ def run_recipe(recipe: Recipe, run_dir: str | Path) -> dict | None:
     #    of the untuned arm trained on (the same validation split), with a fresh training seed. Where runs
     #    are reused, every run evaluates on the search's schedule, so "the best checkpoint" means the same
     #    in every arm; otherwise on the recipe's. When the untuned configuration won, both arms are the same
-    #    runs. The field's recipes (recipes.references) train as further arms, on the tuned arm's seeds and rows.
+    #    runs. The field's recipes (recipes.references) train as further arms, on the tuned arm's seeds and rows;
+    #    when the winner is one of them (a warm-start trial), the tuned arm is that reference's runs.
     reused = _untuned_reruns(summary, run_dir / "search" / "selection")[: len(recipe.seeds)]
     split_seeds = [r["overrides"].get("data.validation_split_seed") for r in reused]
     split_seeds += [None] * (len(recipe.seeds) - len(reused))
@@ -86,9 +87,14 @@ def run_recipe(recipe: Recipe, run_dir: str | Path) -> dict | None:
         return config.with_overrides(plan.evaluation_schedule(config)) if reused else config
 
     arms = [("untuned", scheduled(recipe.untuned))]
-    if summary["winner_role"] != UNTUNED:
-        arms.append(("tuned", scheduled(best_config)))
-    arms += [(name, scheduled(config)) for name, config in references.items()]
+    reference_arms = {name: scheduled(config) for name, config in references.items()}
+    tuned = scheduled(best_config)
+    tuned_runs_of = "untuned" if summary["winner_role"] == UNTUNED else same_runs_as(tuned, reference_arms)
+    if tuned_runs_of is None:
+        arms.append(("tuned", tuned))
+    elif tuned_runs_of != "untuned":
+        progress.say(f"the search chose {tuned_runs_of}'s recipe: the tuned arm is its runs, trained once")
+    arms += list(reference_arms.items())
     fresh_untuned = len(recipe.seeds) - len(reused)
     # Every arm trains on the recipe's rows: its train split is loaded once for all of them. Progress counts
     # budget steps, as the search does (a step of a larger batch takes longer).
@@ -112,8 +118,8 @@ def run_recipe(recipe: Recipe, run_dir: str | Path) -> dict | None:
             record, resumed = seed_run(config, arm, seed, split_seed, run_dir)
             runs[arm].append(record)
             progress.add(plan.budget_steps(config, record["optimizer_steps"]), resumed=resumed)
-    if "tuned" not in runs:
-        runs["tuned"] = [{**record, "arm": "tuned"} for record in runs["untuned"]]
+    if tuned_runs_of is not None:
+        runs["tuned"] = [{**record, "arm": "tuned", "same_runs_as": tuned_runs_of} for record in runs[tuned_runs_of]]
     progress.say("writing the report")
     if not main:
         return None
@@ -158,6 +164,16 @@ def _reference_results(
         best = pick(out, key=lambda name: out[name]["comparison"]["untuned_mean"])  # the reference's mean
         out[best]["best"] = True
     return out
+
+
+def same_runs_as(config: FinetuneConfig, arms: dict[str, FinetuneConfig]) -> str | None:
+    """The arm whose runs ``config``'s would be, or None: the same configuration, trained by seed_run on the
+    same seeds and rows (it sets the seed, the output folder and the run name)."""
+
+    def trained(candidate: FinetuneConfig) -> FinetuneConfig:
+        return candidate.with_overrides({"training.seed": 0, "training.output_dir": "", "training.run_name": None})
+
+    return next((name for name, other in arms.items() if trained(other) == trained(config)), None)
 
 
 def _step_counter(base: FinetuneConfig):

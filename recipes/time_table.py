@@ -13,10 +13,11 @@ from hpo.finetune.time_spent import summed
 def run_time_breakdown(runs: dict[str, list[dict]], search_summary: dict[str, Any]) -> dict[str, Any]:
     """results.json's "time_breakdown": seconds per stage of each phase. The retrains are the arm runs
     trained after the search (the untuned runs reused from choosing the winner are counted there, once)."""
-    # Where the untuned configuration won, the tuned arm is the untuned arm's runs: counted once.
+    # Where the tuned arm is another arm's runs (the untuned configuration or a reference won), counted once
+    # (results.json written before same_runs_as was recorded: the winner's role says it).
     shared = search_summary.get("winner_role") == UNTUNED
     arms = [arm for arm in runs if not (shared and arm == "tuned")]
-    tested = [r for arm in arms for r in runs[arm]]
+    tested = [r for arm in arms for r in runs[arm] if not r.get("same_runs_as")]
     return {
         "search": search_summary.get("time_breakdown"),
         "retraining": summed([r.get("time_breakdown") or {} for r in tested if not r.get("reused_from")]),

@@ -114,3 +114,37 @@ def test_a_search_warm_started_from_the_references_re_ranks_without_the_untuned_
     assert recipe_from_dict({**raw, "search": {"include_untuned": True}}).search.selection.seeds == 2
     assert recipe_from_dict({**raw, "compare": {"references": []}}).search.include_untuned
     assert recipe_from_dict({**raw, "search": {"warm_start": []}}).search.include_untuned
+
+
+def test_same_runs_as_matches_only_what_seed_run_would_train_the_same(tmp_path):
+    from recipes.run import same_runs_as
+
+    axolotl = reference_config("axolotl", _causal(tmp_path))
+    arms = {"torchtune": reference_config("torchtune", _causal(tmp_path)), "axolotl": axolotl}
+    elsewhere = {"training.seed": 7, "training.output_dir": str(tmp_path / "x"), "training.run_name": "trial_3"}
+    assert same_runs_as(axolotl.with_overrides(elsewhere), arms) == "axolotl"
+    assert same_runs_as(axolotl.with_overrides({"training.learning_rate": 2.1e-4}), arms) is None
+    assert same_runs_as(axolotl.with_overrides({"data.max_length": 33}), arms) is None
+
+
+def test_a_winning_reference_is_the_tuned_arm_without_training_it_again(tiny_llama, sft_files, tmp_path):
+    import json
+
+    from conftest import write_recipe
+
+    from recipes.run import main as run_main
+
+    raw = causal_config(tiny_llama, sft_files["messages"], tmp_path / "out", data={"test_size": 4, "max_new_tokens": 2})
+    raw["compare"] = {"references": ["axolotl"]}
+    # One trial, warm-started from the reference: the search can only choose Axolotl's recipe.
+    recipe = write_recipe(raw, tmp_path / "recipe.yaml", budget={"trials": 1}, warm_start="references")
+    assert run_main([recipe, "--run-dir", str(tmp_path / "run")]) == 0
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    tuned, axolotl = results["runs"]["tuned"], results["runs"]["axolotl"]
+    assert [r["same_runs_as"] for r in tuned] == ["axolotl", "axolotl"]
+    assert [r["test"] for r in tuned] == [r["test"] for r in axolotl]
+    assert not (tmp_path / "run" / "tuned").exists()
+    tested = sum(r["test_seconds"] for r in results["runs"]["untuned"] + axolotl)  # each run counted once
+    assert results["time_breakdown"]["testing_seconds"] == pytest.approx(tested, abs=1e-3)
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "The search chose axolotl's recipe: the tuned arm is its runs" in report
