@@ -1,10 +1,11 @@
 """Greedy generation on a split of a causal-LM run, scored against the references: exact match and token F1.
 
 Prompts are rendered exactly as training renders them before the answer (the chat template with its
-generation prompt, or the raw prompt), left-padded in batches, and decoded greedily with the KV cache
-until EOS, the chat template's end of turn, or data.max_new_tokens. With data.answer_pattern (a regex
-whose first group is the answer, e.g. "#### (\\S+)"), both the reference and the generation are reduced
-to that answer before scoring; a generation where it does not match scores 0.
+generation prompt, or the raw prompt), left-padded in batches (the tokens all prompts share run once:
+finetune.shared_prefix), and decoded greedily with the KV cache until EOS, the chat template's end of turn,
+or data.max_new_tokens. With data.answer_pattern (a regex whose first group is the answer, e.g.
+"#### (\\S+)"), both the reference and the generation are reduced to that answer before scoring; a
+generation where it does not match scores 0.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from finetune.data import load_splits
 from finetune.errors import ConfigError, DataError
 from finetune.precision import autocast
 from finetune.preprocess import canonical_sft_split, render_prompt
+from finetune.shared_prefix import PromptPrefix, prompt_prefix_for_generation
 
 # End-of-turn tokens of common chat templates: generation stops at any of them, as at EOS.
 END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>")
@@ -95,24 +97,31 @@ def generate(
     *,
     precision: str = "no",
 ):
-    """Greedy continuations of ``prompts``, decoded without special tokens; batches are left-padded (the
-    tokenizer's padding side is restored after: a training collator may share it). ``precision``:
+    """Greedy continuations of ``prompts``, decoded without special tokens; batches are left-padded, the tokens
+    every prompt starts with (a chat template's system prompt, a shared instruction) run once for all of them
+    where the model continues from their cache as from the whole prompt. ``precision``:
     training.mixed_precision, whose autocast the forward passes run under, as in training."""
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    padding_side, was_training = tokenizer.padding_side, model.training
-    tokenizer.padding_side = "left"  # the continuation starts right after each prompt's last token
+    was_training = model.training
     model.eval()
     try:
+        rows = tokenizer(prompts)["input_ids"]
+        # Checked in the model's own precision, before autocast.
+        prefix = prompt_prefix_for_generation(model, rows)
         with autocast(precision, next(model.parameters()).device):
-            return _generate_batches(model, tokenizer, prompts, max_new_tokens, batch_size)
+            return _generate_batches(model, tokenizer, rows, prefix, max_new_tokens, batch_size)
     finally:
-        tokenizer.padding_side = padding_side
         model.train(was_training)
 
 
 @torch.no_grad()
-def _generate_batches(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int) -> list[str]:
+def _generate_batches(
+    model, tokenizer, rows: list[list[int]], prefix: PromptPrefix | None, max_new_tokens: int, batch_size: int
+) -> list[str]:
+    """Each batch's prompts as [shared prefix][padding][rest of the prompt], the prefix's keys and values
+    computed once for every batch (no prefix: plain left padding); the attention mask skips the padding and
+    positions count only attended tokens, so every prompt continues as it would unpadded."""
     settings = GenerationConfig(
         max_new_tokens=max_new_tokens,
         do_sample=False,
@@ -121,11 +130,22 @@ def _generate_batches(model, tokenizer, prompts: list[str], max_new_tokens: int,
         pad_token_id=tokenizer.pad_token_id,
     )
     device = next(model.parameters()).device
+    shared = prefix.token_ids if prefix is not None else []
     texts = []
-    for start in range(0, len(prompts), batch_size):
-        batch = tokenizer(prompts[start : start + batch_size], return_tensors="pt", padding=True).to(device)
-        output = model.generate(**batch, generation_config=settings)
-        texts += tokenizer.batch_decode(output[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
+    for start in range(0, len(rows), batch_size):
+        rests = [row[len(shared) :] for row in rows[start : start + batch_size]]
+        width = max(len(rest) for rest in rests)
+        padding = [width - len(rest) for rest in rests]
+        ids = [shared + [tokenizer.pad_token_id] * pad + rest for pad, rest in zip(padding, rests, strict=True)]
+        mask = [[1] * len(shared) + [0] * pad + [1] * len(rest) for pad, rest in zip(padding, rests, strict=True)]
+        cache = prefix.cache(model, len(rests), device) if prefix is not None else {}
+        output = model.generate(
+            input_ids=torch.tensor(ids, device=device),
+            attention_mask=torch.tensor(mask, device=device),
+            generation_config=settings,
+            **cache,
+        )
+        texts += tokenizer.batch_decode(output[:, len(shared) + width :], skip_special_tokens=True)
     return [text.strip() for text in texts]
 
 

@@ -35,16 +35,19 @@ def shared_prefix(split: Dataset) -> list[int] | None:
         return None
     # A row needs one token after the prefix: the prefix's last position then predicts a token of the row.
     length = min(len(row) for row in rows) - 1
-    first = rows[0]
-    for row, row_labels in zip(rows, labels, strict=True):
-        length = min(length, _first_labelled(row_labels) - 1)
+    length = min(length, *(_first_labelled(row_labels) - 1 for row_labels in labels))
+    length = _shared_length(rows, length)
+    return list(rows[0][:length]) if length >= MIN_SHARED_TOKENS else None
+
+
+def _shared_length(rows: list[list[int]], length: int) -> int:
+    """How many of the first ``length`` tokens every row shares with the first."""
+    for row in rows[1:]:
         same = 0
-        while same < length and row[same] == first[same]:
+        while same < length and row[same] == rows[0][same]:
             same += 1
         length = same
-        if length < MIN_SHARED_TOKENS:
-            return None
-    return list(first[:length])
+    return length
 
 
 def _first_labelled(labels: list[int]) -> int:
@@ -69,23 +72,29 @@ class PromptPrefix:
         starts = bool((ids[:, :width] == prefix).all())
         return starts and (mask is None or bool((mask[:, :width] == 1).all()))
 
-    def loss(self, model: torch.nn.Module, batch: dict) -> torch.Tensor:
-        """The model's loss on ``batch`` (whose rows start with the prefix), running only the rest of its rows."""
-        width, rows = len(self.token_ids), batch["input_ids"].shape[0]
+    def cache(self, model: torch.nn.Module, rows: int, device: torch.device) -> dict:
+        """{the model's cache keyword: the prefix's keys and values repeated for ``rows`` rows} (a fresh copy:
+        the model appends the rest of the rows to it)."""
         if self._cache is None:
-            prefix = torch.as_tensor([self.token_ids], device=batch["input_ids"].device)
+            prefix = torch.as_tensor([self.token_ids], device=device)
             output = model(input_ids=prefix, use_cache=True, logits_to_keep=1)
             self._cache = output["cache"] if "cache" in output else output["past_key_values"]
             self._keyword = _cache_keyword(model)
         cache = copy.deepcopy(self._cache)
         cache.batch_repeat_interleave(rows)
+        return {self._keyword: cache}
+
+    def loss(self, model: torch.nn.Module, batch: dict) -> torch.Tensor:
+        """The model's loss on ``batch`` (whose rows start with the prefix), running only the rest of its rows."""
+        width, rows = len(self.token_ids), batch["input_ids"].shape[0]
+        cache = self.cache(model, rows, batch["input_ids"].device)
         rest = {key: value for key, value in batch.items() if key != "use_cache"}
         rest["input_ids"] = batch["input_ids"][:, width:]
         rest["labels"] = batch["labels"][:, width:]
         if isinstance(batch.get("logits_to_keep"), torch.Tensor):
             rest["logits_to_keep"] = batch["logits_to_keep"][:, width:]  # shift_labels: unchanged, none in the prefix
         # attention_mask stays whole: it covers the cached positions too.
-        return model(**rest, **{self._keyword: cache}, use_cache=True).loss
+        return model(**rest, **cache, use_cache=True).loss
 
 
 def _cache_keyword(model: torch.nn.Module) -> str:
@@ -121,3 +130,29 @@ def shared_prefix_for(model: torch.nn.Module, collator, split: Dataset) -> list[
     if whole is None or shared is None or not torch.allclose(whole.float(), shared.float(), rtol=1e-5, atol=1e-6):
         return None
     return token_ids
+
+
+def prompt_prefix_for_generation(model: torch.nn.Module, prompts: list[list[int]]) -> PromptPrefix | None:
+    """The prefix every tokenized prompt starts with (each keeping a token of its own), where ``model`` predicts
+    the same next token logits for two of the prompts with the prefix cached as from the whole prompt; None
+    otherwise (fewer than MIN_SHARED_TOKENS shared, a model that cannot continue from a cache)."""
+    if len(prompts) < 2:
+        return None
+    length = _shared_length(prompts, min(len(prompt) for prompt in prompts) - 1)
+    if length < MIN_SHARED_TOKENS:
+        return None
+    prefix = PromptPrefix(list(prompts[0][:length]))
+    device = next(model.parameters()).device
+    try:
+        with torch.no_grad():
+            for prompt in prompts[:2]:
+                whole = model(input_ids=torch.as_tensor([prompt], device=device)).logits[0, -1]
+                rest = torch.as_tensor([prompt[length:]], device=device)
+                mask = torch.ones(1, len(prompt), dtype=torch.long, device=device)
+                cached = model(input_ids=rest, attention_mask=mask, **prefix.cache(model, 1, device)).logits[0, -1]
+                if not torch.allclose(whole.float(), cached.float(), rtol=1e-4, atol=1e-4):
+                    return None
+    # A model that cannot continue from a cache (a shape or type error deep in its forward) generates whole.
+    except Exception:  # noqa: BLE001
+        return None
+    return prefix

@@ -161,3 +161,34 @@ def test_the_training_split_metrics_run_the_prefix_once_with_the_same_loss(tiny_
     hook.remove()
     # 16 rows: the prefix once instead of 16 times.
     assert whole_tokens - sum(tokens) == (len(inputs.train) - 1) * len(shared.prefix_ids)
+
+
+@pytest.mark.parametrize("method", ["lora", "prompt_tuning"])
+def test_generation_runs_the_shared_prompt_once_and_answers_as_each_prompt_alone(
+    tiny_llama, one_instruction, tmp_path, method
+):
+    from finetune.generate import generate
+    from finetune.shared_prefix import prompt_prefix_for_generation
+
+    config, _, model = _prepared(tiny_llama, one_instruction, tmp_path, method)
+    tokenizer = load_tokenizer(config.model, resolve_source(config.model))
+    prompts = [f"answer the question in one or two words, as briefly as you can. {q}" for q, _ in QUESTIONS[:6]]
+    rows = tokenizer(prompts)["input_ids"]
+    prefix = prompt_prefix_for_generation(model, rows)
+    if method == "prompt_tuning":
+        # Its virtual tokens come before the prompt's own: a cache of the prompts' prefix does not continue it.
+        assert prefix is None
+        return
+    alone = [generate(model, tokenizer, [prompt], max_new_tokens=5, batch_size=1)[0] for prompt in prompts]
+    widths: list[tuple[int, int]] = []
+    embed = model.get_input_embeddings()
+    hook = embed.register_forward_pre_hook(lambda module, args: widths.append(tuple(args[0].shape)))
+    assert generate(model, tokenizer, prompts, max_new_tokens=5, batch_size=4) == alone
+    hook.remove()
+    shared = len(prefix.token_ids)
+    assert shared >= MIN_SHARED_TOKENS
+    # The prefix alone once (after the two-prompt check), then each batch's prompts (4, then 2) without it.
+    assert widths.count((1, shared)) == 1
+    first, second = (max(len(row) - shared for row in batch) for batch in (rows[:4], rows[4:]))
+    assert (4, first) in widths and (2, second) in widths
+    assert not [rows_ for rows_, width in widths if rows_ > 1 and width > max(first, second)]

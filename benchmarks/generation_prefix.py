@@ -1,0 +1,112 @@
+"""Seconds of the greedy answers `tunelab run` generates on each arm's test split, with the prompt prefix every
+prompt shares run once per call (finetune.shared_prefix) against every prompt run whole (left-padded).
+
+    python benchmarks/generation_prefix.py            # 3 calls per way, alternating, per recipe and precision
+    python benchmarks/generation_prefix.py --quick    # 1 call per way
+
+Models as the recipes' untuned runs build them (pretrained, LoRA applied, not trained): the answers are the
+pretrained model's, as long as they run to data.max_new_tokens or an end of turn. Prints a table (seconds per
+call, ratio, how many answers are the same both ways, exact match); writes benchmarks/generation_prefix.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import finetune.generate as generation  # noqa: E402
+from finetune.methods import apply_method  # noqa: E402
+from finetune.models import build_model, load_tokenizer, resolve_source  # noqa: E402
+from finetune.precision import resolve_precision  # noqa: E402
+from finetune.preprocess import render_prompt  # noqa: E402
+from finetune.shared_prefix import prompt_prefix_for_generation  # noqa: E402
+from recipes.recipe import load_recipe  # noqa: E402
+
+RECIPES = ("sst2_words_smollm2_lora.yaml", "dolly_short_qa_smollm2_lora.yaml")
+WAYS = ("whole prompts", "prefix once")
+
+
+def answers(recipe: str, precision: str, passes: int) -> dict:
+    config = load_recipe(ROOT / "recipes" / "configs" / recipe, [f"training.mixed_precision={precision}"]).untuned
+    source = resolve_source(config.model)
+    tokenizer = load_tokenizer(config.model, source)
+    model = apply_method(build_model(config, source, tokenizer), config.method, config.model.task).eval()
+    rows, sft_format = generation._split_rows(config, "test")
+    examples = [render_prompt(row, sft_format, tokenizer, chat_template=config.data.chat_template) for row in rows]
+    prompts = [prompt for prompt, _ in examples]
+    ids = tokenizer(prompts)["input_ids"]
+    shared = len(prompt_prefix_for_generation(model, ids).token_ids)
+    batch = config.training.per_device_eval_batch_size
+
+    def call(way: str) -> list[str]:
+        # "whole prompts": the search for a shared prefix finds none, so every batch is left-padded whole.
+        generation.prompt_prefix_for_generation = (
+            prompt_prefix_for_generation if way == "prefix once" else (lambda model, prompts: None)
+        )
+        return generation.generate(model, tokenizer, prompts, config.data.max_new_tokens, batch, precision=precision)
+
+    call("prefix once")  # warm-up: first-call costs are not the way's
+    seconds: dict[str, list[float]] = {way: [] for way in WAYS}
+    texts = {}
+    for _ in range(passes):
+        for way in WAYS:
+            started = time.perf_counter()
+            texts[way] = call(way)
+            seconds[way].append(time.perf_counter() - started)
+    generation.prompt_prefix_for_generation = prompt_prefix_for_generation
+    references = [reference for _, reference in examples]
+    scores = {
+        way: generation.score(
+            [{"reference": r, "generated": t} for r, t in zip(references, texts[way], strict=True)],
+            config.data.answer_pattern,
+        )
+        for way in WAYS
+    }
+    same = sum(a == b for a, b in zip(texts["whole prompts"], texts["prefix once"], strict=True))
+    return {
+        "prompts": len(prompts),
+        "batch": batch,
+        "shared_tokens": shared,
+        "mean_prompt_tokens": statistics.mean(len(row) for row in ids),
+        "same_answers": same,
+        **{way: {"seconds": seconds[way], "exact_match": scores[way]["exact_match"]} for way in WAYS},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="1 call per way")
+    args = parser.parse_args()
+    passes = 1 if args.quick else 3
+    precisions = sorted({resolve_precision("auto"), "no"})
+    results = {}
+    print(
+        "| recipe | precision | prompts | shared tokens / mean prompt | way | s per call (median of "
+        f"{passes}) | ratio | same answers | exact match |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for recipe in RECIPES:
+        for precision in precisions:
+            result = answers(recipe, precision, passes)
+            base = statistics.median(result["whole prompts"]["seconds"])
+            for way in WAYS:
+                median = statistics.median(result[way]["seconds"])
+                print(
+                    f"| {recipe} | {precision} | {result['prompts']} | {result['shared_tokens']} / "
+                    f"{result['mean_prompt_tokens']:.0f} | {way} | {median:.2f} | {median / base:.2f} | "
+                    f"{result['same_answers']} | {result[way]['exact_match']:.3f} |"
+                )
+            results[f"{recipe} {precision}"] = result
+    out = Path(__file__).with_name("generation_prefix.json")
+    out.write_text(json.dumps({"passes": passes, "results": results}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
