@@ -3,6 +3,8 @@ prompt shares run once per call (finetune.shared_prefix) against every prompt ru
 
     python benchmarks/generation_prefix.py            # 3 calls per way, alternating, per recipe and precision
     python benchmarks/generation_prefix.py --quick    # 1 call per way
+    python benchmarks/generation_prefix.py --batch 8  # prompts per call (default: the recipe's
+                                                      # data.generation_batch_size)
 
 Models as the recipes' untuned runs build them (pretrained, LoRA applied, not trained): the answers are the
 pretrained model's, as long as they run to data.max_new_tokens or an end of turn. Prints a table (seconds per
@@ -33,7 +35,7 @@ RECIPES = ("sst2_words_smollm2_lora.yaml", "dolly_short_qa_smollm2_lora.yaml")
 WAYS = ("whole prompts", "prefix once")
 
 
-def answers(recipe: str, precision: str, passes: int) -> dict:
+def answers(recipe: str, precision: str, passes: int, batch: int | None) -> dict:
     config = load_recipe(ROOT / "recipes" / "configs" / recipe, [f"training.mixed_precision={precision}"]).untuned
     source = resolve_source(config.model)
     tokenizer = load_tokenizer(config.model, source)
@@ -43,7 +45,7 @@ def answers(recipe: str, precision: str, passes: int) -> dict:
     prompts = [prompt for prompt, _ in examples]
     ids = tokenizer(prompts)["input_ids"]
     shared = len(prompt_prefix_for_generation(model, ids).token_ids)
-    batch = config.training.per_device_eval_batch_size
+    batch = batch or generation.generation_batch_size(config)
 
     def call(way: str) -> list[str]:
         # "whole prompts": the search for a shared prefix finds none, so every batch is left-padded whole.
@@ -83,29 +85,32 @@ def answers(recipe: str, precision: str, passes: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="1 call per way")
+    parser.add_argument("--batch", type=int, help="prompts per call (default: the recipe's)")
     args = parser.parse_args()
     passes = 1 if args.quick else 3
     precisions = sorted({resolve_precision("auto"), "no"})
     results = {}
     print(
-        "| recipe | precision | prompts | shared tokens / mean prompt | way | s per call (median of "
+        "| recipe | precision | prompts | batch | shared tokens / mean prompt | way | s per call (median of "
         f"{passes}) | ratio | same answers | exact match |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for recipe in RECIPES:
         for precision in precisions:
-            result = answers(recipe, precision, passes)
+            result = answers(recipe, precision, passes, args.batch)
             base = statistics.median(result["whole prompts"]["seconds"])
             for way in WAYS:
                 median = statistics.median(result[way]["seconds"])
                 print(
-                    f"| {recipe} | {precision} | {result['prompts']} | {result['shared_tokens']} / "
+                    f"| {recipe} | {precision} | {result['prompts']} | {result['batch']} | {result['shared_tokens']} / "
                     f"{result['mean_prompt_tokens']:.0f} | {way} | {median:.2f} | {median / base:.2f} | "
                     f"{result['same_answers']} | {result[way]['exact_match']:.3f} |"
                 )
             results[f"{recipe} {precision}"] = result
     out = Path(__file__).with_name("generation_prefix.json")
-    out.write_text(json.dumps({"passes": passes, "results": results}, indent=2))
+    stored = json.loads(out.read_text()) if out.is_file() else {}
+    stored[f"batch {args.batch or 'recipe'}"] = {"passes": passes, "results": results}
+    out.write_text(json.dumps(stored, indent=2))
 
 
 if __name__ == "__main__":

@@ -106,6 +106,10 @@ class DataConfig:
     # Causal LMs: also generate on the first N validation rows at each evaluation and log eval_exact_match
     # and eval_token_f1 (a search objective or training.metric_for_best_model); null: loss only.
     max_generation_samples: int | None = None
+    # Prompts answered per generate() call (null: training.per_device_eval_batch_size). Generation keeps only
+    # the last position's logits and a KV cache, where evaluation keeps every position's logits: a larger batch
+    # fits where the evaluation batch does, and takes fewer decoding steps.
+    generation_batch_size: int | None = None
     # k-fold cross-validation: the labelled rows that are not test (train + validation) are dealt into
     # cv_folds stratified folds with validation_split_seed; fold cv_fold is the validation split.
     cv_folds: int | None = None
@@ -126,7 +130,7 @@ class DataConfig:
             value = getattr(self, key)
             if value < 0:
                 raise ConfigError(f"data.{key} must be >= 0 (a fraction < 1 or a row count), got {value}")
-        for key in ("max_train_samples", "max_eval_samples", "max_generation_samples"):
+        for key in ("max_train_samples", "max_eval_samples", "max_generation_samples", "generation_batch_size"):
             value = getattr(self, key)
             if value is not None and value <= 0:
                 raise ConfigError(f"data.{key} must be > 0 or null, got {value}")

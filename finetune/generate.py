@@ -40,7 +40,7 @@ def generate_on_split(
     rows, sft_format = _split_rows(config, split)
     examples = [render_prompt(row, sft_format, tokenizer, chat_template=config.data.chat_template) for row in rows]
     prompts = [prompt for prompt, _ in examples]
-    batch_size = batch_size or config.training.per_device_eval_batch_size  # as evaluation and GenerationMetrics
+    batch_size = batch_size or generation_batch_size(config)
     precision = config.training.mixed_precision
     generated = generate(model, tokenizer, prompts, config.data.max_new_tokens, batch_size, precision=precision)
     records = [
@@ -50,6 +50,10 @@ def generate_on_split(
     metrics = score(records, config.data.answer_pattern)
     _check_pattern(metrics, len(records), config.data.answer_pattern, split)
     return {f"{split}_{name}": value for name, value in metrics.items()}, records
+
+
+def generation_batch_size(config: FinetuneConfig) -> int:
+    return config.data.generation_batch_size or config.training.per_device_eval_batch_size
 
 
 def _check_pattern(metrics: dict[str, float], count: int, pattern: str | None, split: str) -> None:
@@ -160,7 +164,7 @@ class GenerationMetrics(TrainerCallback):
         self.prompts = [prompt for prompt, _ in examples]
         self.references = [reference for _, reference in examples]
         self.tokenizer, self.data = tokenizer, config.data
-        self.batch_size = config.training.per_device_eval_batch_size
+        self.batch_size = generation_batch_size(config)
         self.precision = config.training.mixed_precision
         self.measured_steps: set[int] = set()
 

@@ -56,6 +56,20 @@ def test_evaluate_generate_writes_generations_and_scores(tiny_llama, sft_files, 
     assert again == metrics
 
 
+def test_generation_batch_size_sets_the_prompts_per_call(tiny_llama, sft_files, tmp_path, monkeypatch):
+    import finetune.generate as generation
+
+    run_dir, _ = _train(tiny_llama, sft_files, tmp_path, "messages", generation_batch_size=5)
+    sizes = []
+    real = generation.generate
+    monkeypatch.setattr(generation, "generate", lambda *args, **kw: sizes.append(args[4]) or real(*args, **kw))
+    assert finetune.evaluate(run_dir, "test", generate=True)["test_generated"] == 6
+    assert sizes == [5]  # data.generation_batch_size, not training.per_device_eval_batch_size (8)
+    raw = causal_config(tiny_llama, sft_files["messages"], tmp_path / "x", data={"generation_batch_size": 0})
+    with pytest.raises(ConfigError, match="data.generation_batch_size must be > 0 or null, got 0"):
+        FinetuneConfig.from_dict(raw)
+
+
 def test_batched_left_padded_generation_equals_one_at_a_time(tiny_llama):
     tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
     model = AutoModelForCausalLM.from_pretrained(tiny_llama).eval()
