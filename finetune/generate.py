@@ -125,7 +125,8 @@ def _generate_batches(
 ) -> list[str]:
     """Each batch's prompts as [shared prefix][padding][rest of the prompt], the prefix's keys and values
     computed once for every batch (no prefix: plain left padding); the attention mask skips the padding and
-    positions count only attended tokens, so every prompt continues as it would unpadded."""
+    positions count only attended tokens, so every prompt continues as it would unpadded. A prompt-learning
+    adapter drops the positions (peft), so its batches hold prompts of one length: no padding."""
     settings = GenerationConfig(
         max_new_tokens=max_new_tokens,
         do_sample=False,
@@ -135,9 +136,9 @@ def _generate_batches(
     )
     device = next(model.parameters()).device
     shared = prefix.token_ids if prefix is not None else []
-    texts = []
-    for start in range(0, len(rows), batch_size):
-        rests = [row[len(shared) :] for row in rows[start : start + batch_size]]
+    texts = [""] * len(rows)
+    for batch in _batches(rows, batch_size, unpadded=_drops_positions(model)):
+        rests = [rows[index][len(shared) :] for index in batch]
         width = max(len(rest) for rest in rests)
         padding = [width - len(rest) for rest in rests]
         ids = [shared + [tokenizer.pad_token_id] * pad + rest for pad, rest in zip(padding, rests, strict=True)]
@@ -149,8 +150,27 @@ def _generate_batches(
             generation_config=settings,
             **cache,
         )
-        texts += tokenizer.batch_decode(output[:, len(shared) + width :], skip_special_tokens=True)
-    return [text.strip() for text in texts]
+        decoded = tokenizer.batch_decode(output[:, len(shared) + width :], skip_special_tokens=True)
+        for index, text in zip(batch, decoded, strict=True):
+            texts[index] = text.strip()
+    return texts
+
+
+def _batches(rows: list[list[int]], batch_size: int, *, unpadded: bool) -> list[list[int]]:
+    """Row indices in batches of at most ``batch_size``: in order, or (``unpadded``) grouped by length."""
+    if not unpadded:
+        return [list(range(start, min(start + batch_size, len(rows)))) for start in range(0, len(rows), batch_size)]
+    by_length: dict[int, list[int]] = {}
+    for index, row in enumerate(rows):
+        by_length.setdefault(len(row), []).append(index)
+    return [group[i : i + batch_size] for group in by_length.values() for i in range(0, len(group), batch_size)]
+
+
+def _drops_positions(model) -> bool:
+    """peft's prompt-learning models (prompt, prefix, p-tuning) ignore position_ids, so left padding would
+    shift a padded prompt's positions."""
+    config = getattr(model, "active_peft_config", None)
+    return bool(getattr(config, "is_prompt_learning", False))
 
 
 class GenerationMetrics(TrainerCallback):

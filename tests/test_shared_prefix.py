@@ -175,11 +175,14 @@ def test_generation_runs_the_shared_prompt_once_and_answers_as_each_prompt_alone
     prompts = [f"answer the question in one or two words, as briefly as you can. {q}" for q, _ in QUESTIONS[:6]]
     rows = tokenizer(prompts)["input_ids"]
     prefix = prompt_prefix_for_generation(model, rows)
+    alone = [generate(model, tokenizer, [prompt], max_new_tokens=5, batch_size=1)[0] for prompt in prompts]
     if method == "prompt_tuning":
         # Its virtual tokens come before the prompt's own: a cache of the prompts' prefix does not continue it.
         assert prefix is None
+        # peft drops its position ids: batches of prompts of one length, unpadded, answer as each alone.
+        assert len({len(row) for row in rows}) > 1
+        assert generate(model, tokenizer, prompts, max_new_tokens=5, batch_size=4) == alone
         return
-    alone = [generate(model, tokenizer, [prompt], max_new_tokens=5, batch_size=1)[0] for prompt in prompts]
     widths: list[tuple[int, int]] = []
     embed = model.get_input_embeddings()
     hook = embed.register_forward_pre_hook(lambda module, args: widths.append(tuple(args[0].shape)))
