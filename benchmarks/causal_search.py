@@ -25,6 +25,8 @@ back when the command runs again, so a stopped benchmark continues where it was.
     python benchmarks/causal_search.py --task sst2_words --only tunelab --variant sequential \
         --set search.selection.top_k=4 --set search.selection.seeds=2 --set search.selection.sequential=true
     python benchmarks/causal_search.py --task sst2_words --output benchmarks/causal_search_sst2_words_fp32.json
+    python benchmarks/causal_search.py --task sst2_words --precision fp32 --seeds 4 --only grid \
+        --output benchmarks/causal_search_sst2_words_fp32.json   # fp32 seeds added on a bf16 machine
     python benchmarks/causal_search.py --task dolly_short_qa --output J --current-code tunelab_a_0,tunelab_b_1,...
 
 A change to the search that leaves some searches as they were (e.g. it acts only where a search shortened a
@@ -101,6 +103,12 @@ def main() -> None:
     )
     parser.add_argument("--report-only", action="store_true", help="print the table of the JSON, train nothing")
     parser.add_argument(
+        "--precision",
+        choices=("fp32", "bf16"),
+        help="train every arm in this precision (training.mixed_precision no / bf16) instead of the recipe's "
+        "auto, e.g. to add seeds to arms another machine trained; an arm is never extended in another precision",
+    )
+    parser.add_argument(
         "--output",
         type=Path,
         help="the JSON to read and extend (default benchmarks/causal_search_TASK.json), e.g. one per precision",
@@ -135,7 +143,8 @@ def main() -> None:
         parser.error("--set: only search.* keys (the other arms must train what the recipe says)")
 
     recipe_path, generation_metric = TASKS[args.task]
-    recipe = load_recipe(ROOT / recipe_path, (QUICK if args.quick else []) + args.set)
+    precision = {"fp32": ["training.mixed_precision=no"], "bf16": ["training.mixed_precision=bf16"], None: []}
+    recipe = load_recipe(ROOT / recipe_path, (QUICK if args.quick else []) + precision[args.precision] + args.set)
     seeds = list(range(args.seeds))
     name = f"{args.task}_quick" if args.quick else args.task
     run_dir = args.out / name
@@ -175,6 +184,13 @@ def main() -> None:
             return
         # A seed the JSON already holds for this arm is kept (e.g. --seeds 4 adds seeds 2 and 3 to a 2-seed arm).
         stored_runs = {run["seed"]: run for run in arms.get(arm, {}).get("runs", [])}
+        precision = resolve_precision(config.training.mixed_precision)
+        precision = "fp32" if precision == "no" else precision
+        if stored_runs and arms[arm].get("precision", precision) != precision:
+            raise SystemExit(
+                f"[causal_search] {arm}: its seeds in {output.name} trained in {arms[arm]['precision']}, this "
+                f"machine trains {precision}: pass --precision {arms[arm]['precision']} (or another --output)"
+            )
         runs = []
         for seed in seeds:
             if seed in stored_runs:
@@ -191,8 +207,7 @@ def main() -> None:
             runs.append(_summarised(record))
         on_disk = stored()  # read again before writing
         arms.update(on_disk.get("arms", {}))
-        precision = resolve_precision(config.training.mixed_precision)
-        arms[arm] = {"group": group, "runs": runs, "precision": "fp32" if precision == "no" else precision, **extra}
+        arms[arm] = {"group": group, "runs": runs, "precision": precision, **extra}
         header = {"task": args.task, "recipe": recipe_path, "generation_metric": generation_metric, "seeds": seeds}
         header["current_code"] = on_disk.get("current_code", [])
         output.write_text(json.dumps({**header, "arms": arms}, indent=2, default=str))
