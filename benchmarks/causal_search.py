@@ -99,6 +99,9 @@ def main() -> None:
         help="train only this grid learning rate (repeatable): splits the grid between processes",
     )
     parser.add_argument(
+        "--grid-epochs", type=int, action="append", help="train only this grid epoch count (repeatable)"
+    )
+    parser.add_argument(
         "--only", default="untuned,references,tunelab,grid", help="the arm groups to train now (in this order)"
     )
     parser.add_argument("--report-only", action="store_true", help="print the table of the JSON, train nothing")
@@ -155,6 +158,8 @@ def main() -> None:
         learning_rates, epochs = GRID_LEARNING_RATES[1:3], GRID_EPOCHS[:1]
     if args.grid_learning_rate:
         learning_rates = tuple(args.grid_learning_rate)
+    if args.grid_epochs:
+        epochs = tuple(args.grid_epochs)
     search_seeds = args.search_seed or range(1 if args.quick else args.search_seeds)
 
     def stored() -> dict:
