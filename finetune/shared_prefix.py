@@ -1,4 +1,4 @@
-"""Evaluating a causal LM with the tokens every row starts with run once per pass.
+"""Evaluating a causal LM (and generating from it) with the tokens every row starts with run once per pass.
 
 A chat template opens every row with the same tokens (SmolLM2's default system prompt, and in a task with one
 instruction that instruction too: 42 of an sst2_words row's 69 tokens, 24 of a dolly_short_qa row's 52), and
@@ -9,6 +9,8 @@ is the same sum over the same labelled tokens (the prefix stops before the first
 A batch whose rows do not start with the prefix (a tokenizer padding on the left) is evaluated whole. Not every
 model continues from a cache as from its own prompt (prompt-learning adapters prepend virtual tokens), so
 ``shared_prefix_for`` compares the loss both ways on two rows before it is used, as answer_logits does.
+Generation (finetune.generate) keeps the prefix of its tokenized prompts once per call the same way:
+``prompt_prefix_for_generation`` compares the next-token logits both ways on two prompts.
 """
 
 from __future__ import annotations
