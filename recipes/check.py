@@ -96,6 +96,7 @@ def check_recipe(recipe: Recipe, *, time_steps: bool = True) -> dict[str, Any]:
         "retrain_steps": (2 * seeds - reused) * run_steps + seeds * reference_steps,
         "references": recipe.references,
         "reused_untuned_runs": reused,
+        "seeds": seeds,
     }
     if time_steps:
         timing = time_untuned_steps(config)
@@ -188,7 +189,8 @@ def format_check(report: dict[str, Any]) -> str:
         *_step_floor_line(report["min_trial_optimizer_steps"]),
         *_warm_start_line(report),
         f"retrains: {report['retrain_runs']} runs (tuned, untuned{_and_references(report['references'])}, one "
-        f"per seed{_reused(report['reused_untuned_runs'])}), about {report['retrain_steps']} steps",
+        f"per seed{_reused(report['reused_untuned_runs'])}{_chosen_reference(report)}), about "
+        f"{report['retrain_steps']} steps",
     ]
     if "timing" in report:
         t, minutes = report["timing"], report["estimated_minutes"]
@@ -240,6 +242,12 @@ def _evaluated(report: dict[str, Any]) -> str:
         listed = ", ".join(str(step) for step in report["evaluation_steps"])
         return f"at steps {listed} (the scheduler's rungs) and the last"
     return f"every {report['evaluation_every_steps']}"
+
+
+def _chosen_reference(report: dict[str, Any]) -> str:
+    if not report["references"]:
+        return ""
+    return f"; {report['seeds']} fewer where the search chooses a reference: its runs are the tuned arm's"
 
 
 def _reused(count: int) -> str:

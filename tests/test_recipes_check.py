@@ -90,6 +90,9 @@ def test_check_plans_every_shipped_recipe(path):
     reused = min(selection.seeds, seeds) if selection.enabled and not selection.rerank and one_split else 0
     assert report["retrain_runs"] == (2 + len(recipe.references)) * seeds - reused and "timing" not in report
     assert "one full run (the untuned configuration)" in format_check(report)
+    # A reference the search chooses is the tuned arm (recipes.run.same_runs_as): one arm fewer to train.
+    chosen = f"; {seeds} fewer where the search chooses a reference: its runs are the tuned arm's"
+    assert (chosen in format_check(report)) == bool(recipe.references)
     # The auto floor on a sampled trial's optimizer steps: a third of the untuned run's, at most 100.
     if one_split:  # (under k folds the untuned run is k fold runs)
         floor = min(100, math.ceil(report["full_run_steps"] / 3))
