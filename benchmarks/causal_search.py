@@ -146,8 +146,8 @@ def main() -> None:
         parser.error("--set: only search.* keys (the other arms must train what the recipe says)")
 
     recipe_path, generation_metric = TASKS[args.task]
-    precision = {"fp32": ["training.mixed_precision=no"], "bf16": ["training.mixed_precision=bf16"], None: []}
-    recipe = load_recipe(ROOT / recipe_path, (QUICK if args.quick else []) + precision[args.precision] + args.set)
+    forced = {"fp32": ["training.mixed_precision=no"], "bf16": ["training.mixed_precision=bf16"], None: []}
+    recipe = load_recipe(ROOT / recipe_path, (QUICK if args.quick else []) + forced[args.precision] + args.set)
     seeds = list(range(args.seeds))
     name = f"{args.task}_quick" if args.quick else args.task
     run_dir = args.out / name
