@@ -2,7 +2,8 @@
 
 It loads the recipe, the data, the tokenizer and the model's config (bad input fails here with the same
 error as `tunelab run`), plans the search without training (hpo.finetune.plan_search), then times a few
-optimizer steps and one evaluation of the untuned configuration to turn steps into minutes.
+optimizer steps, one evaluation and the testing of the untuned configuration (test loss, and a causal LM's
+greedy answers to the test prompts) to turn steps and runs into minutes.
 """
 
 from __future__ import annotations
@@ -32,12 +33,14 @@ TIMED_STEPS = 4  # the first step warms up; the median of the others is the step
 
 @dataclass(frozen=True)
 class StepTiming:
-    """Measured on the untuned configuration: one optimizer step, one evaluation, and a run's fixed cost
-    (loading the model and the data, saving the kept model)."""
+    """Measured on the untuned configuration: one optimizer step, one evaluation, a run's fixed cost
+    (loading the model and the data, saving the kept model), and testing a run as `tunelab run` tests each
+    arm's (for a causal LM, with the answers of a model 4 steps in: at most as long as a trained one's)."""
 
     step_seconds: float
     evaluation_seconds: float
     setup_seconds: float
+    test_seconds: float
 
 
 def check_recipe(recipe: Recipe, *, time_steps: bool = True) -> dict[str, Any]:
@@ -106,7 +109,8 @@ def check_recipe(recipe: Recipe, *, time_steps: bool = True) -> dict[str, Any]:
 
 
 def time_untuned_steps(config: finetune.FinetuneConfig) -> StepTiming:
-    """Train the untuned configuration for TIMED_STEPS steps with one evaluation, in a scratch folder."""
+    """Train the untuned configuration for TIMED_STEPS steps with one evaluation, then test it, in a scratch
+    folder."""
     marks = _StepMarks()
     with tempfile.TemporaryDirectory() as scratch:
         timed = config.with_overrides(
@@ -122,11 +126,16 @@ def time_untuned_steps(config: finetune.FinetuneConfig) -> StepTiming:
         started = time.perf_counter()
         finetune.train(timed, callbacks=[marks])
         total = time.perf_counter() - started
+        started = time.perf_counter()
+        finetune.evaluate(timed.training.output_dir, "test", generate=config.model.task == "causal_lm")
+        test_seconds = time.perf_counter() - started
     steps = [b - a for a, b in itertools.pairwise(marks.step_ends)]
     step_seconds = statistics.median(steps) if steps else total / TIMED_STEPS
     evaluation = marks.evaluated - marks.step_ends[-1] if marks.evaluated else 0.0
     setup = max(total - (marks.step_ends[-1] - marks.train_begin) - evaluation, 0.0)
-    return StepTiming(step_seconds=step_seconds, evaluation_seconds=evaluation, setup_seconds=setup)
+    return StepTiming(
+        step_seconds=step_seconds, evaluation_seconds=evaluation, setup_seconds=setup, test_seconds=test_seconds
+    )
 
 
 def estimate_minutes(report: dict[str, Any], timing: StepTiming) -> dict[str, float]:
@@ -143,13 +152,19 @@ def estimate_minutes(report: dict[str, Any], timing: StepTiming) -> dict[str, fl
         + evaluations * timing.evaluation_seconds
         + search_runs * timing.setup_seconds
     )
-    retrain_steps = report["retrain_steps"]
+    runs = report["retrain_runs"]
     retrains = (
-        retrain_steps * timing.step_seconds
-        + report["retrain_runs"] * (EVALUATIONS_PER_RUN + 2) * timing.evaluation_seconds  # + test, generation
-        + report["retrain_runs"] * timing.setup_seconds
+        report["retrain_steps"] * timing.step_seconds
+        + runs * EVALUATIONS_PER_RUN * timing.evaluation_seconds
+        + runs * timing.setup_seconds
     )
-    return {"search": search / 60, "retrains": retrains / 60, "total": (search + retrains) / 60}
+    testing = runs * timing.test_seconds
+    return {
+        "search": search / 60,
+        "retrains": retrains / 60,
+        "testing": testing / 60,
+        "total": (search + retrains + testing) / 60,
+    }
 
 
 class _StepMarks(TrainerCallback):
@@ -196,9 +211,9 @@ def format_check(report: dict[str, Any]) -> str:
         t, minutes = report["timing"], report["estimated_minutes"]
         lines += [
             f"measured: {t['step_seconds']:.2f} s per step, {t['evaluation_seconds']:.1f} s per evaluation, "
-            f"{t['setup_seconds']:.1f} s to set up a run",
+            f"{t['setup_seconds']:.1f} s to set up a run, {t['test_seconds']:.1f} s to test one",
             f"estimated wall time: {minutes['total']:.0f} min (search {minutes['search']:.0f}, "
-            f"retrains {minutes['retrains']:.0f}) on this machine",
+            f"retrains {minutes['retrains']:.0f}, testing {minutes['testing']:.0f}) on this machine",
         ]
     return "\n".join(lines)
 

@@ -48,7 +48,8 @@ def test_check_plans_what_run_will_do_and_times_a_few_steps(tmp_path, tiny_bert,
     timing = report["timing"]
     assert timing["step_seconds"] > 0 and timing["evaluation_seconds"] > 0
     minutes = report["estimated_minutes"]
-    assert minutes["total"] == pytest.approx(minutes["search"] + minutes["retrains"])
+    assert timing["test_seconds"] > 0
+    assert minutes["total"] == pytest.approx(minutes["search"] + minutes["retrains"] + minutes["testing"])
     assert not (tmp_path / "out").exists() and not (tmp_path / "out_run").exists()  # nothing kept
 
     assert cli(["check", path, "data.max_length=4", "--no-timing"]) == 0
@@ -130,3 +131,30 @@ def test_check_says_what_the_warm_start_takes_from_the_steps_to_explore(tmp_path
     assert cli(["check", str(path), "--no-timing"]) == 0
     text = capsys.readouterr().out
     assert f"(search.warm_start): 36 of the {report['exploration_steps']} steps to explore" in text
+
+
+def test_check_times_testing_a_run_with_a_causal_lms_greedy_answers(tmp_path, tiny_llama, sft_files, monkeypatch):
+    """The estimate's testing is a measured test of the timed run, as `tunelab run` tests each arm: for a
+    causal LM that includes answering the test prompts, which costs more than one evaluation."""
+    import finetune
+    from conftest import causal_config, write_recipe
+
+    raw = causal_config(tiny_llama, sft_files["messages"], tmp_path / "out", data={"test_size": 4, "max_new_tokens": 2})
+    raw["compare"] = {"references": ["axolotl"]}
+    recipe = load_recipe(write_recipe(raw, tmp_path / "recipe.yaml"))
+    tested = []
+    real_evaluate = finetune.evaluate
+
+    def evaluate(run_dir, split="validation", batch_size=None, *, generate=False):
+        tested.append((split, generate))
+        return real_evaluate(run_dir, split, batch_size, generate=generate)
+
+    monkeypatch.setattr(finetune, "evaluate", evaluate)
+    report = check_recipe(recipe)
+    assert tested == [("test", True)]
+    timing, minutes = report["timing"], report["estimated_minutes"]
+    assert timing["test_seconds"] > 0
+    assert minutes["testing"] == pytest.approx(report["retrain_runs"] * timing["test_seconds"] / 60)
+    assert minutes["total"] == pytest.approx(minutes["search"] + minutes["retrains"] + minutes["testing"])
+    assert f"{timing['test_seconds']:.1f} s to test one" in format_check(report)
+    assert not (tmp_path / "out").exists()  # nothing kept
