@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import classification_config
+from conftest import causal_config, classification_config, write_recipe
 
+import finetune
 from recipes.check import check_recipe, format_check
 from recipes.cli import EXIT_BAD_INPUT
 from recipes.cli import main as cli
@@ -136,9 +137,6 @@ def test_check_says_what_the_warm_start_takes_from_the_steps_to_explore(tmp_path
 def test_check_times_testing_a_run_with_a_causal_lms_greedy_answers(tmp_path, tiny_llama, sft_files, monkeypatch):
     """The estimate's testing is a measured test of the timed run, as `tunelab run` tests each arm: for a
     causal LM that includes answering the test prompts, which costs more than one evaluation."""
-    import finetune
-    from conftest import causal_config, write_recipe
-
     raw = causal_config(tiny_llama, sft_files["messages"], tmp_path / "out", data={"test_size": 4, "max_new_tokens": 2})
     raw["compare"] = {"references": ["axolotl"]}
     recipe = load_recipe(write_recipe(raw, tmp_path / "recipe.yaml"))
