@@ -24,6 +24,7 @@ from finetune.models import resolve_source
 from finetune.train import planned_steps
 from hpo import SelectionSettings
 from hpo.finetune.plan import EVALUATIONS_PER_RUN, plan_search
+from hpo.finetune.warm_start import within_share
 from recipes.recipe import Recipe
 from recipes.references import reference_config, reference_overrides
 from recipes.run import require_test_split, reused_untuned_runs
@@ -57,6 +58,9 @@ def check_recipe(recipe: Recipe, *, time_steps: bool = True) -> dict[str, Any]:
     run_steps = planned_steps(config, len(inputs.train))
     # The tuned arm at the untuned run's length (the winner is not known yet); references at their own.
     reference_steps = sum(planned_steps(reference_config(n, config), len(inputs.train)) for n in recipe.references)
+    warm_lengths = [plan.trial_length(config.with_overrides(o)) for o in recipe.search.warm_start]
+    warm_kept = within_share(warm_lengths, plan.exploration_steps, recipe.search.warm_start_share)
+    warm_names = _warm_start_names(recipe)
     lengths = [len(ids) for ids in inputs.train["input_ids"]]
     at_limit = sum(length >= config.data.max_length for length in lengths)
     report: dict[str, Any] = {
@@ -83,15 +87,18 @@ def check_recipe(recipe: Recipe, *, time_steps: bool = True) -> dict[str, Any]:
         else None,
         "search_steps": None if plan.total_steps is None else plan.total_steps + plan.lr_range_steps,
         "lr_range_steps": plan.lr_range_steps,
-        "exploration_steps": plan.budget.steps if reserve is None else plan.total_steps - reserve,
+        "exploration_steps": plan.exploration_steps,
         "reserve_steps": reserve or 0,
         # The untuned run's reserved re-run is released if it learns nothing (hpo.sequential_winner).
         "reserve_released_if_untuned_learns_nothing": bool(plan.rerun_budget and plan.rerun_budget.constant_prediction),
         "selection": _selection_summary(plan.selection),
-        "warm_start": _warm_start_names(recipe),
+        "warm_start": [warm_names[i] for i in warm_kept],
+        # Those past search.warm_start_share of the steps to explore, longest first (hpo.finetune.warm_start).
+        "warm_start_left_out": {warm_names[i]: warm_lengths[i] for i in range(len(warm_names)) if i not in warm_kept},
+        "warm_start_share": recipe.search.warm_start_share,
         # Budget steps the warm-start configurations take as trials, from the steps to explore (queued
         # trials are shortened by epochs where they do not fit: hpo.finetune.admission).
-        "warm_start_steps": sum(plan.trial_length(config.with_overrides(o)) for o in recipe.search.warm_start),
+        "warm_start_steps": sum(warm_lengths[i] for i in warm_kept),
         "untuned_trial": recipe.search.include_untuned,  # the search's first trial (else only the untuned arm)
         # The untuned configuration's re-runs are untuned-arm seeds; the other seeds train fresh, on the
         # whole train split (trials under cross-validation on a fold's share).
@@ -240,11 +247,19 @@ def _warm_start_names(recipe: Recipe) -> list[str]:
 def _warm_start_line(report: dict[str, Any]) -> list[str]:
     names = report["warm_start"]
     if not names:
-        return []
+        left_out = ", ".join(report["warm_start_left_out"])
+        return [f"warm start: none; left out: {left_out} (search.warm_start_share)"] if left_out else []
     first = "first (no untuned trial: search.include_untuned)"
     when = "right after the untuned run" if report["untuned_trial"] else first
     steps, explore = report["warm_start_steps"], report["exploration_steps"]
     cost = f": {steps} of the {explore} steps to explore" if explore else f": {steps} steps"
+    left_out = report["warm_start_left_out"]
+    if left_out:
+        listed = ", ".join(f"{name} ({length} steps)" for name, length in left_out.items())
+        cost += (
+            f"; left out: {listed}, the warm start taking at most {report['warm_start_share']:g} of the steps "
+            "to explore (search.warm_start_share)"
+        )
     return [f"warm start: {when} the search tries {', '.join(names)} (search.warm_start){cost}"]
 
 

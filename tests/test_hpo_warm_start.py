@@ -7,7 +7,7 @@ from conftest import classification_config
 from finetune import ConfigError, FinetuneConfig
 from hpo import Budget, Categorical, Float, SearchSpace
 from hpo.finetune import SearchSettings, search_finetune
-from hpo.finetune.warm_start import warm_start_params
+from hpo.finetune.warm_start import warm_start_params, within_share
 
 SPACE = SearchSpace(
     {
@@ -74,6 +74,51 @@ def test_a_search_runs_the_warm_start_trials_right_after_the_untuned_one(tiny_be
     # Outside the space (batch 4, rank 32): run as written, not as the nearest point the space offers.
     assert ran(2)["training"]["per_device_train_batch_size"] == 4 and ran(2)["method"]["lora_r"] == 32
     assert ran(2)["training"]["learning_rate"] == 1e-3
+
+
+def test_the_warm_start_keeps_within_its_share_leaving_out_the_longest_first():
+    assert within_share([20, 60, 20], 150, 0.5) == [0, 2]  # 100 > 75: the 60-step one goes
+    assert within_share([16, 48, 16], 144, 0.5) == [0, 2]
+    assert within_share([550, 1650, 550], 9800, 0.5) == [0, 1, 2]  # 2750 <= 4900: all
+    assert within_share([30, 30, 30], 100, 0.5) == [0]  # of equals, the last goes first
+    assert within_share([80], 100, 0.5) == []
+    assert within_share([20, 60, 20], 150, None) == [0, 1, 2] and within_share([20, 60], None, 0.5) == [0, 1]
+
+
+def test_a_search_leaves_the_longest_warm_start_out_past_its_share(tiny_bert, sentiment_files, tmp_path, capsys):
+    from hpo import SelectionSettings
+
+    base = _base(tiny_bert, sentiment_files, tmp_path)  # 96 rows at batch 8, 1 epoch: 12 steps
+    warm = (
+        {"training.learning_rate": 3e-3},
+        {"training.learning_rate": 1e-3, "training.num_train_epochs": 3},  # 36 steps
+        {"training.learning_rate": 2e-4},
+    )
+    settings = SearchSettings(
+        space=SPACE,
+        sampler="random",
+        scheduler="none",
+        budget=Budget(steps=60),
+        selection=SelectionSettings(seeds=0),
+        warm_start=warm,
+    )
+    search = search_finetune(base, settings, run_dir=tmp_path / "search")
+    # 60 steps to explore, 30 for the warm start: 12 + 36 + 12 does not fit, 12 + 12 does.
+    assert "left out search.warm_start[1] (36 steps)" in capsys.readouterr().out
+    trials = search.result.trials
+    assert [t.extra.get("role") for t in trials[:3]] == ["untuned", "warm_start", "warm_start"]
+    assert [t.params["training.learning_rate"] for t in trials[1:3]] == [3e-3, 2e-4]
+    assert all(t.extra.get("role") != "warm_start" for t in trials[3:]) and len(trials) > 3
+
+    everything = SearchSettings(**{**settings.__dict__, "warm_start_share": None, "progress": False})
+    again = search_finetune(base, everything, run_dir=tmp_path / "all")
+    assert [t.params.get("training.num_train_epochs") for t in again.result.trials[1:3]] == [None, 3]
+
+
+@pytest.mark.parametrize("share", [0, 1.5, "half", True])
+def test_a_bad_warm_start_share_is_named(share):
+    with pytest.raises(ConfigError, match="search.warm_start_share"):
+        SearchSettings(warm_start_share=share)
 
 
 @pytest.mark.parametrize("raw", [{"training.learning_rate": 1e-3}, [{"training.nope": 1}], ["lr"]])

@@ -101,7 +101,14 @@ def test_check_plans_every_shipped_recipe(path):
         assert report["min_trial_optimizer_steps"] == floor
         assert f"sampled trials take at least {floor} optimizer steps" in format_check(report)
     # A causal recipe tries the references it compares with first (their default warm start) and says so.
-    assert report["warm_start"] == (recipe.references if recipe.untuned.model.task == "causal_lm" else [])
+    # At most half the steps to explore (search.warm_start_share): the longest references are left out first.
+    tried = sorted(report["warm_start"] + list(report["warm_start_left_out"]))
+    assert tried == (recipe.references if recipe.untuned.model.task == "causal_lm" else [])
+    assert report["warm_start_steps"] <= report["warm_start_share"] * report["exploration_steps"]
+    left_out = report["warm_start_left_out"]
+    if left_out:  # the shortest of them would not have fitted either
+        assert min(left_out.values()) + report["warm_start_steps"] > report["exploration_steps"] / 2
+        assert "(search.warm_start_share)" in format_check(report)
     text = format_check(report)
     assert ("warm start: " in text) == bool(report["warm_start"])
     # The references fit the steps to explore with room for sampled trials (else none would run).

@@ -134,6 +134,13 @@ class SearchPlan:
             overrides["data.max_generation_samples"] = self.generation_samples
         return overrides
 
+    @property
+    def exploration_steps(self) -> int | None:
+        """Budget steps for trials: the step budget less the selection's planned re-runs (None: no step budget)."""
+        if self.rerun_budget is None:
+            return self.budget.steps
+        return self.rerun_budget.total_steps - self.rerun_budget.planned_reserve_steps()
+
     def trial_length(self, config: FinetuneConfig) -> int:
         """Budget steps ``config`` will run as a trial, all folds (work_per_step)."""
         steps = (self.scoring.folds or 1) * self.optimizer_steps(config)

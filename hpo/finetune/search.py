@@ -26,7 +26,7 @@ from hpo.finetune.reruns import follow_selection, select_finetune_winner
 from hpo.finetune.settings import SearchSettings
 from hpo.finetune.time_spent import search_time_breakdown
 from hpo.finetune.trial_training import broadcast, follow_trials, train_trial
-from hpo.finetune.warm_start import WARM_START, warm_start_params
+from hpo.finetune.warm_start import WARM_START, warm_start_params, within_share
 from hpo.optimize import PlannedTrial, StudySettings, optimize
 from hpo.rerank_winner import rerank_candidates
 from hpo.result_files import write_search_outputs
@@ -177,7 +177,7 @@ def _explore(objective: TrialObjective, plan: SearchPlan, study: StudySettings) 
     untuned = PlannedTrial(untuned_params(plan.space, plan.base_values), role=attributes.UNTUNED)
     warm = [
         PlannedTrial(warm_start_params(plan.space, objective.base, overrides), role=WARM_START)
-        for overrides in objective.settings.warm_start
+        for overrides in kept_warm_start(objective.settings, plan, objective.base)
     ]
     try:
         return optimize(
@@ -192,6 +192,20 @@ def _explore(objective: TrialObjective, plan: SearchPlan, study: StudySettings) 
     finally:
         if objective.sync:
             broadcast(None)  # followers stop waiting for trials
+
+
+def kept_warm_start(settings: SearchSettings, plan: SearchPlan, base: FinetuneConfig) -> list[dict[str, Any]]:
+    """search.warm_start within search.warm_start_share of the steps to explore; says what it leaves out."""
+    configs = settings.warm_start
+    lengths = [plan.trial_length(base.with_overrides(overrides)) for overrides in configs]
+    kept = within_share(lengths, plan.exploration_steps, settings.warm_start_share)
+    left_out = [f"search.warm_start[{i}] ({lengths[i]} steps)" for i in range(len(configs)) if i not in kept]
+    if left_out and settings.progress:
+        print(
+            f"[hpo] warm start: left out {', '.join(left_out)}: the warm start takes at most "
+            f"{settings.warm_start_share:g} of the {plan.exploration_steps} steps to explore (search.warm_start_share)"
+        )
+    return [configs[i] for i in kept]
 
 
 def _summary(

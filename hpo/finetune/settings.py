@@ -18,6 +18,7 @@ from hpo.finetune.admission import check_room_to_explore
 from hpo.finetune.config_space import check_config_key, check_space_keys
 from hpo.finetune.cross_validation import CvFolds
 from hpo.finetune.default_spaces import EXTRAS
+from hpo.finetune.warm_start import WARM_START_SHARE
 from hpo.samplers import RUNG_SCHEDULERS, SAMPLERS, SCHEDULERS
 from hpo.space import SearchSpace
 from hpo.winner_rule import SelectionSettings
@@ -93,6 +94,9 @@ class SearchSettings:
     # e.g. the field's recipes for the method: a recipe's `search.warm_start: references`, its default for
     # causal LMs (recipes.recipe).
     warm_start: tuple[dict[str, Any], ...] = ()
+    # The most of the steps to explore the warm start may take: beyond it, its longest configurations are left
+    # out until it fits (hpo.finetune.warm_start.within_share), so the sampler keeps at least the rest. None: all.
+    warm_start_share: float | None = WARM_START_SHARE
     # A short learning-rate sweep before the first trial places the space's LR range (hpo.lr_range), paid from
     # the step budget. None (auto): on for the default space with a step budget, one process and the run
     # folder's own journal; true asks for it with a given space too.
@@ -141,6 +145,9 @@ class SearchSettings:
                 f"search.warm_start: expected a list of mappings of section.key overrides, got {self.warm_start!r}"
             )
         self.warm_start = tuple(self.warm_start)
+        share = self.warm_start_share
+        if share is not None and (isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 < share <= 1):
+            raise ConfigError(f"search.warm_start_share: expected a number in (0, 1] or null (no cap), got {share!r}")
         for overrides in self.warm_start:
             for key in overrides:
                 check_config_key(key, "search.warm_start")
