@@ -116,8 +116,7 @@ def recipe_from_dict(raw: dict[str, Any], *, base_dir: str | Path | None = None,
     search_raw = dict(raw.get("search") or {})
     # The field's recipes, tried right after the untuned run: by default wherever they are compared with
     # (causal LMs); on sst2_words they made every search seed's winner beat the best reference on test loss
-    # (5 of 5 against 4 of 5 without, benchmarks/RESULTS.md). `warm_start: []` turns it off. The search tries
-    # those within search.warm_start_share of its steps to explore (hpo.finetune.warm_start.within_share).
+    # (5 of 5 against 4 of 5 without, benchmarks/RESULTS.md). `warm_start: []` turns it off.
     if search_raw.get("warm_start", "references") == "references":
         search_raw["warm_start"] = [reference_overrides(name, untuned.method.name) for name in references]
         # With the references among the trials, the untuned run (far behind them on a causal LM: validation

@@ -101,6 +101,7 @@ def test_a_search_leaves_the_longest_warm_start_out_past_its_share(tiny_bert, se
         budget=Budget(steps=60),
         selection=SelectionSettings(seeds=0),
         warm_start=warm,
+        warm_start_share=0.5,
     )
     search = search_finetune(base, settings, run_dir=tmp_path / "search")
     # 60 steps to explore, 30 for the warm start: 12 + 36 + 12 does not fit, 12 + 12 does.

@@ -101,14 +101,8 @@ def test_check_plans_every_shipped_recipe(path):
         assert report["min_trial_optimizer_steps"] == floor
         assert f"sampled trials take at least {floor} optimizer steps" in format_check(report)
     # A causal recipe tries the references it compares with first (their default warm start) and says so.
-    # At most half the steps to explore (search.warm_start_share): the longest references are left out first.
-    tried = sorted(report["warm_start"] + list(report["warm_start_left_out"]))
-    assert tried == (recipe.references if recipe.untuned.model.task == "causal_lm" else [])
-    assert report["warm_start_steps"] <= report["warm_start_share"] * report["exploration_steps"]
-    left_out = report["warm_start_left_out"]
-    if left_out:  # the shortest of them would not have fitted either
-        assert min(left_out.values()) + report["warm_start_steps"] > report["exploration_steps"] / 2
-        assert "(search.warm_start_share)" in format_check(report)
+    assert report["warm_start"] == (recipe.references if recipe.untuned.model.task == "causal_lm" else [])
+    assert not report["warm_start_left_out"]  # no search.warm_start_share in the shipped recipes
     text = format_check(report)
     assert ("warm start: " in text) == bool(report["warm_start"])
     # The references fit the steps to explore with room for sampled trials (else none would run).
@@ -139,6 +133,14 @@ def test_check_says_what_the_warm_start_takes_from_the_steps_to_explore(tmp_path
     assert cli(["check", str(path), "--no-timing"]) == 0
     text = capsys.readouterr().out
     assert f"(search.warm_start): 36 of the {report['exploration_steps']} steps to explore" in text
+    # Capped at 20 of the steps to explore: the 24-step configuration is left out, and named.
+    share = f"search.warm_start_share={20 / report['exploration_steps']}"
+    assert cli(["check", str(path), share, "--json", "--no-timing"]) == 0
+    capped = json.loads(capsys.readouterr().out)
+    assert capped["warm_start"] == ["search.warm_start[0]"] and capped["warm_start_steps"] == 12
+    assert capped["warm_start_left_out"] == {"search.warm_start[1]": 24}
+    assert cli(["check", str(path), share, "--no-timing"]) == 0
+    assert "; left out: search.warm_start[1] (24 steps)" in capsys.readouterr().out
 
 
 def test_check_times_testing_a_run_with_a_causal_lms_greedy_answers(tmp_path, tiny_llama, sft_files, monkeypatch):

@@ -18,7 +18,6 @@ from hpo.finetune.admission import check_room_to_explore
 from hpo.finetune.config_space import check_config_key, check_space_keys
 from hpo.finetune.cross_validation import CvFolds
 from hpo.finetune.default_spaces import EXTRAS
-from hpo.finetune.warm_start import WARM_START_SHARE
 from hpo.samplers import RUNG_SCHEDULERS, SAMPLERS, SCHEDULERS
 from hpo.space import SearchSpace
 from hpo.winner_rule import SelectionSettings
@@ -94,9 +93,9 @@ class SearchSettings:
     # e.g. the field's recipes for the method: a recipe's `search.warm_start: references`, its default for
     # causal LMs (recipes.recipe).
     warm_start: tuple[dict[str, Any], ...] = ()
-    # The most of the steps to explore the warm start may take: beyond it, its longest configurations are left
-    # out until it fits (hpo.finetune.warm_start.within_share), so the sampler keeps at least the rest. None: all.
-    warm_start_share: float | None = WARM_START_SHARE
+    # The most of the steps to explore the warm start may take (e.g. 0.5): beyond it, its longest configurations
+    # are left out until it fits (hpo.finetune.warm_start.within_share). None (default): all of them.
+    warm_start_share: float | None = None
     # A short learning-rate sweep before the first trial places the space's LR range (hpo.lr_range), paid from
     # the step budget. None (auto): on for the default space with a step budget, one process and the run
     # folder's own journal; true asks for it with a given space too.

@@ -9,10 +9,11 @@ for best on its value. Projecting it onto the space instead would try something 
 name (Axolotl's batch 4 as batch 8 is half its steps). The trials compete like any other: the scheduler
 may stop them, the budget may shorten them.
 
-The warm start takes at most search.warm_start_share of the steps to explore (within_share): at small budgets
-the field's three recipes took 100 of dolly_short_qa's 150 steps to explore, leaving the sampler room for two
-trials of a third of a run; the longest configuration goes first (`tunelab run` still trains and compares it
-as a reference arm).
+search.warm_start_share caps the share of the steps to explore the warm start may take (within_share), the
+longest configuration left out first (`tunelab run` still trains and compares it as a reference arm). Off by
+default: at 4 full-run equivalents the field's three recipes take 100 of dolly_short_qa's 150 steps to explore,
+and a cap of half changed the five benchmark searches' median test loss and token F1 by under 0.002
+(benchmarks/RESULTS.md, 2026-12-06).
 """
 
 from __future__ import annotations
@@ -24,8 +25,6 @@ from hpo.finetune.config_space import EFFECTIVE_BATCH_SIZE, LORA_ALPHA_MULTIPLIE
 from hpo.space import SearchSpace
 
 WARM_START = "warm_start"  # the role of a warm-start trial (hpo.attributes.ROLE)
-# search.warm_start_share's default: the sampler's own trials keep at least half the steps to explore.
-WARM_START_SHARE = 0.5
 # Config keys a derived space key stands for: the trial sets them from the derived value.
 STANDS_FOR = {
     EFFECTIVE_BATCH_SIZE: ("training.per_device_train_batch_size", "training.gradient_accumulation_steps"),
