@@ -24,7 +24,7 @@ from finetune.models import resolve_source
 from finetune.train import planned_steps
 from hpo import SelectionSettings
 from hpo.finetune.plan import EVALUATIONS_PER_RUN, plan_search
-from hpo.finetune.warm_start import within_share
+from hpo.finetune.search import warm_start_lengths
 from recipes.recipe import Recipe
 from recipes.references import reference_config, reference_overrides
 from recipes.run import require_test_split, reused_untuned_runs
@@ -58,8 +58,7 @@ def check_recipe(recipe: Recipe, *, time_steps: bool = True) -> dict[str, Any]:
     run_steps = planned_steps(config, len(inputs.train))
     # The tuned arm at the untuned run's length (the winner is not known yet); references at their own.
     reference_steps = sum(planned_steps(reference_config(n, config), len(inputs.train)) for n in recipe.references)
-    warm_lengths = [plan.trial_length(config.with_overrides(o)) for o in recipe.search.warm_start]
-    warm_kept = within_share(warm_lengths, plan.exploration_steps, recipe.search.warm_start_share)
+    warm_lengths, warm_kept = warm_start_lengths(recipe.search, plan, config)
     warm_names = _warm_start_names(recipe)
     lengths = [len(ids) for ids in inputs.train["input_ids"]]
     at_limit = sum(length >= config.data.max_length for length in lengths)
@@ -87,7 +86,7 @@ def check_recipe(recipe: Recipe, *, time_steps: bool = True) -> dict[str, Any]:
         else None,
         "search_steps": None if plan.total_steps is None else plan.total_steps + plan.lr_range_steps,
         "lr_range_steps": plan.lr_range_steps,
-        "exploration_steps": plan.exploration_steps,
+        "exploration_steps": plan.planned_exploration_steps,
         "reserve_steps": reserve or 0,
         # The untuned run's reserved re-run is released if it learns nothing (hpo.sequential_winner).
         "reserve_released_if_untuned_learns_nothing": bool(plan.rerun_budget and plan.rerun_budget.constant_prediction),

@@ -1,5 +1,7 @@
 """Warm start: overrides of the untuned config tried right after it, exactly as written."""
 
+import dataclasses
+
 import pytest
 import yaml
 from conftest import classification_config
@@ -111,7 +113,7 @@ def test_a_search_leaves_the_longest_warm_start_out_past_its_share(tiny_bert, se
     assert [t.params["training.learning_rate"] for t in trials[1:3]] == [3e-3, 2e-4]
     assert all(t.extra.get("role") != "warm_start" for t in trials[3:]) and len(trials) > 3
 
-    everything = SearchSettings(**{**settings.__dict__, "warm_start_share": None, "progress": False})
+    everything = dataclasses.replace(settings, warm_start_share=None, progress=False)
     again = search_finetune(base, everything, run_dir=tmp_path / "all")
     assert [t.params.get("training.num_train_epochs") for t in again.result.trials[1:3]] == [None, 3]
 

@@ -135,8 +135,9 @@ class SearchPlan:
         return overrides
 
     @property
-    def exploration_steps(self) -> int | None:
-        """Budget steps for trials: the step budget less the selection's planned re-runs (None: no step budget)."""
+    def planned_exploration_steps(self) -> int | None:
+        """Budget steps for trials as planned before the search: the step budget less the selection's planned
+        re-runs (None: no step budget). RerunBudget.exploration_steps is the most exploration can ever get."""
         if self.rerun_budget is None:
             return self.budget.steps
         return self.rerun_budget.total_steps - self.rerun_budget.planned_reserve_steps()

@@ -194,16 +194,23 @@ def _explore(objective: TrialObjective, plan: SearchPlan, study: StudySettings) 
             broadcast(None)  # followers stop waiting for trials
 
 
+def warm_start_lengths(settings: SearchSettings, plan: SearchPlan, base: FinetuneConfig) -> tuple[list[int], list[int]]:
+    """Each search.warm_start configuration's budget steps as a trial, and the indices of those the search
+    tries: within search.warm_start_share of the steps to explore (`tunelab check` reports the same)."""
+    lengths = [plan.trial_length(base.with_overrides(overrides)) for overrides in settings.warm_start]
+    return lengths, within_share(lengths, plan.planned_exploration_steps, settings.warm_start_share)
+
+
 def kept_warm_start(settings: SearchSettings, plan: SearchPlan, base: FinetuneConfig) -> list[dict[str, Any]]:
     """search.warm_start within search.warm_start_share of the steps to explore; says what it leaves out."""
     configs = settings.warm_start
-    lengths = [plan.trial_length(base.with_overrides(overrides)) for overrides in configs]
-    kept = within_share(lengths, plan.exploration_steps, settings.warm_start_share)
+    lengths, kept = warm_start_lengths(settings, plan, base)
     left_out = [f"search.warm_start[{i}] ({lengths[i]} steps)" for i in range(len(configs)) if i not in kept]
     if left_out and settings.progress:
         print(
             f"[hpo] warm start: left out {', '.join(left_out)}: the warm start takes at most "
-            f"{settings.warm_start_share:g} of the {plan.exploration_steps} steps to explore (search.warm_start_share)"
+            f"{settings.warm_start_share:g} of the {plan.planned_exploration_steps} steps to explore "
+            "(search.warm_start_share)"
         )
     return [configs[i] for i in kept]
 
