@@ -100,9 +100,17 @@ def test_check_plans_every_shipped_recipe(path):
         floor = min(100, math.ceil(report["full_run_steps"] / 3))
         assert report["min_trial_optimizer_steps"] == floor
         assert f"sampled trials take at least {floor} optimizer steps" in format_check(report)
-    # A causal recipe tries the references it compares with first (their default warm start) and says so.
-    assert report["warm_start"] == (recipe.references if recipe.untuned.model.task == "causal_lm" else [])
-    assert not report["warm_start_left_out"]  # no search.warm_start_share in the shipped recipes
+    # A causal recipe tries the references it compares with first (their default warm start), in order,
+    # within half the steps to explore: the longest are left out first, the last of them would not have fitted.
+    left_out = report["warm_start_left_out"]
+    causal = recipe.untuned.model.task == "causal_lm"
+    assert sorted(report["warm_start"] + list(left_out)) == sorted(recipe.references if causal else [])
+    assert report["warm_start"] == [name for name in recipe.references if name in report["warm_start"]]
+    if report["warm_start"]:
+        half = report["warm_start_share"] * report["exploration_steps"]
+        assert report["warm_start_share"] == 0.5 and report["warm_start_steps"] <= half
+        if left_out:
+            assert report["warm_start_steps"] + min(left_out.values()) > half
     text = format_check(report)
     assert ("warm start: " in text) == bool(report["warm_start"])
     # The references fit the steps to explore with room for sampled trials (else none would run).

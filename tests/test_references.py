@@ -94,6 +94,12 @@ def test_the_references_as_warm_start_trials(tmp_path):
     default = recipe_from_dict(raw)
     assert default.search.warm_start == tuple(reference_overrides(n, "lora") for n in default.references)
     assert len(default.search.warm_start) == 3
+    # Capped at half the steps to explore, unless the recipe says (null: no cap); a warm start of its own is not.
+    assert default.search.warm_start_share == 0.5
+    assert recipe_from_dict({**raw, "search": {"warm_start_share": None}}).search.warm_start_share is None
+    assert recipe_from_dict({**raw, "search": {"warm_start_share": 0.8}}).search.warm_start_share == 0.8
+    own = recipe_from_dict({**raw, "search": {"warm_start": [{"training.learning_rate": 1e-3}]}})
+    assert own.search.warm_start_share is None
     assert recipe_from_dict({**raw, "search": {"warm_start": []}}).search.warm_start == ()
     assert recipe_from_dict({**raw, "search": {"warm_start": None}}).search.warm_start == ()
     # Classification compares with no reference by default, so nothing is warm-started.

@@ -94,7 +94,8 @@ class SearchSettings:
     # causal LMs (recipes.recipe).
     warm_start: tuple[dict[str, Any], ...] = ()
     # The most of the steps to explore the warm start may take (e.g. 0.5): beyond it, its longest configurations
-    # are left out until it fits (hpo.finetune.warm_start.within_share). None (default): all of them.
+    # are left out until it fits (hpo.finetune.warm_start.within_share). None (default): all of them; a recipe's
+    # default warm start from the references is capped at 0.5 (recipes.recipe).
     warm_start_share: float | None = None
     # A short learning-rate sweep before the first trial places the space's LR range (hpo.lr_range), paid from
     # the step budget. None (auto): on for the default space with a step budget, one process and the run

@@ -10,10 +10,11 @@ name (Axolotl's batch 4 as batch 8 is half its steps). The trials compete like a
 may stop them, the budget may shorten them.
 
 search.warm_start_share caps the share of the steps to explore the warm start may take (within_share), the
-longest configuration left out first (`tunelab run` still trains and compares it as a reference arm). Off by
-default: at 4 full-run equivalents the field's three recipes take 100 of dolly_short_qa's 150 steps to explore,
-and a cap of half changed the five benchmark searches' median test loss and token F1 by under 0.002; on
-sst2_words it improved one search of the two measured (benchmarks/RESULTS.md, 2026-12-06).
+longest configuration left out first (`tunelab run` still trains and compares it as a reference arm). None
+here (no cap); a recipe that warm-starts from the field's recipes caps them at half (recipes.recipe): at 4
+full-run equivalents the three take 80 of sst2_words' 144 steps to explore and 100 of dolly_short_qa's 150,
+and with the cap the sampler's own trials beat every reference on 3 of 5 sst2_words searches
+(benchmarks/RESULTS.md, 2026-12-06).
 """
 
 from __future__ import annotations
