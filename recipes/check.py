@@ -26,7 +26,7 @@ from hpo import SelectionSettings
 from hpo.finetune.plan import EVALUATIONS_PER_RUN, plan_search
 from hpo.finetune.search import warm_start_lengths
 from recipes.recipe import Recipe
-from recipes.references import reference_config, reference_overrides
+from recipes.references import reference_config
 from recipes.run import require_test_split, reused_untuned_runs
 
 TIMED_STEPS = 4  # the first step warms up; the median of the others is the step time
@@ -59,7 +59,7 @@ def check_recipe(recipe: Recipe, *, time_steps: bool = True) -> dict[str, Any]:
     # The tuned arm at the untuned run's length (the winner is not known yet); references at their own.
     reference_steps = sum(planned_steps(reference_config(n, config), len(inputs.train)) for n in recipe.references)
     warm_lengths, warm_kept = warm_start_lengths(recipe.search, plan, config)
-    warm_names = _warm_start_names(recipe)
+    warm_names = [recipe.search.warm_start_name(i) for i in range(len(recipe.search.warm_start))]
     lengths = [len(ids) for ids in inputs.train["input_ids"]]
     at_limit = sum(length >= config.data.max_length for length in lengths)
     report: dict[str, Any] = {
@@ -232,15 +232,6 @@ def _step_floor_line(floor: int) -> list[str]:
 
 def _released(released: bool) -> str:
     return " (explored instead if the untuned run learns nothing)" if released else ""
-
-
-def _warm_start_names(recipe: Recipe) -> list[str]:
-    """What the search tries right after the untuned run: the references' names where it is their
-    configurations (a recipe's `warm_start: references`), else one entry per configuration written."""
-    method = recipe.untuned.method.name
-    if list(recipe.search.warm_start) == [reference_overrides(n, method) for n in recipe.references]:
-        return list(recipe.references)
-    return [f"search.warm_start[{i}]" for i in range(len(recipe.search.warm_start))]
 
 
 def _warm_start_line(report: dict[str, Any]) -> list[str]:

@@ -7,7 +7,8 @@ A recipe YAML holds the four finetune sections (model, data, method, training) a
                cv_folds, rungs}, space (null: method-aware default), also_tune, selection: {top_k, seeds,
                confidence, sequential} (how the winner is chosen: hpo.winner_rule), warm_start (a list
                of section.key overrides tried right after the untuned run, or `references`: the compare
-               references' hyperparameters, the default; then, unless the recipe sets them, include_untuned
+               references' hyperparameters, the default, within warm_start_share 0.5 of the steps to explore
+               and named after them (warm_start_names); then, unless the recipe sets them, include_untuned
                false and selection {top_k: 3, seeds: 1}: hpo.rerank_winner), include_untuned,
                max_per_device_batch, isolation, storage, study_name, heartbeat_seconds}
     baseline: section.key overrides of the untuned run (default: TrainingArguments defaults and the
@@ -122,6 +123,7 @@ def recipe_from_dict(raw: dict[str, Any], *, base_dir: str | Path | None = None,
     # (5 of 5 against 4 of 5 without, benchmarks/RESULTS.md). `warm_start: []` turns it off.
     if search_raw.get("warm_start", "references") == "references":
         search_raw["warm_start"] = [reference_overrides(name, untuned.method.name) for name in references]
+        search_raw.setdefault("warm_start_names", list(references))
         # At 4 full runs the three references took 80 of sst2_words' 144 steps to explore and 100 of
         # dolly_short_qa's 150, leaving one or two short sampled trials. Capped at half (LLaMA-Factory's 3 epochs
         # left out), the sst2_words searches' median test loss went 0.148 -> 0.130 (the grid's best 0.129; 3 of

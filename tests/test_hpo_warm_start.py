@@ -103,11 +103,12 @@ def test_a_search_leaves_the_longest_warm_start_out_past_its_share(tiny_bert, se
         budget=Budget(steps=60),
         selection=SelectionSettings(seeds=0),
         warm_start=warm,
+        warm_start_names=("hot", "long", "cool"),
         warm_start_share=0.5,
     )
     search = search_finetune(base, settings, run_dir=tmp_path / "search")
     # 60 steps to explore, 30 for the warm start: 12 + 36 + 12 does not fit, 12 + 12 does.
-    assert "left out search.warm_start[1] (36 steps)" in capsys.readouterr().out
+    assert "left out long (36 steps)" in capsys.readouterr().out
     trials = search.result.trials
     assert [t.extra.get("role") for t in trials[:3]] == ["untuned", "warm_start", "warm_start"]
     assert [t.params["training.learning_rate"] for t in trials[1:3]] == [3e-3, 2e-4]
@@ -122,6 +123,16 @@ def test_a_search_leaves_the_longest_warm_start_out_past_its_share(tiny_bert, se
 def test_a_bad_warm_start_share_is_named(share):
     with pytest.raises(ConfigError, match="search.warm_start_share"):
         SearchSettings(warm_start_share=share)
+
+
+def test_warm_start_configurations_are_named_by_index_unless_named():
+    warm = ({"training.learning_rate": 1e-3}, {"training.learning_rate": 2e-4})
+    assert SearchSettings(warm_start=warm).warm_start_name(1) == "search.warm_start[1]"
+    assert SearchSettings(warm_start=warm, warm_start_names=["fast", "slow"]).warm_start_name(1) == "slow"
+    with pytest.raises(ConfigError, match="search.warm_start_names: 1 names for 2 search.warm_start configurations"):
+        SearchSettings(warm_start=warm, warm_start_names=["fast"])
+    with pytest.raises(ConfigError, match="search.warm_start_names: expected a list of names"):
+        SearchSettings(warm_start=warm, warm_start_names="fast")
 
 
 @pytest.mark.parametrize("raw", [{"training.learning_rate": 1e-3}, [{"training.nope": 1}], ["lr"]])

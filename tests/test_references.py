@@ -96,6 +96,7 @@ def test_the_references_as_warm_start_trials(tmp_path):
     assert len(default.search.warm_start) == 3
     # Capped at half the steps to explore, unless the recipe says (null: no cap); a warm start of its own is not.
     assert default.search.warm_start_share == 0.5
+    assert [default.search.warm_start_name(i) for i in range(3)] == default.references
     assert recipe_from_dict({**raw, "search": {"warm_start_share": None}}).search.warm_start_share is None
     assert recipe_from_dict({**raw, "search": {"warm_start_share": 0.8}}).search.warm_start_share == 0.8
     own = recipe_from_dict({**raw, "search": {"warm_start": [{"training.learning_rate": 1e-3}]}})

@@ -205,7 +205,7 @@ def kept_warm_start(settings: SearchSettings, plan: SearchPlan, base: FinetuneCo
     """search.warm_start within search.warm_start_share of the steps to explore; says what it leaves out."""
     configs = settings.warm_start
     lengths, kept = warm_start_lengths(settings, plan, base)
-    left_out = [f"search.warm_start[{i}] ({lengths[i]} steps)" for i in range(len(configs)) if i not in kept]
+    left_out = [f"{settings.warm_start_name(i)} ({lengths[i]} steps)" for i in range(len(configs)) if i not in kept]
     if left_out and settings.progress:
         print(
             f"[hpo] warm start: left out {', '.join(left_out)}: the warm start takes at most "

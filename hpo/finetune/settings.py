@@ -93,6 +93,9 @@ class SearchSettings:
     # e.g. the field's recipes for the method: a recipe's `search.warm_start: references`, its default for
     # causal LMs (recipes.recipe).
     warm_start: tuple[dict[str, Any], ...] = ()
+    # What the search log and `tunelab check` call each warm_start configuration (a recipe's references: their
+    # names); empty: search.warm_start[i].
+    warm_start_names: tuple[str, ...] = ()
     # The most of the steps to explore the warm start may take (e.g. 0.5): beyond it, its longest configurations
     # are left out until it fits (hpo.finetune.warm_start.within_share). None (default): all of them; a recipe's
     # default warm start from the references is capped at 0.5 (recipes.recipe).
@@ -145,6 +148,15 @@ class SearchSettings:
                 f"search.warm_start: expected a list of mappings of section.key overrides, got {self.warm_start!r}"
             )
         self.warm_start = tuple(self.warm_start)
+        names = self.warm_start_names or ()
+        if isinstance(names, str) or not all(isinstance(n, str) for n in names):
+            raise ConfigError(f"search.warm_start_names: expected a list of names, got {names!r}")
+        self.warm_start_names = tuple(names)
+        if names and len(names) != len(self.warm_start):
+            raise ConfigError(
+                f"search.warm_start_names: {len(names)} names for {len(self.warm_start)} search.warm_start "
+                "configurations; give one name each, or none"
+            )
         share = self.warm_start_share
         if share is not None and (isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 < share <= 1):
             raise ConfigError(f"search.warm_start_share: expected a number in (0, 1] or null (no cap), got {share!r}")
@@ -166,6 +178,10 @@ class SearchSettings:
             self.selection = SelectionSettings(top_k=self.selection.top_k, seeds=0)  # no baseline to keep
         if self.full_run_equivalents is not None:
             check_room_to_explore(self.full_run_equivalents, self.selection.for_budget(self.full_run_equivalents))
+
+    def warm_start_name(self, index: int) -> str:
+        """The name of search.warm_start[index] in logs and reports."""
+        return self.warm_start_names[index] if self.warm_start_names else f"search.warm_start[{index}]"
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> SearchSettings:
