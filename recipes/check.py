@@ -24,7 +24,7 @@ from finetune.models import resolve_source
 from finetune.train import planned_steps
 from hpo import SelectionSettings
 from hpo.finetune.plan import EVALUATIONS_PER_RUN, plan_search
-from hpo.finetune.search import warm_start_lengths
+from hpo.finetune.search import left_out_text, plan_warm_start
 from recipes.recipe import Recipe
 from recipes.references import reference_config
 from recipes.run import require_test_split, reused_untuned_runs
@@ -58,8 +58,7 @@ def check_recipe(recipe: Recipe, *, time_steps: bool = True) -> dict[str, Any]:
     run_steps = planned_steps(config, len(inputs.train))
     # The tuned arm at the untuned run's length (the winner is not known yet); references at their own.
     reference_steps = sum(planned_steps(reference_config(n, config), len(inputs.train)) for n in recipe.references)
-    warm_lengths, warm_kept = warm_start_lengths(recipe.search, plan, config)
-    warm_names = [recipe.search.warm_start_name(i) for i in range(len(recipe.search.warm_start))]
+    warm = plan_warm_start(recipe.search, plan, config)
     lengths = [len(ids) for ids in inputs.train["input_ids"]]
     at_limit = sum(length >= config.data.max_length for length in lengths)
     report: dict[str, Any] = {
@@ -91,13 +90,13 @@ def check_recipe(recipe: Recipe, *, time_steps: bool = True) -> dict[str, Any]:
         # The untuned run's reserved re-run is released if it learns nothing (hpo.sequential_winner).
         "reserve_released_if_untuned_learns_nothing": bool(plan.rerun_budget and plan.rerun_budget.constant_prediction),
         "selection": _selection_summary(plan.selection),
-        "warm_start": [warm_names[i] for i in warm_kept],
+        "warm_start": warm.kept_names,
         # Those past search.warm_start_share of the steps to explore, longest first (hpo.finetune.warm_start).
-        "warm_start_left_out": {warm_names[i]: warm_lengths[i] for i in range(len(warm_names)) if i not in warm_kept},
+        "warm_start_left_out": warm.left_out,
         "warm_start_share": recipe.search.warm_start_share,
         # Budget steps the warm-start configurations take as trials, from the steps to explore (queued
         # trials are shortened by epochs where they do not fit: hpo.finetune.admission).
-        "warm_start_steps": sum(warm_lengths[i] for i in warm_kept),
+        "warm_start_steps": warm.kept_steps,
         "untuned_trial": recipe.search.include_untuned,  # the search's first trial (else only the untuned arm)
         # The untuned configuration's re-runs are untuned-arm seeds; the other seeds train fresh, on the
         # whole train split (trials under cross-validation on a fold's share).
@@ -245,10 +244,9 @@ def _warm_start_line(report: dict[str, Any]) -> list[str]:
     cost = f": {steps} of the {explore} steps to explore" if explore else f": {steps} steps"
     left_out = report["warm_start_left_out"]
     if left_out:
-        listed = ", ".join(f"{name} ({length} steps)" for name, length in left_out.items())
         cost += (
-            f"; left out: {listed}, the warm start taking at most {report['warm_start_share']:g} of the steps "
-            "to explore (search.warm_start_share)"
+            f"; left out: {left_out_text(left_out)}, the warm start taking at most "
+            f"{report['warm_start_share']:g} of the steps to explore (search.warm_start_share)"
         )
     return [f"warm start: {when} the search tries {', '.join(names)} (search.warm_start){cost}"]
 

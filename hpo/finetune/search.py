@@ -194,25 +194,53 @@ def _explore(objective: TrialObjective, plan: SearchPlan, study: StudySettings) 
             broadcast(None)  # followers stop waiting for trials
 
 
-def warm_start_lengths(settings: SearchSettings, plan: SearchPlan, base: FinetuneConfig) -> tuple[list[int], list[int]]:
-    """Each search.warm_start configuration's budget steps as a trial, and the indices of those the search
-    tries: within search.warm_start_share of the steps to explore (`tunelab check` reports the same)."""
+@dataclass(frozen=True)
+class WarmStartPlan:
+    """search.warm_start as the search tries it: each configuration's name and budget steps as a trial, and
+    the indices of those kept within search.warm_start_share of the steps to explore."""
+
+    names: list[str]
+    lengths: list[int]
+    kept: list[int]
+
+    @property
+    def kept_names(self) -> list[str]:
+        return [self.names[i] for i in self.kept]
+
+    @property
+    def kept_steps(self) -> int:
+        return sum(self.lengths[i] for i in self.kept)
+
+    @property
+    def left_out(self) -> dict[str, int]:
+        """Name -> budget steps of each configuration left out."""
+        return {self.names[i]: self.lengths[i] for i in range(len(self.names)) if i not in self.kept}
+
+
+def plan_warm_start(settings: SearchSettings, plan: SearchPlan, base: FinetuneConfig) -> WarmStartPlan:
+    """What the search's warm start tries and leaves out (`tunelab check` reports the same)."""
     lengths = [plan.trial_length(base.with_overrides(overrides)) for overrides in settings.warm_start]
-    return lengths, within_share(lengths, plan.planned_exploration_steps, settings.warm_start_share)
+    return WarmStartPlan(
+        names=[settings.warm_start_name(i) for i in range(len(lengths))],
+        lengths=lengths,
+        kept=within_share(lengths, plan.planned_exploration_steps, settings.warm_start_share),
+    )
+
+
+def left_out_text(left_out: dict[str, int]) -> str:
+    return ", ".join(f"{name} ({steps} steps)" for name, steps in left_out.items())
 
 
 def kept_warm_start(settings: SearchSettings, plan: SearchPlan, base: FinetuneConfig) -> list[dict[str, Any]]:
     """search.warm_start within search.warm_start_share of the steps to explore; says what it leaves out."""
-    configs = settings.warm_start
-    lengths, kept = warm_start_lengths(settings, plan, base)
-    left_out = [f"{settings.warm_start_name(i)} ({lengths[i]} steps)" for i in range(len(configs)) if i not in kept]
-    if left_out and settings.progress:
+    warm = plan_warm_start(settings, plan, base)
+    if warm.left_out and settings.progress:
         print(
-            f"[hpo] warm start: left out {', '.join(left_out)}: the warm start takes at most "
+            f"[hpo] warm start: left out {left_out_text(warm.left_out)}: the warm start takes at most "
             f"{settings.warm_start_share:g} of the {plan.planned_exploration_steps} steps to explore "
             "(search.warm_start_share)"
         )
-    return [configs[i] for i in kept]
+    return [settings.warm_start[i] for i in warm.kept]
 
 
 def _summary(
