@@ -1,9 +1,9 @@
 """Greedy generation on a split of a causal-LM run, scored against the references: exact match and token F1.
 
 Prompts are rendered exactly as training renders them before the answer (the chat template with its
-generation prompt, or the raw prompt), left-padded in batches (the tokens all prompts share run once:
-finetune.shared_prefix), and decoded greedily with the KV cache until EOS, the chat template's end of turn,
-or data.max_new_tokens. With data.answer_pattern (a regex whose first group is the answer, e.g.
+generation prompt, or the raw prompt), left-padded in batches of similar lengths (the tokens all prompts
+share run once: finetune.shared_prefix), and decoded greedily with the KV cache until EOS, the chat
+template's end of turn, or data.max_new_tokens. With data.answer_pattern (a regex whose first group is the answer, e.g.
 "#### (\\S+)"), both the reference and the generation are reduced to that answer before scoring; a
 generation where it does not match scores 0.
 """
@@ -157,9 +157,12 @@ def _generate_batches(
 
 
 def _batches(rows: list[list[int]], batch_size: int, *, unpadded: bool) -> list[list[int]]:
-    """Row indices in batches of at most ``batch_size``: in order, or (``unpadded``) grouped by length."""
+    """Row indices in batches of at most ``batch_size``, grouped by length: longest first where batches are
+    padded (each batch is as wide as its longest prompt, so mixing lengths runs padding: 41% of the tokens of
+    sst2_words' test prompts in file order), or (``unpadded``) one length per batch."""
     if not unpadded:
-        return [list(range(start, min(start + batch_size, len(rows)))) for start in range(0, len(rows), batch_size)]
+        longest_first = sorted(range(len(rows)), key=lambda index: -len(rows[index]))
+        return [longest_first[start : start + batch_size] for start in range(0, len(rows), batch_size)]
     by_length: dict[int, list[int]] = {}
     for index, row in enumerate(rows):
         by_length.setdefault(len(row), []).append(index)

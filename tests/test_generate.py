@@ -76,8 +76,19 @@ def test_batched_left_padded_generation_equals_one_at_a_time(tiny_llama):
     prompts = ["what is water?", "why is the sky blue? what is the capital of france?", "how many humps?"]
     alone = [generate(model, tokenizer, [p], max_new_tokens=6, batch_size=1)[0] for p in prompts]
     assert generate(model, tokenizer, prompts, max_new_tokens=6, batch_size=3) == alone
+    # In batches of 2, longest first: the second prompt leads, and each answer still comes back in its place.
+    assert generate(model, tokenizer, prompts, max_new_tokens=6, batch_size=2) == alone
     assert all(len(tokenizer(text, add_special_tokens=False)["input_ids"]) <= 6 for text in alone)
     assert set(stop_token_ids(tokenizer)) == {tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")}
+
+
+def test_padded_batches_hold_prompts_of_similar_lengths():
+    from finetune.generate import _batches
+
+    rows = [[1] * length for length in (3, 9, 5, 7, 5)]
+    # Longest first (ties in order): a batch pads to its longest prompt, so mixing lengths runs padding.
+    assert _batches(rows, 2, unpadded=False) == [[1, 3], [2, 4], [0]]
+    assert _batches(rows, 2, unpadded=True) == [[0], [1], [2, 4], [3]]  # one length per batch
 
 
 def test_untrained_generation_from_the_command_line(tiny_llama, sft_files, tmp_path, capsys):
