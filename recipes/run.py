@@ -47,9 +47,24 @@ def run_recipe(recipe: Recipe, run_dir: str | Path) -> dict | None:
     # The untuned configuration's re-runs double as untuned-arm seeds (step 2); the rest are retrained,
     # at the untuned run's length until the winner is known.
     references = {name: reference_config(name, recipe.untuned) for name in recipe.references}
-    retrains = (2 + len(references)) * len(recipe.seeds) - reused_untuned_runs(plan, len(recipe.seeds))
+    reused_planned = reused_untuned_runs(plan, len(recipe.seeds))
+    retrains = (2 + len(references)) * len(recipe.seeds) - reused_planned
+    # Every arm trains on the recipe's rows: its train split is loaded once for all of them. Progress counts
+    # budget steps, as the search does (a step of a larger batch takes longer).
+    optimizer_steps = _step_counter(recipe.untuned)
+
+    def steps(config: FinetuneConfig) -> int:
+        return plan.budget_steps(config, optimizer_steps(config))
+
     progress = RunProgress(
-        search_steps=plan.total_steps or 0, retrain_steps=retrains * plan.full_run_steps, enabled=main
+        search_steps=plan.total_steps or 0,
+        retrain_steps=planned_retrain_steps(
+            seeds=len(recipe.seeds),
+            reused_untuned=reused_planned,
+            untuned_steps=steps(recipe.untuned),
+            reference_steps=[steps(config) for config in references.values()],
+        ),
+        enabled=main,
     )
     progress.say(f"searching: up to {progress.search_steps} steps, then {retrains} retrains")
     searched_before = (run_dir / "search" / "summary.json").is_file()
@@ -96,13 +111,6 @@ def run_recipe(recipe: Recipe, run_dir: str | Path) -> dict | None:
         progress.say(f"the search chose {tuned_runs_of}'s recipe: the tuned arm is its runs, trained once")
     arms += list(reference_arms.items())
     fresh_untuned = len(recipe.seeds) - len(reused)
-    # Every arm trains on the recipe's rows: its train split is loaded once for all of them. Progress counts
-    # budget steps, as the search does (a step of a larger batch takes longer).
-    optimizer_steps = _step_counter(recipe.untuned)
-
-    def steps(config: FinetuneConfig) -> int:
-        return plan.budget_steps(config, optimizer_steps(config))
-
     progress.retrain_steps = steps(recipe.untuned) * fresh_untuned
     progress.retrain_steps += sum(steps(config) for arm, config in arms[1:]) * len(recipe.seeds)
     runs: dict[str, list[dict]] = {"untuned": []}
@@ -174,6 +182,14 @@ def same_runs_as(config: FinetuneConfig, arms: dict[str, FinetuneConfig]) -> str
         return candidate.with_overrides({"training.seed": 0, "training.output_dir": "", "training.run_name": None})
 
     return next((name for name, other in arms.items() if trained(other) == trained(config)), None)
+
+
+def planned_retrain_steps(*, seeds: int, reused_untuned: int, untuned_steps: int, reference_steps: list[int]) -> int:
+    """Budget steps of the retrains before the winner is known: the untuned arm's fresh seeds and the tuned
+    arm at the untuned run's length, each reference at its own (1 epoch of torchtune's batch of 16 is a third
+    of the untuned run's 3 epochs at 8: counting every retrain as a whole run made the causal-LM demo's ETA
+    48 min where 31 remained)."""
+    return untuned_steps * (2 * seeds - reused_untuned) + sum(reference_steps) * seeds
 
 
 def _step_counter(base: FinetuneConfig):

