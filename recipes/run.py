@@ -58,11 +58,12 @@ def run_recipe(recipe: Recipe, run_dir: str | Path) -> dict | None:
 
     progress = RunProgress(
         search_steps=plan.total_steps or 0,
-        retrain_steps=planned_retrain_steps(
+        # The tuned arm at the untuned run's length until the winner is known.
+        retrain_steps=retrain_steps(
             seeds=len(recipe.seeds),
-            reused_untuned=reused_planned,
+            fresh_untuned=len(recipe.seeds) - reused_planned,
             untuned_steps=steps(recipe.untuned),
-            reference_steps=[steps(config) for config in references.values()],
+            arm_steps=[steps(recipe.untuned), *(steps(config) for config in references.values())],
         ),
         enabled=main,
     )
@@ -111,8 +112,12 @@ def run_recipe(recipe: Recipe, run_dir: str | Path) -> dict | None:
         progress.say(f"the search chose {tuned_runs_of}'s recipe: the tuned arm is its runs, trained once")
     arms += list(reference_arms.items())
     fresh_untuned = len(recipe.seeds) - len(reused)
-    progress.retrain_steps = steps(recipe.untuned) * fresh_untuned
-    progress.retrain_steps += sum(steps(config) for arm, config in arms[1:]) * len(recipe.seeds)
+    progress.retrain_steps = retrain_steps(
+        seeds=len(recipe.seeds),
+        fresh_untuned=fresh_untuned,
+        untuned_steps=steps(recipe.untuned),
+        arm_steps=[steps(config) for arm, config in arms[1:]],
+    )
     runs: dict[str, list[dict]] = {"untuned": []}
     for index, rerun in enumerate(reused, start=1):
         progress.say(f"testing untuned, seed {index} of {len(recipe.seeds)} (a re-run from choosing the winner)")
@@ -184,12 +189,11 @@ def same_runs_as(config: FinetuneConfig, arms: dict[str, FinetuneConfig]) -> str
     return next((name for name, other in arms.items() if trained(other) == trained(config)), None)
 
 
-def planned_retrain_steps(*, seeds: int, reused_untuned: int, untuned_steps: int, reference_steps: list[int]) -> int:
-    """Budget steps of the retrains before the winner is known: the untuned arm's fresh seeds and the tuned
-    arm at the untuned run's length, each reference at its own (1 epoch of torchtune's batch of 16 is a third
-    of the untuned run's 3 epochs at 8: counting every retrain as a whole run made the causal-LM demo's ETA
-    48 min where 31 remained)."""
-    return untuned_steps * (2 * seeds - reused_untuned) + sum(reference_steps) * seeds
+def retrain_steps(*, seeds: int, fresh_untuned: int, untuned_steps: int, arm_steps: list[int]) -> int:
+    """Budget steps of the retrains: the untuned arm's fresh seeds, and every seed of each other arm at its
+    own length (1 epoch of torchtune's batch of 16 is a third of the untuned run's 3 epochs at 8: counting
+    every retrain as a whole run made the causal-LM demo's first ETA 48 min where 31 remained)."""
+    return untuned_steps * fresh_untuned + sum(arm_steps) * seeds
 
 
 def _step_counter(base: FinetuneConfig):

