@@ -7,9 +7,11 @@ back, so a key is renamed here or nowhere.
 # The role of the baseline trial: the configuration a user launches without tuning. It is the search's
 # first trial, it is always re-run when the winner is chosen, and it is kept unless beaten beyond the noise.
 UNTUNED = "untuned"
+# The role of a warm-start trial: a configuration given before the search (e.g. a field's recipe), tried first.
+WARM_START = "warm_start"
 
 # --- on trials, written by the search loop (hpo.optimize, hpo.reporter) ---
-ROLE = "role"  # UNTUNED on the baseline trial, "warm_start" on warm-start trials; absent on the others
+ROLE = "role"  # UNTUNED on the baseline trial, WARM_START on warm-start trials; absent on the others
 PARAMS = "params"  # the trial's full params when they differ from Optuna's (fixed values included)
 GIVEN_PARAMS = "given_params"  # params run as given: a planned point outside the space (e.g. an untuned warmup)
 STEPS = "steps"  # steps a trial ran, as reported (a fine-tune search: at the untuned run's batch)

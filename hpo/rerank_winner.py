@@ -16,13 +16,23 @@ it ranks among the top trials. That suits a search whose untuned run is far behi
 causal-LM LoRA at transformers' default learning rate), where `tunelab run` still compares the winner with the
 untuned run and the references on test seeds; the rules with a baseline (seeds >= 2) suit a search where
 tuning may not help at all.
+
+``selection.incumbent_z`` adds a test where one re-run can still measure something: the validation rows.
+Candidates re-run on the same rows (hpo.finetune.reruns: the same draw for every candidate), so where the best
+re-run is a sampled trial and a warm-start or untuned trial (a configuration the user would launch anyway,
+such as a field's recipe) was re-run too, the sampled trial wins only if its row-by-row gain over the best
+such incumbent exceeds ``incumbent_z`` standard errors of the mean gain. On sst2_words (48 validation rows)
+two LoRA fine-tunes 0.006 apart in validation loss differed by 0.0055 standard error (benchmarks/RESULTS.md):
+a re-ranking decided by 0.002 there is a coin flip. The test sees the rows' noise, not the training seed's.
 """
 
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Callable
 
+from hpo import attributes
 from hpo.results import SearchResult, TrialRecord
 from hpo.winner_rule import Candidate, Rerun, Selection
 
@@ -39,10 +49,12 @@ def select_winner_by_reruns(
     picked: list[TrialRecord],
     steps_left: int | None,
     rerun_length: Callable[[TrialRecord], int],
+    incumbent_z: float | None = None,
 ) -> Selection:
-    """Re-run each of ``picked`` (best first) once with ``rerun(trial, 0) -> (score, steps)`` while
-    ``rerun_length(trial)`` fits in ``steps_left`` (None: no step budget); the best re-run wins. Where no
-    re-run finished, the best search trial wins."""
+    """Re-run each of ``picked`` (best first) once with ``rerun(trial, 0)`` while ``rerun_length(trial)`` fits
+    in ``steps_left`` (None: no step budget); the best re-run wins, unless ``incumbent_z`` holds it to the
+    row-by-row test against an incumbent (module docstring). Where no re-run finished, the best search trial
+    wins."""
     if not picked:
         raise ValueError("re-ranking: no complete trial to re-rank")
     sign = 1.0 if result.direction == "maximize" else -1.0
@@ -65,4 +77,36 @@ def select_winner_by_reruns(
     reason = f"trial {best.trial} has the best fresh re-run of the {len(scored)} re-ranked (search -> re-run: {runs})"
     if skipped:
         reason += f"; not re-run, too long for the budget left: trials {skipped}"
-    return Selection(candidates, best.trial, first, 0.0, 0.0, reason)
+    standard_error = margin = 0.0
+    if incumbent_z is not None:
+        winner, standard_error, why = held_to_incumbent(best, scored, sign, incumbent_z)
+        margin = incumbent_z * standard_error
+        reason += why
+        best = winner
+    return Selection(candidates, best.trial, first, standard_error, margin, reason)
+
+
+INCUMBENT_ROLES = (attributes.WARM_START, attributes.UNTUNED)
+
+
+def held_to_incumbent(best: Candidate, scored: list[Candidate], sign: float, z: float) -> tuple[Candidate, float, str]:
+    """``best`` (the best re-run) against the best re-run incumbent, row by row: (the winner, the standard error
+    of the mean row gain, why). ``sign``: +1 where higher scores are better."""
+    incumbents = [c for c in scored if c.role in INCUMBENT_ROLES]
+    if best.role in INCUMBENT_ROLES or not incumbents:
+        return best, 0.0, "" if incumbents else "; no warm-start or untuned trial was re-run to test it against"
+    incumbent = max(incumbents, key=lambda c: sign * c.rerun_mean)
+    challenger_rows = best.row_scores[0] if best.row_scores else []
+    incumbent_rows = incumbent.row_scores[0] if incumbent.row_scores else []
+    if len(challenger_rows) < 2 or len(challenger_rows) != len(incumbent_rows):
+        return best, 0.0, f"; no row-by-row scores to test it against trial {incumbent.trial}: the best re-run wins"
+    gains = [sign * (a - b) for a, b in zip(challenger_rows, incumbent_rows, strict=True)]
+    gain = statistics.fmean(gains)
+    standard_error = statistics.stdev(gains) / math.sqrt(len(gains))
+    against = (
+        f"{incumbent.role} trial {incumbent.trial} by {gain:+.4g} on the re-runs' {len(gains)} validation rows "
+        f"({z:g} standard errors of that: {z * standard_error:.4g})"
+    )
+    if gain > z * standard_error:
+        return best, standard_error, f"; it beats {against}"
+    return incumbent, standard_error, f"; within the rows' noise against {against}: trial {incumbent.trial} wins"

@@ -33,8 +33,9 @@ from hpo import attributes
 from hpo.errors import SearchConfigError
 from hpo.results import SearchResult, TrialRecord
 
-# rerun(trial, replicate) -> (score, steps): one fresh-seed re-run of a search trial.
-Rerun = Callable[[TrialRecord, int], tuple[float, int]]
+# rerun(trial, replicate) -> (score, steps) or (score, steps, row_scores): one fresh-seed re-run of a search
+# trial; row_scores (where given) are each validation row's share of the score, their mean the score.
+Rerun = Callable[[TrialRecord, int], tuple[float, int] | tuple[float, int, list[float] | None]]
 
 
 # Candidates re-run at most, the baseline included, when search.selection.top_k is not given: the fixed rule
@@ -59,6 +60,11 @@ class SelectionSettings:
     # None (auto): the fixed rule where the budget holds its reserve and a full run to explore, else this
     # one (``for_budget``), so a small budget is explored instead of refused.
     sequential: bool | None = None
+    # Re-ranking (seeds: 1): a sampled trial replaces the best re-run warm-start or untuned trial (a
+    # configuration the user would launch without the search: a field's recipe) only when its re-run beats
+    # that one's by more than this many standard errors of their row-by-row difference on the re-runs'
+    # shared validation rows (hpo.rerank_winner); None: the best re-run wins.
+    incumbent_z: float | None = None
 
     def __post_init__(self) -> None:
         top_k = self.top_k
@@ -77,6 +83,15 @@ class SelectionSettings:
         if self.seeds == 1 and self.sequential:
             raise SearchConfigError(
                 "search.selection: sequential: true needs seeds >= 2 (seeds: 1 re-ranks by one re-run each)"
+            )
+        z = self.incumbent_z
+        if z is not None and (isinstance(z, bool) or not isinstance(z, (int, float)) or not 0 <= z < math.inf):
+            raise SearchConfigError(
+                f"search.selection.incumbent_z: expected a number >= 0 (standard errors) or null, got {z!r}"
+            )
+        if z is not None and self.seeds != 1:
+            raise SearchConfigError(
+                f"search.selection.incumbent_z applies to re-ranking (seeds: 1), not to seeds: {self.seeds}"
             )
         if not 0.5 <= self.confidence < 1:
             raise SearchConfigError(
@@ -121,6 +136,8 @@ class Candidate:
     counts_search_value: bool = False  # the baseline's search score is an unbiased extra sample
     steps: int = 0  # steps of the re-runs (a fine-tune search: at the untuned run's batch)
     failure: str | None = None  # a re-run failed: the candidate cannot win
+    # Per re-run that gave them: each validation row's share of its score (rows in the split's order).
+    row_scores: list[list[float]] = field(default_factory=list)
 
     @classmethod
     def of_trial(cls, record: TrialRecord, *, baseline: bool) -> Candidate:
@@ -138,15 +155,18 @@ class Candidate:
         raises or scores NaN: a failing re-run disqualifies its candidate, never the selection."""
         replicate = len(self.values)
         try:
-            score, steps = rerun(record, replicate)
+            outcome = rerun(record, replicate)
         except Exception as exc:
             self.failure = f"{type(exc).__name__}: {exc}"
             return False
+        score, steps = outcome[0], outcome[1]
         if not math.isfinite(score):
             self.failure = f"re-run {replicate} scored {score!r}"
             return False
         self.values.append(float(score))
         self.steps += int(steps)
+        if len(outcome) > 2 and outcome[2] is not None:
+            self.row_scores.append([float(v) for v in outcome[2]])
         return True
 
     @property

@@ -146,6 +146,37 @@ def test_re_ranking_without_the_untuned_trial_re_runs_the_top_trials_once_within
     assert reruns and {r["overrides"]["training.seed"] for r in reruns} == {12_000}
 
 
+def test_re_ranking_holds_a_sampled_winner_to_the_warm_start_row_by_row(tiny_bert, sentiment_files, tmp_path):
+    from hpo import SelectionSettings
+
+    base = _base(tiny_bert, sentiment_files, tmp_path, mixed_precision="no")  # fp32: rows and run agree to 1e-6
+    search = _random_search(
+        base,
+        tmp_path / "search",
+        full_run_equivalents=6,
+        include_untuned=False,
+        warm_start=({"training.learning_rate": 3e-3},),
+        objective=Objective(metric="loss", cv_folds=None),
+        selection=SelectionSettings(top_k=3, seeds=1, incumbent_z=1.0),
+        seed=3,
+    )
+    selection = search.selection
+    rerun = [c for c in selection.candidates if c.values]
+    assert len(rerun) >= 2
+    for candidate in rerun:  # one share per validation row, averaging to the re-run's loss
+        (rows,) = candidate.row_scores
+        assert len(rows) == 32 and sum(rows) / len(rows) == pytest.approx(candidate.values[0], abs=1e-5)
+    recorded = json.loads((tmp_path / "search" / "selection" / "selection.json").read_text())
+    assert all(len(c["row_scores"]) == len(c["values"]) for c in recorded["candidates"])
+    warm = [c for c in rerun if c.role == "warm_start"]
+    best = min(rerun, key=lambda c: c.values[0])
+    if warm and best.role != "warm_start":  # the test ran: its verdict is in the reason
+        assert "it beats warm_start trial" in selection.reason or "within the rows' noise" in selection.reason
+        gains = [w - b for w, b in zip(warm[0].row_scores[0], best.row_scores[0], strict=True)]
+        beaten = sum(gains) / len(gains) > selection.margin
+        assert selection.winner == (best.trial if beaten else warm[0].trial)
+
+
 def test_evaluating_at_the_rungs_evaluates_trials_and_re_runs_there_and_at_their_last_step(
     tiny_bert, sentiment_files, tmp_path
 ):

@@ -137,3 +137,79 @@ def test_re_run_seeds_differ_per_search_seed_and_replicate_and_stay_valid_numpy_
     assert len(seeds) == 15 and min(seeds) == 10_000
     assert rerun_seed(0, 1) == 10_001  # search seed 0 keeps the seeds earlier versions used
     assert 10_000 <= rerun_seed(2**31 - 1, 2) < 2**32
+
+
+def _rerank_with_rows(result, rows: dict[int, list[float]], z: float | None = 1.645):
+    def rerun(record, replicate):
+        values = rows[record.number]
+        return sum(values) / len(values), record.steps, values
+
+    picked = rerank_candidates(result, 3)
+    return select_winner_by_reruns(
+        result, rerun, picked=picked, steps_left=None, rerun_length=lambda record: record.steps, incumbent_z=z
+    )
+
+
+def _with_warm_start(result, number: int):
+    result.trials[number].extra["role"] = "warm_start"
+    return result
+
+
+# Validation rows' losses: the incumbent (a field's recipe as a warm-start trial) and a sampled trial that
+# differs from it on a few rows only, as two decent fine-tunes do.
+INCUMBENT_ROWS = [0.02, 0.03, 0.01, 1.20, 0.02, 0.90, 0.04, 0.02, 0.03, 0.60]
+
+
+def test_a_sampled_trial_ahead_of_the_field_recipe_by_less_than_the_rows_noise_does_not_replace_it():
+    result = _with_warm_start(_result([0.10, 0.12, 0.20], [16, 32, 16]), 1)
+    # Trial 0 gains 0.3 on one row and loses 0.2 on another: a mean gain of 0.01, its standard error 0.038.
+    challenger = [*INCUMBENT_ROWS]
+    challenger[3], challenger[5] = 0.90, 1.10
+    selection = _rerank_with_rows(result, {0: challenger, 1: INCUMBENT_ROWS, 2: [v + 0.5 for v in INCUMBENT_ROWS]})
+    assert selection.winner == 1
+    assert "within the rows' noise against warm_start trial 1 by +0.01" in selection.reason
+    assert selection.noise_std == pytest.approx(0.0379, abs=1e-4)  # the standard error of the mean gain
+    assert selection.margin == pytest.approx(1.645 * selection.noise_std)
+    # Without the test, the best re-run wins as before.
+    assert _rerank_with_rows(result, {0: challenger, 1: INCUMBENT_ROWS, 2: INCUMBENT_ROWS}, z=None).winner == 0
+
+
+def test_a_sampled_trial_that_beats_the_field_recipe_on_most_rows_wins():
+    result = _with_warm_start(_result([0.10, 0.12, 0.20], [16, 32, 16]), 1)
+    challenger = [v * 0.5 for v in INCUMBENT_ROWS]  # better on every row
+    selection = _rerank_with_rows(result, {0: challenger, 1: INCUMBENT_ROWS, 2: INCUMBENT_ROWS})
+    assert selection.winner == 0
+    assert "it beats warm_start trial 1 by +0.1435" in selection.reason
+
+
+def test_the_incumbent_test_needs_an_incumbent_and_rows_on_both_sides():
+    # The best re-run is the warm-start trial itself: nothing to test.
+    result = _with_warm_start(_result([0.10, 0.12, 0.20], [16, 32, 16]), 0)
+    assert (
+        _rerank_with_rows(result, {0: INCUMBENT_ROWS, 1: [v + 0.1 for v in INCUMBENT_ROWS], 2: INCUMBENT_ROWS}).winner
+        == 0
+    )
+    # No warm-start or untuned trial among the re-run: the best re-run wins, and the reason says so.
+    plain = _result([0.10, 0.12, 0.20], [16, 32, 16])
+    selection = _rerank_with_rows(plain, {0: INCUMBENT_ROWS, 1: [v + 0.1 for v in INCUMBENT_ROWS], 2: INCUMBENT_ROWS})
+    assert selection.winner == 0
+    assert "no warm-start or untuned trial was re-run" in selection.reason
+
+    # Re-runs without row scores (a metric other than one split's loss): the best re-run wins.
+    def rerun(record, replicate):
+        return {0: 0.10, 1: 0.11, 2: 0.3}[record.number], record.steps, None
+
+    result = _with_warm_start(_result([0.10, 0.12, 0.20], [16, 32, 16]), 1)
+    selection = select_winner_by_reruns(
+        result, rerun, picked=rerank_candidates(result, 3), steps_left=None, rerun_length=lambda r: 0, incumbent_z=1.0
+    )
+    assert selection.winner == 0
+    assert "no row-by-row scores to test it against trial 1" in selection.reason
+
+
+def test_incumbent_z_is_checked_and_belongs_to_re_ranking():
+    assert SelectionSettings(seeds=1, incumbent_z=1.645).incumbent_z == 1.645
+    with pytest.raises(SearchConfigError, match="search.selection.incumbent_z: expected a number >= 0"):
+        SelectionSettings(seeds=1, incumbent_z=-1)
+    with pytest.raises(SearchConfigError, match="applies to re-ranking"):
+        SelectionSettings(seeds=2, incumbent_z=1.0)

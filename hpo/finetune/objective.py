@@ -32,7 +32,6 @@ from hpo.finetune.trial_training import (
     train_trial,
     train_trial_in_subprocess,
 )
-from hpo.finetune.warm_start import WARM_START
 from hpo.reporter import Reporter
 from hpo.results import TrialRecord
 from hpo.space import finite_values
@@ -51,7 +50,7 @@ class TrialObjective:
         number, role = reporter.trial.number, reporter.trial.user_attrs.get(attributes.ROLE)
         untuned = role == attributes.UNTUNED
         config = self.base if untuned else self.config_for(params)
-        if role not in (attributes.UNTUNED, WARM_START):
+        if role not in (attributes.UNTUNED, attributes.WARM_START):
             self._enough_optimizer_steps(params, config)
         name = f"trial_{number:04d}"  # its folder, and its run's name in an experiment tracker
         overrides = {"training.output_dir": str(self.trials_dir / name), "training.run_name": name}

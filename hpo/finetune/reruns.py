@@ -27,6 +27,7 @@ from pathlib import Path
 
 import finetune
 from finetune import FinetuneConfig
+from finetune.row_scores import row_losses
 from finetune.train import MODEL_DIR, process_state
 from hpo.finetune.cross_validation import fold_config
 from hpo.finetune.plan import Scoring
@@ -91,24 +92,32 @@ def select_finetune_winner(
 
     most, done = len(configs) * selection.seeds, [0]
 
-    def rerun(record: TrialRecord, replicate: int) -> tuple[float, int]:
+    # Row-by-row scores only where re-ranking tests against an incumbent on one validation split's loss.
+    rows = selection.rerank and selection.incumbent_z is not None and row_scored(scoring)
+
+    def rerun(record: TrialRecord, replicate: int) -> tuple[float, int, list[float] | None]:
         done[0] += 1
         seed = rerun_seed(search_seed, replicate)
         if processes.num_processes > 1:
             broadcast([record.number, replicate])  # the followers train the same re-run
         _say(f"choosing the winner: re-run {done[0]} of at most {most} (trial {record.number}, seed {seed})")
         keep = record.number in keep_models
-        score, steps = rerun_candidate(
-            configs[record.number], record.number, replicate, folder, scoring, seed=seed, keep_model=keep
+        score, steps, row_scores = rerun_candidate(
+            configs[record.number], record.number, replicate, folder, scoring, seed=seed, keep_model=keep, rows=rows
         )
         drawn = " on validation rows drawn with it" if redraws_validation(configs[record.number], scoring) else ""
         _say(f"trial {record.number} re-run with seed {seed}{drawn}: {scoring.metric}={score:.4g}")
-        return score, budget_steps(configs[record.number], steps)
+        return score, budget_steps(configs[record.number], steps), row_scores
 
     picked = [next(t for t in result.trials if t.number == number) for number in configs]
     if selection.rerank:
         chosen = select_winner_by_reruns(
-            result, rerun, picked=picked, steps_left=steps_left, rerun_length=rerun_length or (lambda record: 0)
+            result,
+            rerun,
+            picked=picked,
+            steps_left=steps_left,
+            rerun_length=rerun_length or (lambda record: 0),
+            incumbent_z=selection.incumbent_z,
         )
     elif selection.sequential:
         chosen = select_winner_sequentially(
@@ -157,8 +166,10 @@ def rerun_candidate(
     *,
     seed: int,
     keep_model: bool = False,
-) -> tuple[float, int]:
-    """Train ``config`` once more as replicate ``replicate``, with ``seed``; its validation score and steps.
+    rows: bool = False,
+) -> tuple[float, int, list[float] | None]:
+    """Train ``config`` once more as replicate ``replicate``, with ``seed``; its validation score, steps and,
+    with ``rows``, each validation row's share of its loss (finetune.row_scores; None otherwise).
 
     Under cross-validation a re-run is a whole k-fold run on freshly dealt folds (the mean of the folds)."""
     out = folder / f"trial_{trial:04d}" / f"replicate_{replicate}"
@@ -166,7 +177,7 @@ def rerun_candidate(
     process_state().wait_for_everyone()  # every process sees the same files before deciding to skip
     if done.is_file():
         record = json.loads(done.read_text())
-        return record["score"], record["steps"]
+        return record["score"], record["steps"], record.get("row_scores")
     folds = scoring.folds
     overrides = {
         "training.seed": seed,
@@ -175,6 +186,8 @@ def rerun_candidate(
     }
     if redraws_validation(config, scoring):
         overrides["data.validation_split_seed"] = seed
+    if rows:  # the kept checkpoint is the scored evaluation's, whatever the task's default
+        overrides["training.metric_for_best_model"] = scoring.metric
     fresh = config.with_overrides(overrides)
     runs = [fresh] if folds is None else [fold_config(fresh, folds, f, str(out / f"fold_{f}")) for f in range(folds)]
     scores, steps, breakdowns = [], 0, []
@@ -188,7 +201,10 @@ def rerun_candidate(
         scores.append(scoring.score(values))
         steps += run.optimizer_steps
     score = statistics.fmean(scores)
+    row_scores = None
     if process_state().is_main_process:
+        if rows and folds is None:  # the saved model is the scored (best or last) evaluation's
+            row_scores = row_losses(out)
         keep = keep_model and folds is None  # a k-fold re-run is k models, none of them trained on all rows
         record = {
             "score": score,
@@ -197,11 +213,18 @@ def rerun_candidate(
             "fold_scores": scores if folds else None,
             "model_kept": keep,
             "time_breakdown": summed(breakdowns),
+            "row_scores": row_scores,
         }
         done.write_text(json.dumps(record))
         if not keep:
             shutil.rmtree(out / MODEL_DIR, ignore_errors=True)  # only the score is needed (and tracker logs kept)
-    return score, steps
+    return score, steps, row_scores
+
+
+def row_scored(scoring: Scoring) -> bool:
+    """Whether re-runs can be compared row by row: the best evaluation's loss on one validation split (a run
+    keeps its best checkpoint; finetune.row_scores scores it)."""
+    return scoring.folds is None and scoring.metric == "eval_loss" and scoring.use == "best"
 
 
 def kept_reruns(folder: Path, trial: int) -> list[dict]:

@@ -26,7 +26,7 @@ from hpo.finetune.reruns import follow_selection, select_finetune_winner
 from hpo.finetune.settings import SearchSettings
 from hpo.finetune.time_spent import search_time_breakdown
 from hpo.finetune.trial_training import broadcast, follow_trials, train_trial
-from hpo.finetune.warm_start import WARM_START, warm_start_params, within_share
+from hpo.finetune.warm_start import warm_start_params, within_share
 from hpo.optimize import PlannedTrial, StudySettings, optimize
 from hpo.rerank_winner import rerank_candidates
 from hpo.result_files import write_search_outputs
@@ -176,7 +176,7 @@ def _study_settings(settings: SearchSettings, plan: SearchPlan, storage: str, *,
 def _explore(objective: TrialObjective, plan: SearchPlan, study: StudySettings) -> SearchResult:
     untuned = PlannedTrial(untuned_params(plan.space, plan.base_values), role=attributes.UNTUNED)
     warm = [
-        PlannedTrial(warm_start_params(plan.space, objective.base, overrides), role=WARM_START)
+        PlannedTrial(warm_start_params(plan.space, objective.base, overrides), role=attributes.WARM_START)
         for overrides in kept_warm_start(objective.settings, plan, objective.base)
     ]
     try:

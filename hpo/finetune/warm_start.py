@@ -25,7 +25,6 @@ from finetune import FinetuneConfig
 from hpo.finetune.config_space import EFFECTIVE_BATCH_SIZE, LORA_ALPHA_MULTIPLIER, flatten, untuned_params
 from hpo.space import SearchSpace
 
-WARM_START = "warm_start"  # the role of a warm-start trial (hpo.attributes.ROLE)
 # Config keys a derived space key stands for: the trial sets them from the derived value.
 STANDS_FOR = {
     EFFECTIVE_BATCH_SIZE: ("training.per_device_train_batch_size", "training.gradient_accumulation_steps"),
