@@ -271,6 +271,12 @@ def selection_lines(results: dict[str, Any]) -> list[str]:
             "validation split is carved from train) and the best re-run won: a re-ranking that exposes a lucky "
             "trial, with no noise test (one re-run cannot measure the noise)"
         )
+        if settings.get("incumbent_z") is not None:
+            how += (
+                f", except that a sampled trial replaces the best re-run warm-start or untuned trial only if it "
+                f"beats it by more than {settings['incumbent_z']:g} standard errors of their row-by-row difference "
+                "on the re-runs' shared validation rows (search.selection.incumbent_z)"
+            )
     elif settings.get("sequential"):
         how = (
             f"were re-run one fresh seed at a time (at most {settings.get('seeds')} each; fresh validation draws "

@@ -187,7 +187,9 @@ def test_the_report_says_why_fewer_candidates_than_top_k_were_re_run():
     results["search"]["selection_settings"] = {"top_k": 2, "seeds": 1}
     rerank = selection_lines(results)[0]
     assert "(the untuned one only by its rank) were re-run once each" in rerank
-    assert "no noise test" in rerank and "margin" not in rerank
+    assert "no noise test" in rerank and "margin" not in rerank and "incumbent_z" not in rerank
+    results["search"]["selection_settings"]["incumbent_z"] = 1.645
+    assert "beats it by more than 1.645 standard errors of their row-by-row difference" in selection_lines(results)[0]
 
 
 def test_the_first_eta_counts_each_reference_at_its_own_length():
