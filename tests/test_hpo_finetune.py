@@ -171,7 +171,7 @@ def test_re_ranking_holds_a_sampled_winner_to_the_warm_start_row_by_row(tiny_ber
     warm = [c for c in rerun if c.role == "warm_start"]
     best = min(rerun, key=lambda c: c.values[0])
     if warm and best.role != "warm_start":  # the test ran: its verdict is in the reason
-        assert "it beats warm_start trial" in selection.reason or "within the rows' noise" in selection.reason
+        assert "by more than 1 standard errors" in selection.reason or "within 1 standard errors" in selection.reason
         gains = [w - b for w, b in zip(warm[0].row_scores[0], best.row_scores[0], strict=True)]
         beaten = sum(gains) / len(gains) > selection.margin
         assert selection.winner == (best.trial if beaten else warm[0].trial)

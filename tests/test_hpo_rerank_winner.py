@@ -167,11 +167,15 @@ def test_a_sampled_trial_ahead_of_the_field_recipe_by_less_than_the_rows_noise_d
     challenger[3], challenger[5] = 0.90, 1.10
     selection = _rerank_with_rows(result, {0: challenger, 1: INCUMBENT_ROWS, 2: [v + 0.5 for v in INCUMBENT_ROWS]})
     assert selection.winner == 1
-    assert "within the rows' noise against warm_start trial 1 by +0.01" in selection.reason
+    assert "within 1.645 standard errors against warm_start trial 1 by +0.01 on the re-runs' 10" in selection.reason
     assert selection.noise_std == pytest.approx(0.0379, abs=1e-4)  # the standard error of the mean gain
     assert selection.margin == pytest.approx(1.645 * selection.noise_std)
-    # Without the test, the best re-run wins as before.
-    assert _rerank_with_rows(result, {0: challenger, 1: INCUMBENT_ROWS, 2: INCUMBENT_ROWS}, z=None).winner == 0
+    # Without the test, the best re-run wins as before; the reason still says by how much, row by row.
+    plain = _rerank_with_rows(result, {0: challenger, 1: INCUMBENT_ROWS, 2: INCUMBENT_ROWS}, z=None)
+    assert plain.winner == 0 and plain.margin == 0.0
+    assert (
+        "it beats warm_start trial 1 by +0.01 on the re-runs' 10 validation rows (standard error 0.038)" in plain.reason
+    )
 
 
 def test_a_sampled_trial_that_beats_the_field_recipe_on_most_rows_wins():
@@ -180,6 +184,7 @@ def test_a_sampled_trial_that_beats_the_field_recipe_on_most_rows_wins():
     selection = _rerank_with_rows(result, {0: challenger, 1: INCUMBENT_ROWS, 2: INCUMBENT_ROWS})
     assert selection.winner == 0
     assert "it beats warm_start trial 1 by +0.1435" in selection.reason
+    assert "by more than 1.645 standard errors" in selection.reason
 
 
 def test_the_incumbent_test_needs_an_incumbent_and_rows_on_both_sides():

@@ -92,8 +92,9 @@ def select_finetune_winner(
 
     most, done = len(configs) * selection.seeds, [0]
 
-    # Row-by-row scores only where re-ranking tests against an incumbent on one validation split's loss.
-    rows = selection.rerank and selection.incumbent_z is not None and row_scored(scoring)
+    # Re-ranking compares the winner with the best re-run field recipe row by row (hpo.rerank_winner) where
+    # the score is one validation split's loss.
+    rows = selection.rerank and row_scored(scoring)
 
     def rerun(record: TrialRecord, replicate: int) -> tuple[float, int, list[float] | None]:
         done[0] += 1
