@@ -276,9 +276,15 @@ def _selection_summary(selection: SelectionSettings) -> str:
     if not selection.enabled:
         return "no re-runs, the best trial wins"
     if selection.rerank:
+        held = (
+            f" unless it is a sampled trial within {selection.incumbent_z:g} standard errors of the best re-run "
+            "warm-start trial, row by row (search.selection.incumbent_z)"
+            if selection.incumbent_z is not None
+            else ""
+        )
         return (
             f"the top {selection.candidates} trials re-run once each with a fresh seed (at their own lengths, "
-            "reserved from the steps to explore as they are known), the best re-run wins"
+            f"reserved from the steps to explore as they are known), the best re-run wins{held}"
         )
     if selection.sequential:
         return (

@@ -177,6 +177,23 @@ def test_re_ranking_holds_a_sampled_winner_to_the_warm_start_row_by_row(tiny_ber
         assert selection.winner == (best.trial if beaten else warm[0].trial)
 
 
+def test_a_re_run_whose_rows_cannot_be_scored_keeps_its_score(
+    tiny_bert, sentiment_files, tmp_path, monkeypatch, capsys
+):
+    import hpo.finetune.reruns as reruns
+    from hpo.finetune.plan import Scoring
+
+    def broken(run_dir):
+        raise RuntimeError("no rows")
+
+    monkeypatch.setattr(reruns, "row_losses", broken)
+    base = _base(tiny_bert, sentiment_files, tmp_path, mixed_precision="no")
+    scoring = Scoring(metric="eval_loss", direction="minimize", use="best", folds=None)
+    score, steps, rows = reruns.rerun_candidate(base, 0, 0, tmp_path / "selection", scoring, seed=5, rows=True)
+    assert rows is None and math.isfinite(score) and steps == 12  # described nothing, disqualified nothing
+    assert "could not be scored one by one: RuntimeError: no rows" in capsys.readouterr().err
+
+
 def test_evaluating_at_the_rungs_evaluates_trials_and_re_runs_there_and_at_their_last_step(
     tiny_bert, sentiment_files, tmp_path
 ):

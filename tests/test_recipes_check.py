@@ -173,3 +173,15 @@ def test_check_times_testing_a_run_with_a_causal_lms_greedy_answers(tmp_path, ti
     assert minutes["total"] == pytest.approx(minutes["search"] + minutes["retrains"] + minutes["testing"])
     assert f"{timing['test_seconds']:.1f} s to test one" in format_check(report)
     assert not (tmp_path / "out").exists()  # nothing kept
+
+
+def test_check_says_when_re_ranking_holds_a_sampled_winner_to_the_warm_start():
+    from hpo import SelectionSettings
+    from recipes.check import _selection_summary
+
+    assert "the best re-run wins" in _selection_summary(SelectionSettings(seeds=1, top_k=3))
+    held = _selection_summary(SelectionSettings(seeds=1, top_k=3, incumbent_z=1.645))
+    assert held.endswith(
+        "the best re-run wins unless it is a sampled trial within 1.645 standard errors of the best re-run "
+        "warm-start trial, row by row (search.selection.incumbent_z)"
+    )

@@ -204,8 +204,8 @@ def rerun_candidate(
     score = statistics.fmean(scores)
     row_scores = None
     if process_state().is_main_process:
-        if rows and folds is None:  # the saved model is the scored (best or last) evaluation's
-            row_scores = row_losses(out)
+        if rows and folds is None:  # the saved model is the scored (best) evaluation's: metric_for_best_model
+            row_scores = _row_scores(out, trial)
         keep = keep_model and folds is None  # a k-fold re-run is k models, none of them trained on all rows
         record = {
             "score": score,
@@ -220,6 +220,16 @@ def rerun_candidate(
         if not keep:
             shutil.rmtree(out / MODEL_DIR, ignore_errors=True)  # only the score is needed (and tracker logs kept)
     return score, steps, row_scores
+
+
+def _row_scores(run_dir: Path, trial: int) -> list[float] | None:
+    """The re-run's validation rows' shares of its loss; None, said, where scoring them fails: they describe
+    the choice (or test it, with selection.incumbent_z), and must never disqualify the candidate."""
+    try:
+        return row_losses(run_dir)
+    except Exception as exc:  # noqa: BLE001
+        _say(f"trial {trial}: its re-run's validation rows could not be scored one by one: {type(exc).__name__}: {exc}")
+        return None
 
 
 def row_scored(scoring: Scoring) -> bool:
