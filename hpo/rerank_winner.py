@@ -89,13 +89,12 @@ def select_winner_by_reruns(
             f"{incumbent.role} trial {incumbent.trial} by {mean_gain:+.4g} on the re-runs' {rows} validation rows "
             f"(standard error {standard_error:.2g})"
         )
+        margin = 0.0 if incumbent_z is None else incumbent_z * standard_error
         if incumbent_z is None:
             reason += f"; it beats {against}"
-        elif mean_gain > incumbent_z * standard_error:
-            margin = incumbent_z * standard_error
+        elif mean_gain > margin:
             reason += f"; it beats {against}, by more than {incumbent_z:g} standard errors"
         else:
-            margin = incumbent_z * standard_error
             reason += f"; within {incumbent_z:g} standard errors against {against}: trial {incumbent.trial} wins"
             best = incumbent
     return Selection(candidates, best.trial, first, standard_error, margin, reason)

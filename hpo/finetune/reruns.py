@@ -204,7 +204,7 @@ def rerun_candidate(
     score = statistics.fmean(scores)
     row_scores = None
     if process_state().is_main_process:
-        if rows and folds is None:  # the saved model is the scored (best) evaluation's: metric_for_best_model
+        if rows:  # one split (row_scored); the saved model is the scored (best) evaluation's: metric_for_best_model
             row_scores = _row_scores(out, trial)
         keep = keep_model and folds is None  # a k-fold re-run is k models, none of them trained on all rows
         record = {
