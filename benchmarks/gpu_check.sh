@@ -38,9 +38,9 @@ if [ "$quick" = 1 ]; then
   # the CPU has it).
   overrides+=(
     "compare.references=[torchtune]"
-    "data.max_train_samples=16"
+    "data.max_train_samples=8"
     "data.validation_size=8"
-    "data.test_size=8"
+    "data.test_size=4"
     "data.max_length=112"
     "search.budget={trials: 2}"
     "training.num_train_epochs=1"
