@@ -25,6 +25,7 @@ def pytest_collection_finish(session) -> None:
     gc.collect()
     gc.freeze()
 
+
 WORDS = (
     "the a movie film was is great good bad awful fun boring plot actor story love hate best worst "
     "what why how who where when answer question camel water desert hump store fat energy city river "
