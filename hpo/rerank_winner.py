@@ -22,10 +22,12 @@ where the score is one split's loss, a sampled winner is compared row by row wit
 warm-start or untuned trial (a configuration the user would launch anyway, such as a field's recipe): the
 reason gives the mean row gain and its standard error, the noise of the rows (not of the training seed).
 ``selection.incumbent_z`` turns that into a test: the sampled trial wins only if its gain exceeds
-``incumbent_z`` standard errors, else the incumbent does. Off by default: on sst2_words (48 validation rows)
-the standard error of a gain was 0.005 between two similar recipes and 0.024 in a search whose sampled
-winner re-ran 0.021 ahead of Axolotl's recipe and tested 0.122 against its 0.148 (benchmarks/RESULTS.md):
-at 1.645 standard errors the test gave that search back to the recipe.
+``incumbent_z`` standard errors, else the incumbent does. Off here (None); a recipe warm-started from the
+field's recipes sets 1.645 (recipes.recipe). It trades a search's best case for its worst: on sst2_words (48
+validation rows) the standard error of a gain was 0.005 between two similar recipes and 0.024 in a search
+whose sampled winner re-ran 0.021 ahead of Axolotl's recipe and tested 0.122 against its 0.148, and at 1.645
+standard errors the test gave that search back to the recipe, as it did the one whose winner tested worse
+than the recipe (benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations

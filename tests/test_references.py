@@ -115,6 +115,8 @@ def test_a_search_warm_started_from_the_references_re_ranks_without_the_untuned_
     raw = causal_config("unused-model", str(tmp_path / "train.jsonl"), tmp_path / "out")
     search = recipe_from_dict(raw).search
     assert not search.include_untuned and search.selection.rerank and search.selection.top_k == 3
+    # A sampled winner must beat a re-run reference beyond the validation rows' noise to replace it.
+    assert search.selection.incumbent_z == 1.645
     # A recipe that sets either key keeps the usual rules; so does one with no reference to start from.
     kept = recipe_from_dict({**raw, "search": {"selection": {"seeds": 2}}}).search
     assert kept.include_untuned and kept.selection.seeds == 2
