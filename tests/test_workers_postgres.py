@@ -32,8 +32,14 @@ def _worker(url: str, study: str, *args: str) -> subprocess.Popen:
 
 
 def _result(url: str, study: str) -> SearchResult:
-    loaded = optuna.load_study(study_name=study, storage=open_storage(url, heartbeat_seconds=0))
-    return SearchResult.from_study(loaded, "", url)
+    storage = open_storage(url, heartbeat_seconds=0)
+    try:
+        return SearchResult.from_study(optuna.load_study(study_name=study, storage=storage), "", url)
+    finally:
+        # Its connection closes now, not when the garbage collector reaches the engine: the tests poll
+        # several times a second, and the connections they left open filled the server's 100 until a
+        # worker could not connect.
+        storage.engine.dispose()
 
 
 def _finish(workers: list[subprocess.Popen], timeout: float = 180) -> list[str]:
@@ -90,6 +96,10 @@ def test_a_killed_worker_trial_is_retried_and_nothing_is_lost(postgres_url):
         # fresh ones (nothing to keep), which is not what this test checks.
         if sum(t.state == "COMPLETE" for t in trials) >= 1 and len(running) == 2 and all(t.params for t in running):
             break
+    else:
+        victim.kill()
+        survivor.kill()
+        pytest.fail(f"never saw both workers in a trial; the victim's log: {victim.communicate()[1][-2000:]}")
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     _finish([survivor])
