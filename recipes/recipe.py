@@ -135,9 +135,9 @@ def recipe_from_dict(raw: dict[str, Any], *, base_dir: str | Path | None = None,
         # (0.094 -> 0.130, 0.142 -> 0.208 on sst2_words). `tunelab run` still trains and tests the untuned arm.
         # A sampled winner replaces a re-run reference only if it beats it by more than 1.645 standard errors
         # row by row (one-sided 95%): on sst2_words three of four sampled winners were within the rows' noise,
-        # one tested worse than Axolotl's recipe; with the test every search met the best reference's floor
-        # (5 of 5 against 4 of 5), the median test loss 0.130 -> 0.148; on dolly_short_qa no search re-ran a
-        # reference, so nothing changed there (benchmarks/RESULTS.md).
+        # one of those three tested worse than Axolotl's recipe; with the test every search met the best
+        # reference's floor (5 of 5 against 4 of 5), the median test loss 0.130 -> 0.148; on dolly_short_qa no
+        # search re-ran a reference, so nothing changed there (benchmarks/RESULTS.md).
         # A recipe that sets either key chooses for itself.
         if references and not {"selection", "include_untuned"} & set(search_raw):
             search_raw |= {"include_untuned": False, "selection": dict(REFERENCES_SELECTION)}
