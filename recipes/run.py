@@ -19,13 +19,13 @@ from finetune import FinetuneConfig
 from finetune.errors import ConfigError
 from finetune.train import CONFIG_FILE, RESULT_FILE, RunResult, process_state
 from hpo.attributes import UNTUNED
-from hpo.finetune import search_finetune
+from hpo.finetune import search_finetune, warm_start_config
 from hpo.finetune.plan import SearchPlan, plan_search
 from hpo.finetune.reruns import kept_reruns
 from hpo.finetune.trial_training import release_memory
 from recipes.progress import RunProgress
 from recipes.recipe import Recipe
-from recipes.references import reference_config, reference_overrides
+from recipes.references import reference_overrides
 from recipes.report import write_report
 from recipes.stats import compare
 from recipes.time_table import run_time_breakdown
@@ -46,7 +46,9 @@ def run_recipe(recipe: Recipe, run_dir: str | Path) -> dict | None:
     plan = plan_search(recipe.untuned, recipe.search, world_size=process_state().num_processes)
     # The untuned configuration's re-runs double as untuned-arm seeds (step 2); the rest are retrained,
     # at the untuned run's length until the winner is known.
-    references = {name: reference_config(name, recipe.untuned) for name in recipe.references}
+    # Each reference arm trains what its warm-start trial trains (its batch split at most the recipe's
+    # per-device batch, the one its user knows fits): a winning reference's runs are then its arm's.
+    references = {name: reference_arm_config(name, recipe, plan) for name in recipe.references}
     reused_planned = reused_untuned_runs(plan, len(recipe.seeds))
     retrains = (2 + len(references)) * len(recipe.seeds) - reused_planned
     # Every arm trains on the recipe's rows: its train split is loaded once for all of them. Progress counts
@@ -177,6 +179,13 @@ def _reference_results(
         best = pick(out, key=lambda name: out[name]["comparison"]["untuned_mean"])  # the reference's mean
         out[best]["best"] = True
     return out
+
+
+def reference_arm_config(name: str, recipe: Recipe, plan: SearchPlan) -> FinetuneConfig:
+    """Reference ``name``'s arm: the recipe's untuned config with its values, trained as its warm-start trial
+    trains it (torchtune's batch of 16 as 8 x 2 accumulated where the recipe's per-device batch is 8)."""
+    overrides = reference_overrides(name, recipe.untuned.method.name)
+    return warm_start_config(recipe.untuned, overrides, plan, recipe.search)
 
 
 def same_runs_as(config: FinetuneConfig, arms: dict[str, FinetuneConfig]) -> str | None:

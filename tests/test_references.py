@@ -136,24 +136,52 @@ def test_same_runs_as_matches_only_what_seed_run_would_train_the_same(tmp_path):
     assert same_runs_as(axolotl.with_overrides({"data.max_length": 33}), arms) is None
 
 
-def test_a_winning_reference_is_the_tuned_arm_without_training_it_again(tiny_llama, sft_files, tmp_path):
+def test_a_reference_arm_trains_at_most_the_recipes_per_device_batch(tiny_llama, sft_files, tmp_path):
+    """The batch the recipe states is the one its user knows fits: torchtune's 16 rows a step train as 4 x 4
+    accumulated, as its warm-start trial trains them, everything else as the project ships it."""
+    from hpo.finetune import plan_search
+    from recipes.run import reference_arm_config
+
+    recipe = recipe_from_dict(causal_config(tiny_llama, sft_files["messages"], tmp_path / "out"))
+    plan = plan_search(recipe.untuned, recipe.search)  # the default space: the effective batch is searched
+    batch = ("training.per_device_train_batch_size", "training.gradient_accumulation_steps")
+    for name, split in (("torchtune", (4, 4)), ("axolotl", (4, 1)), ("llama_factory", (4, 2))):
+        shipped = reference_config(name, recipe.untuned)
+        assert reference_arm_config(name, recipe, plan) == shipped.with_overrides(dict(zip(batch, split, strict=True)))
+
+
+# Axolotl's batch (4) fits the recipe's per-device batch (4); torchtune's (16) trains as 4 x 4 accumulated, in
+# its warm-start trial and in its arm alike.
+@pytest.mark.parametrize("name, per_device, accumulation", [("axolotl", 4, 1), ("torchtune", 4, 4)])
+def test_a_winning_reference_is_the_tuned_arm_without_training_it_again(
+    tiny_llama, sft_files, tmp_path, name, per_device, accumulation
+):
     import json
 
+    import yaml
     from conftest import write_recipe
 
     from recipes.run import main as run_main
 
     raw = causal_config(tiny_llama, sft_files["messages"], tmp_path / "out", data={"test_size": 4, "max_new_tokens": 2})
-    raw["compare"] = {"references": ["axolotl"]}
-    # One trial, warm-started from the reference: the search can only choose Axolotl's recipe.
+    raw["compare"] = {"references": [name]}
+    # One trial, warm-started from the reference: the search can only choose its recipe.
     recipe = write_recipe(raw, tmp_path / "recipe.yaml", budget={"trials": 1}, warm_start="references")
     assert run_main([recipe, "--run-dir", str(tmp_path / "run")]) == 0
     results = json.loads((tmp_path / "run" / "results.json").read_text())
-    tuned, axolotl = results["runs"]["tuned"], results["runs"]["axolotl"]
-    assert [r["same_runs_as"] for r in tuned] == ["axolotl", "axolotl"]
-    assert [r["test"] for r in tuned] == [r["test"] for r in axolotl]
+    tuned, reference = results["runs"]["tuned"], results["runs"][name]
+    assert [r["same_runs_as"] for r in tuned] == [name, name]
+    assert [r["test"] for r in tuned] == [r["test"] for r in reference]
     assert not (tmp_path / "run" / "tuned").exists()
-    tested = sum(r["test_seconds"] for r in results["runs"]["untuned"] + axolotl)  # each run counted once
+    tested = sum(r["test_seconds"] for r in results["runs"]["untuned"] + reference)  # each run counted once
     assert results["time_breakdown"]["testing_seconds"] == pytest.approx(tested, abs=1e-3)
     report = (tmp_path / "run" / "report.md").read_text()
-    assert "The search chose axolotl's recipe: the tuned arm is its runs" in report
+    assert f"The search chose {name}'s recipe: the tuned arm is its runs" in report
+    for folder in (tmp_path / "run" / "search" / "trials").iterdir():
+        trained = yaml.safe_load((folder / "tunelab_config.yaml").read_text())["training"]
+        assert (trained["per_device_train_batch_size"], trained["gradient_accumulation_steps"]) == (
+            per_device,
+            accumulation,
+        )
+    arm = yaml.safe_load((tmp_path / "run" / name / "seed_0" / "tunelab_config.yaml").read_text())["training"]
+    assert (arm["per_device_train_batch_size"], arm["gradient_accumulation_steps"]) == (per_device, accumulation)

@@ -10,6 +10,7 @@ the top candidates to choose the winner. settings.py holds every setting.
 from hpo.finetune.plan import Scoring, SearchPlan, plan_search
 from hpo.finetune.search import FinetuneSearch, search_finetune
 from hpo.finetune.settings import DEFAULT_FULL_RUN_EQUIVALENTS, Objective, SearchSettings
+from hpo.finetune.warm_start import warm_start_config
 
 __all__ = [
     "DEFAULT_FULL_RUN_EQUIVALENTS",
@@ -20,4 +21,5 @@ __all__ = [
     "SearchSettings",
     "plan_search",
     "search_finetune",
+    "warm_start_config",
 ]

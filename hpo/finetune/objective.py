@@ -4,7 +4,8 @@ The untuned trial runs the base config as it is; any other trial runs the base c
 params as overrides: a sampled one with fewer optimizer steps than the plan's floor at a smaller effective
 batch (the same rows, so the same budget steps), then once admitted under the step budget
 (hpo.finetune.admission: run as proposed, run shortened, or not at all). Then one training run, or k runs
-on k folds, reporting each evaluation. Warm-start trials (the field's recipes) run exactly as written.
+on k folds, reporting each evaluation. Warm-start trials (the field's recipes) run as written, a per-device
+batch over search.max_per_device_batch accumulated (hpo.finetune.warm_start.trial_config).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from finetune.errors import ConfigError
 from hpo import attributes
 from hpo.errors import ReplaceTrial
 from hpo.finetune.admission import longest_fitting, shortens_now
-from hpo.finetune.config_space import EFFECTIVE_BATCH_SIZE, to_overrides
+from hpo.finetune.config_space import EFFECTIVE_BATCH_SIZE
 from hpo.finetune.cross_validation import FoldReporter, cv_score, fold_config
 from hpo.finetune.plan import SearchPlan
 from hpo.finetune.settings import SearchSettings
@@ -32,6 +33,7 @@ from hpo.finetune.trial_training import (
     train_trial,
     train_trial_in_subprocess,
 )
+from hpo.finetune.warm_start import trial_config
 from hpo.reporter import Reporter
 from hpo.results import TrialRecord
 from hpo.space import finite_values
@@ -70,9 +72,7 @@ class TrialObjective:
 
     def config_for(self, params: dict[str, Any]) -> FinetuneConfig:
         """The base config with sampled ``params`` (derived keys, e.g. the effective batch, made config keys)."""
-        cap = self.settings.max_per_device_batch or self.base.training.per_device_train_batch_size
-        overrides = to_overrides(params, self.plan.base_values, cap, self.plan.world_size)
-        return self.base.with_overrides(overrides)
+        return trial_config(self.base, params, self.plan, self.settings)
 
     def config_of(self, trial: TrialRecord) -> FinetuneConfig:
         """The config a finished trial ran (the base config itself for the untuned trial)."""

@@ -1,5 +1,6 @@
 """Warm start: configurations worth trying before anything sampled (e.g. the field's recipes for the method,
-`search.warm_start` in a recipe), run right after the untuned trial exactly as written.
+`search.warm_start` in a recipe), run right after the untuned trial as written (a per-device batch over
+search.max_per_device_batch accumulated, as in every trial: the same rows per optimizer step).
 
 Each is a set of overrides of the base (untuned) config, and its trial trains that config: the space's keys
 take the config's values (derived keys such as the effective batch included), and overrides of keys the
@@ -19,11 +20,22 @@ and with the cap the sampler's own trials beat every reference on 3 of 5 sst2_wo
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from finetune import FinetuneConfig
-from hpo.finetune.config_space import EFFECTIVE_BATCH_SIZE, LORA_ALPHA_MULTIPLIER, flatten, untuned_params
+from hpo.finetune.config_space import (
+    EFFECTIVE_BATCH_SIZE,
+    LORA_ALPHA_MULTIPLIER,
+    derive_batch,
+    flatten,
+    to_overrides,
+    untuned_params,
+)
 from hpo.space import SearchSpace
+
+if TYPE_CHECKING:
+    from hpo.finetune.plan import SearchPlan
+    from hpo.finetune.settings import SearchSettings
 
 # Config keys a derived space key stands for: the trial sets them from the derived value.
 STANDS_FOR = {
@@ -41,6 +53,34 @@ def warm_start_params(space: SearchSpace, base: FinetuneConfig, overrides: dict[
     base_values = flatten(base)
     extra = {key: values[key] for key in overrides if key not in covered and values[key] != base_values[key]}
     return {**params, **extra}
+
+
+def trial_config(
+    base: FinetuneConfig, params: dict[str, Any], plan: SearchPlan, settings: SearchSettings
+) -> FinetuneConfig:
+    """The config a trial of ``params`` trains: ``base`` with them, derived keys made config keys (the
+    effective batch split over the plan's processes), and per device at most search.max_per_device_batch
+    (by default the base config's: the batch its user knows fits), the rest accumulated. A per-device batch
+    given as such (a warm start's, where the space does not search the batch) is split the same way."""
+    cap = settings.max_per_device_batch or base.training.per_device_train_batch_size
+    config = base.with_overrides(to_overrides(params, plan.base_values, cap, plan.world_size))
+    training = config.training
+    if training.per_device_train_batch_size <= cap:
+        return config
+    rows_per_step = training.per_device_train_batch_size * training.gradient_accumulation_steps
+    per_device, accumulation = derive_batch(rows_per_step, cap)
+    return config.with_overrides(
+        {"training.per_device_train_batch_size": per_device, "training.gradient_accumulation_steps": accumulation}
+    )
+
+
+def warm_start_config(
+    base: FinetuneConfig, overrides: dict[str, Any], plan: SearchPlan, settings: SearchSettings
+) -> FinetuneConfig:
+    """The config the warm-start trial of ``overrides`` trains: what ``base.with_overrides(overrides)``
+    trains, its batch split as any trial's (torchtune's batch of 16 runs as 8 x 2 accumulated on a config of
+    per-device batch 8). `tunelab run` trains its reference arms so: the same runs as their trials."""
+    return trial_config(base, warm_start_params(plan.space, base, overrides), plan, settings)
 
 
 def within_share(lengths: list[int], explore_steps: int | None, share: float | None) -> list[int]:
