@@ -109,11 +109,20 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _search(args: argparse.Namespace) -> int:
+    from finetune.train import process_state
     from hpo import attributes
     from hpo.finetune import search_finetune
-    from recipes.recipe import load_finetune_config
+    from recipes.recipe import load_finetune_config, recipe_sections_in
 
     config = load_finetune_config(args.config, args.overrides)
+    ignored = recipe_sections_in(args.config)
+    if ignored and process_state().is_main_process:
+        # Said, not silent: the shipped recipes' search sections (e.g. the references first) differ from the flags'.
+        print(
+            f"[tunelab] {args.config}: its {', '.join(ignored)} section(s) are read by `tunelab run` and `tunelab "
+            "worker`, not here: `tunelab search` searches from the finetune sections with the flags' settings",
+            file=sys.stderr,
+        )
     run_dir = args.run_dir or f"{config.training.output_dir}_search"
     search = search_finetune(config, _search_settings(args), run_dir=run_dir)
     if search is None:

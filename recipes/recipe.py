@@ -79,6 +79,12 @@ def finetune_sections(raw: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in raw.items() if k not in RECIPE_SECTIONS}
 
 
+def recipe_sections_in(path: str | Path) -> list[str]:
+    """The recipe sections (search, baseline, seeds, compare) the file at ``path`` has, in that order."""
+    raw = load_yaml(path)
+    return [section for section in RECIPE_SECTIONS if section in raw]
+
+
 def load_finetune_config(path: str | Path, overrides: list[str] | None = None) -> FinetuneConfig:
     """A finetune config file, or the four finetune sections of a recipe (search/baseline/seeds ignored)."""
     raw = apply_overrides(finetune_sections(load_yaml(path)), overrides or [])

@@ -165,6 +165,27 @@ def test_flags_and_a_recipe_section_give_the_same_settings():
     assert _search_settings(build_parser().parse_args(["search", "config.yaml"])) == SearchSettings()
 
 
+def test_tunelab_search_says_which_recipe_sections_it_does_not_read(
+    tiny_bert, sentiment_files, tmp_path, monkeypatch, capsys
+):
+    import yaml
+
+    import hpo.finetune
+    from recipes.cli import main
+
+    given = []
+    monkeypatch.setattr(hpo.finetune, "search_finetune", lambda config, settings, **kw: given.append(settings))
+    raw = classification_config(tiny_bert, sentiment_files, tmp_path / "out")
+    plain, recipe = tmp_path / "plain.yaml", tmp_path / "recipe.yaml"
+    plain.write_text(yaml.safe_dump(raw))
+    recipe.write_text(yaml.safe_dump({**raw, "search": {"sampler": "grid"}, "seeds": 3}))
+    assert main(["search", str(plain), "--sampler", "random"]) == 0
+    assert "not here" not in capsys.readouterr().err
+    assert main(["search", str(recipe), "--sampler", "random"]) == 0
+    assert "its search, seeds section(s) are read by `tunelab run`" in capsys.readouterr().err
+    assert [settings.sampler for settings in given] == ["random", "random"]  # the flags, not the recipe's
+
+
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
