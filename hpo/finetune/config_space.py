@@ -1,15 +1,20 @@
 """Search-space keys as FinetuneConfig keys: which keys may be searched, the derived keys searched in
-place of real ones (effective batch, LoRA alpha multiplier), and sampled values turned into config overrides."""
+place of real ones (effective batch, LoRA alpha multiplier), and sampled values turned into config overrides
+and into the config a trial trains (trial_config)."""
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from finetune import FinetuneConfig
 from finetune.config import SECTIONS
 from finetune.errors import ConfigError
 from hpo.space import Categorical, Fixed, SearchSpace, finite_values, is_active
+
+if TYPE_CHECKING:
+    from hpo.finetune.plan import SearchPlan
+    from hpo.finetune.settings import SearchSettings
 
 # Searched in place of per-device batch and accumulation, which are derived from it (see derive_batch).
 EFFECTIVE_BATCH_SIZE = "training.effective_batch_size"
@@ -106,6 +111,25 @@ def to_overrides(
         rank = overrides.get("method.lora_r", base.get("method.lora_r"))
         overrides["method.lora_alpha"] = int(params[LORA_ALPHA_MULTIPLIER] * rank)
     return overrides
+
+
+def trial_config(
+    base: FinetuneConfig, params: dict[str, Any], plan: SearchPlan, settings: SearchSettings
+) -> FinetuneConfig:
+    """The config a trial of ``params`` trains: ``base`` with them, derived keys made config keys (the
+    effective batch split over the plan's processes), and per device at most search.max_per_device_batch
+    (by default the base config's: the batch its user knows fits), the rest accumulated. A per-device batch
+    given as such (a warm start's, where the space does not search the batch) is split the same way."""
+    cap = settings.max_per_device_batch or base.training.per_device_train_batch_size
+    config = base.with_overrides(to_overrides(params, plan.base_values, cap, plan.world_size))
+    training = config.training
+    if training.per_device_train_batch_size <= cap:
+        return config
+    rows_per_step = training.per_device_train_batch_size * training.gradient_accumulation_steps
+    per_device, accumulation = derive_batch(rows_per_step, cap)
+    return config.with_overrides(
+        {"training.per_device_train_batch_size": per_device, "training.gradient_accumulation_steps": accumulation}
+    )
 
 
 def flatten(config: FinetuneConfig) -> dict[str, Any]:

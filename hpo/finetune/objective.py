@@ -5,7 +5,7 @@ params as overrides: a sampled one with fewer optimizer steps than the plan's fl
 batch (the same rows, so the same budget steps), then once admitted under the step budget
 (hpo.finetune.admission: run as proposed, run shortened, or not at all). Then one training run, or k runs
 on k folds, reporting each evaluation. Warm-start trials (the field's recipes) run as written, a per-device
-batch over search.max_per_device_batch accumulated (hpo.finetune.warm_start.trial_config).
+batch over search.max_per_device_batch accumulated (hpo.finetune.config_space.trial_config).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from finetune.errors import ConfigError
 from hpo import attributes
 from hpo.errors import ReplaceTrial
 from hpo.finetune.admission import longest_fitting, shortens_now
-from hpo.finetune.config_space import EFFECTIVE_BATCH_SIZE
+from hpo.finetune.config_space import EFFECTIVE_BATCH_SIZE, trial_config
 from hpo.finetune.cross_validation import FoldReporter, cv_score, fold_config
 from hpo.finetune.plan import SearchPlan
 from hpo.finetune.settings import SearchSettings
@@ -33,7 +33,6 @@ from hpo.finetune.trial_training import (
     train_trial,
     train_trial_in_subprocess,
 )
-from hpo.finetune.warm_start import trial_config
 from hpo.reporter import Reporter
 from hpo.results import TrialRecord
 from hpo.space import finite_values

@@ -26,9 +26,8 @@ from finetune import FinetuneConfig
 from hpo.finetune.config_space import (
     EFFECTIVE_BATCH_SIZE,
     LORA_ALPHA_MULTIPLIER,
-    derive_batch,
     flatten,
-    to_overrides,
+    trial_config,
     untuned_params,
 )
 from hpo.space import SearchSpace
@@ -53,25 +52,6 @@ def warm_start_params(space: SearchSpace, base: FinetuneConfig, overrides: dict[
     base_values = flatten(base)
     extra = {key: values[key] for key in overrides if key not in covered and values[key] != base_values[key]}
     return {**params, **extra}
-
-
-def trial_config(
-    base: FinetuneConfig, params: dict[str, Any], plan: SearchPlan, settings: SearchSettings
-) -> FinetuneConfig:
-    """The config a trial of ``params`` trains: ``base`` with them, derived keys made config keys (the
-    effective batch split over the plan's processes), and per device at most search.max_per_device_batch
-    (by default the base config's: the batch its user knows fits), the rest accumulated. A per-device batch
-    given as such (a warm start's, where the space does not search the batch) is split the same way."""
-    cap = settings.max_per_device_batch or base.training.per_device_train_batch_size
-    config = base.with_overrides(to_overrides(params, plan.base_values, cap, plan.world_size))
-    training = config.training
-    if training.per_device_train_batch_size <= cap:
-        return config
-    rows_per_step = training.per_device_train_batch_size * training.gradient_accumulation_steps
-    per_device, accumulation = derive_batch(rows_per_step, cap)
-    return config.with_overrides(
-        {"training.per_device_train_batch_size": per_device, "training.gradient_accumulation_steps": accumulation}
-    )
 
 
 def warm_start_config(
